@@ -1,0 +1,17 @@
+"""Exceptions raised at the edges (files, flags, user input).
+
+Every error names the culprit (file, flag or argument) and says what to do, so a
+researcher can fix the problem from the message alone.
+"""
+
+
+class FocusError(Exception):
+  """Base class of all focus-jax errors."""
+
+
+class ModelFileError(FocusError, ValueError):
+  """A morphable-model file is missing, truncated, corrupt or in an unknown layout."""
+
+
+class CoefficientError(FocusError, ValueError):
+  """A coefficient vector does not match the model it is used with."""

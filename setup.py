@@ -1,0 +1,32 @@
+"""Installs focus-jax. ``pip install -e .[test]`` gives everything the tests need."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="focus-jax",
+    version="0.1.0",
+    description=("Occlusion-robust 3D face reconstruction through weakly-supervised outlier "
+                 "segmentation (FOCUS, CVPR 2023) in JAX"),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["focus_jax", "focus_jax.*"]),
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.5",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "imageio>=2.30",
+        "absl-py>=1.4",
+        "h5py>=3.8",     # Basel Face Model 2017 files are HDF5.
+        "tqdm>=4.60",    # progress bars on long work.
+    ],
+    extras_require={
+        # eos-py: independent reader of the Surrey Face Model .bin files (loader parity
+        # tests only). scikit-image: real sample photos for tests and the demo.
+        "test": ["pytest>=7", "eos-py>=1.4", "scikit-image>=0.21"],
+    },
+    entry_points={"console_scripts": ["focus-jax=focus_jax.cli:run"]},
+)
