@@ -1,0 +1,1 @@
+"""Differentiable rendering: camera, shading, rasterization."""
