@@ -70,7 +70,7 @@ def test_projection_gradients_match_finite_differences():
   g_pose, g_pts = jax.grad(f, argnums=(0, 1))(jnp.asarray(pose, jnp.float32),
                                               jnp.asarray(pts, jnp.float32))
   with jax.enable_x64():
-    f64 = jax.jit(f)
+    f64 = jax.jit(lambda *a: f(*a))  # fresh function: no float32 cache entries
     fd_pose = finite_difference(lambda p: float(f64(p, pts)), pose, eps=1e-5)
     fd_pts = finite_difference(lambda x: float(f64(pose, x)), pts, eps=1e-4)
   np.testing.assert_allclose(g_pose, fd_pose, rtol=2e-3, atol=2e-3)
@@ -115,7 +115,7 @@ def test_vertex_normals_batched_and_gradient():
     return jnp.sum(shading.vertex_normals(v, m.triangles) * w)
   g = jax.grad(f)(jnp.asarray(verts[0], jnp.float32))
   with jax.enable_x64():
-    f64 = jax.jit(f)
+    f64 = jax.jit(lambda *a: f(*a))  # fresh function: no float32 cache entries
     fd = finite_difference(lambda v: float(f64(v)), verts[0], eps=1e-5)
   np.testing.assert_allclose(g, fd, rtol=1e-3, atol=1e-4)
 
@@ -158,12 +158,14 @@ def test_shading_gradients_and_transforms():
   g_l, g_n = jax.grad(f, argnums=(0, 1))(jnp.asarray(light, jnp.float32),
                                          jnp.asarray(normals, jnp.float32))
   with jax.enable_x64():
-    f64 = jax.jit(f)
+    f64 = jax.jit(lambda *a: f(*a))  # fresh function: no float32 cache entries
     fd_l = finite_difference(lambda x: float(f64(x, normals)), light, eps=1e-6)
     fd_n = finite_difference(lambda x: float(f64(light, x)), normals, eps=1e-6)
   np.testing.assert_allclose(g_l, fd_l, rtol=1e-3, atol=1e-4)
   np.testing.assert_allclose(g_n, fd_n, rtol=1e-3, atol=1e-4)
-  # jit / vmap / pmap give the same colours.
+  # jit / vmap / pmap give the same colours. (float32 inputs: jax's enable_x64 context
+  # leaves float64 executables cached that float64 numpy inputs would hit.)
+  albedo, normals, light = (np.float32(a) for a in (albedo, normals, light))
   shaded = shading.shade(albedo, normals, light)
   np.testing.assert_allclose(jax.jit(shading.shade)(albedo, normals, light), shaded, rtol=1e-5, atol=1e-6)
   stacked = [np.stack([a, a]) for a in (albedo, normals, light)]

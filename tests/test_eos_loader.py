@@ -1,4 +1,8 @@
-"""The eos / SFM .bin reader against eos-py's own reader, plus its error handling."""
+"""The eos / SFM .bin reader against eos-py's own reader, plus its error handling.
+
+Comparisons need eos-py (``pip install eos-py``) and the SFM files in ../shared;
+each test skips, saying which is missing, when it is not there.
+"""
 
 import os
 import struct
@@ -9,8 +13,12 @@ import pytest
 from focus_jax import errors, morphable
 from focus_jax.morphable import eos_bin
 
-eos = pytest.importorskip("eos", reason="eos-py is not installed (pip install eos-py)")
-eosmm = eos.morphablemodel
+
+@pytest.fixture(scope="module")
+def eosmm():
+  """eos-py's morphablemodel module: the independent reference reader and writer."""
+  return pytest.importorskip("eos", reason="eos-py is not installed (pip install eos-py)"
+                             ).morphablemodel
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +40,7 @@ def blendshapes_path(sfm_dir):
 
 
 @pytest.fixture(scope="module")
-def eos_sfm(sfm_path):
+def eos_sfm(eosmm, sfm_path):
   return eosmm.load_model(sfm_path)
 
 
@@ -41,12 +49,49 @@ def sfm(sfm_path):
   return eos_bin.load_eos_model(sfm_path)
 
 
+def _eigen(matrix):
+  """cereal bytes of an Eigen float matrix: int32 rows, int32 cols, column-major data."""
+  matrix = np.asarray(matrix, np.float32)
+  return struct.pack("<ii", *matrix.shape) + matrix.tobytes(order="F")
+
+
+def _write_blendshapes(path, names, deformations):
+  """Writes an eos blendshapes file (``vector<Blendshape>``) by hand."""
+  out = [struct.pack("<Q", len(names))]
+  for name, d in zip(names, deformations):
+    out += [struct.pack("<Q", len(name)), name.encode(), _eigen(np.reshape(d, (-1, 1)))]
+  path.write_bytes(b"".join(out))
+
+
+def _write_v1_model(path, mean, basis, eigenvalues, triangles):
+  """Writes a version-1 shape-only eos model (like the public SFM) by hand."""
+  num_components = len(eigenvalues)
+  triangles = np.asarray(triangles, "<i4")
+  path.write_bytes(b"".join([
+      struct.pack("<I", 1), _eigen(np.reshape(mean, (-1, 1))),
+      _eigen(np.reshape(basis, (num_components, -1)).T),
+      _eigen(np.reshape(eigenvalues, (-1, 1))),
+      struct.pack("<Q", len(triangles)), triangles.tobytes(),
+      _eigen(np.zeros((0, 1))), _eigen(np.zeros((0, 0))), _eigen(np.zeros((0, 1))),
+      struct.pack("<Q", 0),  # empty colour model
+      struct.pack("<Q", 0)]))  # no texture coordinates
+
+
+def _small_v1_model(path, num_vertices=5, num_components=2, seed=7):
+  rng = np.random.default_rng(seed)
+  mean = rng.normal(size=(num_vertices, 3))
+  basis = np.linalg.qr(rng.normal(size=(3 * num_vertices, num_components)))[0].T
+  eigenvalues = np.array([9.0, 4.0])[:num_components]
+  _write_v1_model(path, mean, basis, eigenvalues, [[0, 1, 2], [2, 1, 3]])
+  return mean, basis.reshape(num_components, num_vertices, 3), eigenvalues
+
+
 def _eos_basis(basis):
   """[K, V, 3] -> eos's [3V, K] (xyzxyz... rows)."""
   return np.asarray(basis).reshape(basis.shape[0], -1).T
 
 
-def _eos_pca(rng, num_vertices, num_components, mean_scale=10.0):
+def _eos_pca(eosmm, rng, num_vertices, num_components, mean_scale=10.0):
   mean = (mean_scale * rng.normal(size=3 * num_vertices)).astype(np.float32)
   basis = np.linalg.qr(rng.normal(size=(3 * num_vertices, num_components)))[0]
   eigenvalues = np.sort(rng.uniform(0.5, 5.0, num_components))[::-1]
@@ -55,7 +100,7 @@ def _eos_pca(rng, num_vertices, num_components, mean_scale=10.0):
                         triangles)
 
 
-def _eos_blendshapes(rng, num_vertices, count=2):
+def _eos_blendshapes(eosmm, rng, num_vertices, count=2):
   shapes = []
   for i in range(count):
     b = eosmm.Blendshape()
@@ -82,7 +127,7 @@ def test_reader_matches_eos(sfm_path, eos_sfm):
   assert raw["expression"] is None and raw["landmark_definitions"] is None
 
 
-def test_blendshapes_match_eos(blendshapes_path):
+def test_blendshapes_match_eos(eosmm, blendshapes_path):
   names, deformations = eos_bin.read_eos_blendshapes(blendshapes_path)
   ref = eosmm.load_blendshapes(blendshapes_path)
   assert names == [b.name for b in ref]
@@ -108,7 +153,7 @@ def test_model_matches_eos(sfm, eos_sfm, blendshapes_path):
   assert sfm.name == "sfm_shape_3448.bin + expression_blendshapes_3448.bin"
 
 
-def test_vertices_equal_eos_draw_sample(sfm, eos_sfm, blendshapes_path):
+def test_vertices_equal_eos_draw_sample(eosmm, sfm, eos_sfm, blendshapes_path):
   rng = np.random.default_rng(0)
   shape = rng.normal(size=63).astype(np.float32)
   ref = np.array(eos_sfm.draw_sample(list(shape), []).vertices)
@@ -152,12 +197,12 @@ def test_options_without_siblings(tmp_path, sfm_path, sfm):
   assert m.name == "bare"
 
 
-def test_version4_model_with_colour_expression_and_landmarks(tmp_path):
+def test_version4_model_with_colour_expression_and_landmarks(eosmm, tmp_path):
   rng = np.random.default_rng(1)
   num_vertices = 4
-  shape = _eos_pca(rng, num_vertices, 3)
-  color = _eos_pca(rng, num_vertices, 2, mean_scale=0.1)
-  blendshapes = _eos_blendshapes(rng, num_vertices)
+  shape = _eos_pca(eosmm, rng, num_vertices, 3)
+  color = _eos_pca(eosmm, rng, num_vertices, 2, mean_scale=0.1)
+  blendshapes = _eos_blendshapes(eosmm, rng, num_vertices)
   texcoords = rng.uniform(size=(num_vertices, 2)).tolist()
   ref = eosmm.MorphableModel(shape, blendshapes, color, {"nose_tip": 2, "chin": 0},
                              texcoords, [[0, 2, 1]])
@@ -174,6 +219,7 @@ def test_version4_model_with_colour_expression_and_landmarks(tmp_path):
   np.testing.assert_allclose(_eos_basis(raw["color"]["orthonormal_basis"]),
                              color.get_orthonormal_pca_basis())
 
+  assert eos_bin.load_eos_model(path, blendshapes=None).num_expression == 0
   m = eos_bin.load_eos_model(path)
   assert m.uv is None  # separate texture triangulation: no per-vertex uv
   np.testing.assert_allclose(_eos_basis(m.albedo_basis), color.get_rescaled_pca_basis(),
@@ -186,9 +232,9 @@ def test_version4_model_with_colour_expression_and_landmarks(tmp_path):
                              atol=1e-6)
 
 
-def test_expression_pca_model_mean_is_added(tmp_path):
+def test_expression_pca_model_mean_is_added(eosmm, tmp_path):
   rng = np.random.default_rng(2)
-  shape, expression = _eos_pca(rng, 4, 3), _eos_pca(rng, 4, 2, mean_scale=1.0)
+  shape, expression = _eos_pca(eosmm, rng, 4, 3), _eos_pca(eosmm, rng, 4, 2, mean_scale=1.0)
   ref = eosmm.MorphableModel(shape, expression, eosmm.PcaModel())
   path = str(tmp_path / "model.bin")
   eosmm.save_model(ref, path)
@@ -202,13 +248,13 @@ def test_expression_pca_model_mean_is_added(tmp_path):
                              expression.get_rescaled_pca_basis(), rtol=1e-6)
 
 
-def test_colour_stored_as_0_255_is_rescaled(tmp_path):
+def test_colour_stored_as_0_255_is_rescaled(eosmm, tmp_path):
   rng = np.random.default_rng(3)
   color = eosmm.PcaModel(np.full(12, 128.0, np.float32),
                          np.linalg.qr(rng.normal(size=(12, 2)))[0].astype(np.float32),
                          np.array([400.0, 100.0], np.float32), [[0, 1, 2]])
   path = str(tmp_path / "model.bin")
-  eosmm.save_model(eosmm.MorphableModel(_eos_pca(rng, 4, 3), color), path)
+  eosmm.save_model(eosmm.MorphableModel(_eos_pca(eosmm, rng, 4, 3), color), path)
   m = eos_bin.load_eos_model(path)
   np.testing.assert_allclose(m.albedo_mean, 128 / 255, rtol=1e-6)
   np.testing.assert_allclose(_eos_basis(m.albedo_basis),
@@ -216,11 +262,12 @@ def test_colour_stored_as_0_255_is_rescaled(tmp_path):
 
 
 @pytest.mark.parametrize("version", [2, 3])
-def test_older_versions(tmp_path, version):
+def test_older_versions(eosmm, tmp_path, version):
   rng = np.random.default_rng(4)
   num_vertices = 4
-  ref = eosmm.MorphableModel(_eos_pca(rng, num_vertices, 3), _eos_blendshapes(rng, num_vertices),
-                             eosmm.PcaModel(), None, rng.uniform(size=(num_vertices, 2)).tolist())
+  ref = eosmm.MorphableModel(_eos_pca(eosmm, rng, num_vertices, 3),
+                             _eos_blendshapes(eosmm, rng, num_vertices), eosmm.PcaModel(),
+                             None, rng.uniform(size=(num_vertices, 2)).tolist())
   v4 = tmp_path / "v4.bin"
   eosmm.save_model(ref, str(v4))
   data = v4.read_bytes()
@@ -270,9 +317,30 @@ def test_garbage_and_impossible_sizes(tmp_path):
     eos_bin.read_eos_model(tmp_path / "missing.bin")
 
 
-def test_blendshape_vertex_count_mismatch(tmp_path, sfm_path):
+def test_hand_written_model_and_siblings(tmp_path):
+  path = tmp_path / "tiny.bin"
+  mean, basis, eigenvalues = _small_v1_model(path)
+  _write_blendshapes(tmp_path / "expression_blendshapes_5.bin", ["smile"],
+                     [np.ones((5, 3))])
+  # iBUG 9 -> vertex 33 only exists in bigger models: dropped with a warning.
+  (tmp_path / "ibug_to_sfm.txt").write_text("[landmark_mappings]\n31 = 4\n9 = 33\n")
+  with pytest.warns(UserWarning, match="beyond"):
+    m = eos_bin.load_eos_model(path)
+  np.testing.assert_allclose(m.mean, mean, rtol=1e-6)
+  np.testing.assert_allclose(m.shape_basis, basis * np.sqrt(eigenvalues)[:, None, None],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(m.expression_basis, np.ones((1, 5, 3)))
+  assert m.landmarks[30] == 4 and m.landmarks[8] == -1 and m.uv is None
+  assert m.name == "tiny.bin + expression_blendshapes_5.bin"
+  with pytest.raises(errors.ModelFileError, match="ibug_to_sfm.txt"):
+    eos_bin.load_eos_model(path, landmarks=tmp_path / "ibug_to_sfm.txt")
+
+
+def test_blendshape_vertex_count_mismatch(tmp_path):
+  model_path = tmp_path / "tiny.bin"
+  _small_v1_model(model_path)
   path = tmp_path / "expression_blendshapes_10.bin"
-  eosmm.save_blendshapes(_eos_blendshapes(np.random.default_rng(6), 10), str(path))
+  _write_blendshapes(path, ["a", "b"], np.zeros((2, 10, 3)))
   with pytest.raises(errors.ModelFileError, match="10 vertices") as info:
-    eos_bin.load_eos_model(sfm_path, blendshapes=path)
+    eos_bin.load_eos_model(model_path, blendshapes=path)
   assert str(path) in str(info.value)

@@ -154,8 +154,8 @@ def _scaled_basis(basis, deviation, num_vertices: int, path: str, what: str,
     scale = deviation / np.where(norms > 0, norms, 1.0)
   else:
     scale = deviation
-  scaled = basis.astype(np.float64) * scale[None, :]
-  return scaled.T.reshape(basis.shape[1], num_vertices, 3).astype(np.float32)
+  scaled = basis.astype(np.float32, copy=False) * scale.astype(np.float32)[None, :]
+  return np.ascontiguousarray(scaled.T).reshape(basis.shape[1], num_vertices, 3)
 
 
 def _check_scale(mean: np.ndarray, path: str) -> None:

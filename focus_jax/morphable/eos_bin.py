@@ -66,6 +66,8 @@ SUPPORTED_VERSIONS = (1, 2, 3, 4)
 DEFAULT_SKIN_TONE = (0.62, 0.45, 0.37)  # linear RGB
 DEFAULT_ALBEDO_STDS = dict(brightness=0.15, redness=0.04, vertical=0.08)
 
+_REFETCH = "(incomplete download or not an eos file? re-fetch it)"
+
 
 class _Archive:
   """Sequential reader over the bytes of a cereal binary archive."""
@@ -86,7 +88,7 @@ class _Archive:
     if nbytes > self.remaining:
       raise self.error(
           f"truncated or corrupt eos file: {what} at byte {self._pos} needs {nbytes} "
-          f"bytes but only {self.remaining} remain (incomplete download? re-fetch the file)")
+          f"bytes but only {self.remaining} remain {_REFETCH}")
     out = self._data[self._pos:self._pos + nbytes]
     self._pos += nbytes
     return out
@@ -115,7 +117,8 @@ class _Archive:
     if n * min_item_bytes > self.remaining:
       raise self.error(
           f"truncated or corrupt eos file: {what} at byte {pos} claims {n} items "
-          f"(at least {n * min_item_bytes} bytes) but only {self.remaining} bytes remain")
+          f"(at least {n * min_item_bytes} bytes) but only {self.remaining} bytes remain "
+          f"{_REFETCH}")
     return n
 
   def array(self, n: int, dtype: str, what: str) -> np.ndarray:
@@ -141,7 +144,8 @@ class _Archive:
     if rows * cols * 4 > self.remaining:
       raise self.error(
           f"truncated or corrupt eos file: {what} at byte {pos} claims a {rows} x {cols} "
-          f"float matrix ({rows * cols * 4} bytes) but only {self.remaining} bytes remain")
+          f"float matrix ({rows * cols * 4} bytes) but only {self.remaining} bytes remain "
+          f"{_REFETCH}")
     data = self.array(rows * cols, "<f4", what)
     return data.reshape((rows, cols), order="F")
 
@@ -421,7 +425,8 @@ def load_eos_model(path: str | os.PathLike, blendshapes="auto", landmarks="auto"
       the model's vertex count, which that file notes exist only in the higher
       SFM resolutions, become -1 with a warning), else none; ``None``: no landmarks;
       a path to an ``ibug_to_*.txt`` table; or a [68] int array. The SFM table leaves
-      the jaw contour (iBUG 1-8, 10-17) at -1.
+      the jaw contour (iBUG 1-8, 10-17) at -1. Named landmark definitions stored in
+      the file (versions 3-4) are not used (see :func:`read_eos_model`).
     name: model name; defaults to the file name(s).
 
   Returns:
@@ -438,13 +443,15 @@ def load_eos_model(path: str | os.PathLike, blendshapes="auto", landmarks="auto"
   names = [os.path.basename(path)]
 
   expression_basis = None
-  if isinstance(blendshapes, (str, os.PathLike)) and blendshapes != "auto":
+  blendshapes_path = None
+  use_own_expressions = False
+  if isinstance(blendshapes, str) and blendshapes == "auto":
+    use_own_expressions = raw["expression"] is not None
+    if not use_own_expressions:
+      blendshapes_path = _sibling(path, f"expression_blendshapes_{num_vertices}.bin")
+  elif isinstance(blendshapes, (str, os.PathLike)):
     blendshapes_path = os.fspath(blendshapes)
-  elif blendshapes == "auto" and raw["expression"] is None:
-    blendshapes_path = _sibling(path, f"expression_blendshapes_{num_vertices}.bin")
-  elif blendshapes is None or blendshapes == "auto":
-    blendshapes_path = None
-  else:
+  elif blendshapes is not None:
     raise TypeError(f"load_eos_model: blendshapes must be 'auto', None or a path, got "
                     f"{blendshapes!r}")
   if blendshapes_path is not None:
@@ -455,7 +462,7 @@ def load_eos_model(path: str | os.PathLike, blendshapes="auto", landmarks="auto"
           f"the model {path} has {num_vertices}; use the blendshapes file made for this "
           "model (expression_blendshapes_<vertex count>.bin)")
     names.append(os.path.basename(blendshapes_path))
-  elif blendshapes == "auto" and raw["expression"] is not None:
+  elif use_own_expressions:
     expression = raw["expression"]
     if expression["type"] == "pca":
       mean = mean + expression["mean"]
