@@ -78,7 +78,7 @@ def head():
 
 
 def _write_bfm2017(path, h, *, version=(0, 9), prescaled=False, flip=False, drop=(),
-                   overrides=None):
+                   overrides=None, legacy_cells=False):
   """Writes ``h`` in the statismo layout of model2017-1_bfm_nomouth.h5."""
   overrides = overrides or {}
   tris = h["tris"][:, [0, 2, 1]] if flip else h["tris"]
@@ -98,6 +98,9 @@ def _write_bfm2017(path, h, *, version=(0, 9), prescaled=False, flip=False, drop
               f"{group}/representer/cells": tris.T.astype(np.int32),
               f"{group}/version/majorVersion": np.int32(version[0]),
               f"{group}/version/minorVersion": np.int32(version[1])}
+      if legacy_cells:
+        del data[f"{group}/representer/cells"]
+        data[f"{group}/representer/reference-mesh/triangle-list"] = tris.astype(np.int32)
       data.update({k: v for k, v in overrides.items() if k.startswith(group + "/")})
       for key, value in data.items():
         if key not in drop:
@@ -152,9 +155,10 @@ def test_bfm2017_legacy_prescaled_basis(tmp_path, head):
       m.albedo_basis, _expected_basis(head["color_u"], head["color_var"], v), atol=1e-5)
 
 
-def test_bfm2017_inward_winding_is_flipped(tmp_path, head):
+@pytest.mark.parametrize("legacy_cells", [False, True])
+def test_bfm2017_inward_winding_is_flipped(tmp_path, head, legacy_cells):
   path = tmp_path / "inward.h5"
-  _write_bfm2017(path, head, flip=True)
+  _write_bfm2017(path, head, flip=True, legacy_cells=legacy_cells)
   m = bfm.load_bfm2017(path, crop=None, landmarks=None)
   np.testing.assert_array_equal(m.triangles, head["tris"])
   _assert_outward(m)

@@ -85,7 +85,9 @@ def face_crop_mask(mean, back: float = FACE_CROP_MM["back"],
 
   The defaults (80 mm back, 80 mm half-width, 100 mm up, 90 mm down) keep forehead,
   temples, cheeks up to the ears, chin and a little of the area under the chin, like the
-  face-region crop of the FOCUS reference.
+  face-region crop of the FOCUS reference (whose own index list is not public). For other
+  parameters, load with ``crop=None`` and apply
+  ``subset(model, face_crop_mask(model.mean, back=...))``.
 
   Args:
     mean: [V, 3] positions in mm (model coordinates: y up, z towards the viewer).
@@ -294,7 +296,12 @@ def _read_bfm2017(path: str):
   with h5py.File(path, "r") as f:
     mean, shape_pc, shape_sd = _h5_submodel(f, "shape", path, None)
     num_vertices = mean.shape[0]
-    cells = _h5_dataset(f, "shape/representer/cells", path)
+    if ("shape/representer/cells" not in f
+        and "shape/representer/reference-mesh/triangle-list" in f):
+      # Legacy statismo representer ("gravis::Mesh Shape Representer"): [F, 3].
+      cells = _h5_dataset(f, "shape/representer/reference-mesh/triangle-list", path)
+    else:
+      cells = _h5_dataset(f, "shape/representer/cells", path)
     if "shape/representer/points" in f:
       points_shape = f["shape/representer/points"].shape
       if points_shape != (3, num_vertices):
@@ -323,8 +330,10 @@ def load_bfm2017(path: str | os.PathLike, crop="face", landmarks="auto",
   times ``sqrt(pcaVariance)``, reshaped to [K, V, 3], so coefficients are standard
   normal; colour in [0, 1] RGB, used as albedo as is (as the FOCUS reference does);
   triangles from ``shape/representer/cells``, re-wound if needed so their normals point
-  out of the head (see :func:`orient_outward`). The BFM 2009 HDF5 version
-  (``model2009-publicmm1-bfm.h5``, same layout, mm, no expression group) loads too.
+  out of the head (see :func:`orient_outward`). Files without an ``expression`` group
+  (e.g. the statismo version of BFM 2009, ``model2009-publicmm1-bfm.h5``, in mm) load
+  with an empty expression basis; the legacy representer layout
+  (``shape/representer/reference-mesh/triangle-list``) is accepted for the triangles.
 
   Args:
     path: the ``.h5`` file.

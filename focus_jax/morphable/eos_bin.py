@@ -360,8 +360,8 @@ def default_albedo(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   scales are the standard deviations in :data:`DEFAULT_ALBEDO_STDS`: overall
   brightness (a multiple of the skin tone), redness (more red, less green and blue)
   and a smooth top-to-bottom variation (brightness changing linearly with height).
-  Enough for albedo fitting to match skin tone and lighting-independent shading
-  trends; it cannot express detail such as brows or lips.
+  Enough for albedo fitting to match the overall skin tone and a forehead-to-chin
+  trend; it cannot express detail such as brows or lips.
 
   Args:
     mean: [V, 3] mean shape (model coordinates, y up).

@@ -37,7 +37,9 @@ class MorphableModel:
   Attributes:
     mean: [V, 3] float32, mean shape in mm.
     shape_basis: [Ks, V, 3] float32, identity basis scaled by the PCA std (mm).
-    expression_basis: [Ke, V, 3] float32, expression basis scaled by its std (mm).
+    expression_basis: [Ke, V, 3] float32, expression basis scaled by its std (mm);
+      for blendshape models (eos/SFM) the raw blendshapes, coefficient 1 = full
+      expression.
     albedo_mean: [V, 3] float32, mean per-vertex albedo, linear RGB in [0, 1].
     albedo_basis: [Ka, V, 3] float32, albedo basis scaled by its std.
     triangles: [F, 3] int32 vertex indices, counter-clockwise seen from the front
