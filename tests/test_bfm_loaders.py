@@ -205,6 +205,11 @@ def test_bfm2017_face_crop_and_landmarks_via_load(tmp_path, head):
   assert m.num_triangles == int(mask[full_tris].all(axis=1).sum())
   _assert_outward(m)
   assert "face crop" in m.name
+  # An explicit table given to the front door also indexes the full mesh.
+  other = tmp_path / "elsewhere.txt"
+  (tmp_path / "ibug_to_bfm2017-1_bfm_nomouth.txt").rename(other)
+  explicit = morphable.load(path, landmarks=other)
+  np.testing.assert_array_equal(explicit.landmarks, m.landmarks)
 
 
 def test_bfm2017_explicit_crops_agree(tmp_path, head):

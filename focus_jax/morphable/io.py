@@ -77,7 +77,9 @@ def load(path: str | os.PathLike, *, landmarks=None, num_shape: Optional[int] = 
   Args:
     path: model file (see the module docstring for the formats).
     landmarks: overrides the iBUG-68 landmark vertices: a path to an eos-style
-      ``ibug_to_*.txt`` table, or a [68] int array (-1 = undefined).
+      ``ibug_to_*.txt`` table, or a [68] int array (-1 = undefined). For BFM and
+      eos files it indexes the full mesh in the file (before any face crop); by
+      default a table lying next to the file is picked up.
     num_shape, num_expression, num_albedo: keep only the first k components
       (the FOCUS reference uses 80 / 64 / 80).
     name: overrides the model's name.
@@ -96,7 +98,14 @@ def load(path: str | os.PathLike, *, landmarks=None, num_shape: Optional[int] = 
     if format_options:
       raise TypeError(f"load: options {sorted(format_options)} do not apply to .npz files")
     m = load_npz(path)
-  elif fmt == "bfm2017":
+    if landmarks is not None:
+      m = _with_landmarks(m, landmarks)
+    return _finish(m, num_shape, num_expression, num_albedo, name)
+  # File formats take the table themselves: it indexes the full mesh in the file and
+  # must be applied before any face crop re-indexes the vertices.
+  if landmarks is not None:
+    format_options["landmarks"] = landmarks
+  if fmt == "bfm2017":
     from focus_jax.morphable import bfm  # pylint: disable=import-outside-toplevel
     m = bfm.load_bfm2017(path, **format_options)
   elif fmt == "bfm2009":
@@ -105,15 +114,19 @@ def load(path: str | os.PathLike, *, landmarks=None, num_shape: Optional[int] = 
   else:
     from focus_jax.morphable import eos_bin  # pylint: disable=import-outside-toplevel
     m = eos_bin.load_eos_model(path, **format_options)
-  if landmarks is not None:
-    table = (read_ibug_mapping(landmarks) if isinstance(landmarks, (str, os.PathLike))
-             else np.asarray(landmarks, np.int32))
-    m = model_lib.make_model(m.mean, m.shape_basis, m.expression_basis, m.albedo_mean,
-                             m.albedo_basis, m.triangles, table, m.uv, m.name)
+  return _finish(m, num_shape, num_expression, num_albedo, name)
+
+
+def _with_landmarks(m: model_lib.MorphableModel, landmarks) -> model_lib.MorphableModel:
+  table = (read_ibug_mapping(landmarks) if isinstance(landmarks, (str, os.PathLike))
+           else np.asarray(landmarks, np.int32))
+  return model_lib.make_model(m.mean, m.shape_basis, m.expression_basis, m.albedo_mean,
+                              m.albedo_basis, m.triangles, table, m.uv, m.name)
+
+
+def _finish(m, num_shape, num_expression, num_albedo, name):
   m = model_lib.truncate(m, num_shape, num_expression, num_albedo)
-  if name is not None:
-    m = m.replace(name=name)
-  return m
+  return m if name is None else m.replace(name=name)
 
 
 def save(model: model_lib.MorphableModel, path: str | os.PathLike) -> None:
