@@ -44,18 +44,26 @@ def test_intrinsics_scale_with_image_size():
   np.testing.assert_allclose(a * 224 / 64, b, rtol=1e-5, atol=1e-6)
 
 
-def test_pose_moves_camera_as_documented():
-  # The camera sits at t + (0, 0, 1000): moving it right moves the face left.
+def test_pose_follows_the_reference_convention():
+  intr = camera.Intrinsics.reference()
+  # Translation is in camera axes: +x moves the face right, +z moves it away.
   pts = np.zeros((1, 3))
-  uv = camera.model_to_image(pts, np.zeros(3), np.array([10.0, 0, 0]),
-                             camera.Intrinsics.reference())[0]
-  assert float(uv[0, 0]) < 112
-  # Camera coordinates follow p = Rc^T (v - c), Rc = diag(1,-1,-1) Rx Ry Rz.
+  uv, depth = camera.model_to_image(pts, np.zeros(3), np.array([10.0, 0, 50.0]), intr)
+  assert float(uv[0, 0]) > 112 and np.isclose(float(depth[0]), 1050)
+  # p = F Rx Ry Rz v + t + (0, 0, 1000), F = diag(1, -1, -1).
   angles, t = np.array([0.1, -0.2, 0.3]), np.array([5.0, -3.0, 20.0])
   v = np.random.default_rng(0).normal(size=(5, 3)) * 50
   rc = np.diag([1.0, -1.0, -1.0]) @ Rotation.from_euler("XYZ", angles).as_matrix()
-  expected = (v - (t + [0, 0, 1000])) @ rc
+  expected = v @ rc.T + t + [0, 0, 1000]
   np.testing.assert_allclose(camera.to_camera(v, angles, t), expected, rtol=1e-5, atol=1e-3)
+  # The face turns about its own origin: a yawed face stays centred in the image.
+  uv = camera.model_to_image(np.zeros((1, 3)), np.array([0.0, 0.7, 0.0]), np.zeros(3), intr)[0]
+  np.testing.assert_allclose(uv[0], [112.0, 112.0], atol=1e-4)
+  # Ry(b) sends the nose direction +z to (sin b, 0, cos b): positive yaw moves the nose
+  # towards +x, i.e. to the right in the image.
+  nose = np.array([[0.0, 0.0, 100.0]])
+  uv = camera.model_to_image(nose, np.array([0.0, 0.3, 0.0]), np.zeros(3), intr)[0]
+  assert float(uv[0, 0]) > 112
 
 
 def test_projection_gradients_match_finite_differences():

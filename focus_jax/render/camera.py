@@ -1,12 +1,14 @@
 """Camera pose and perspective projection, with the FOCUS reference's conventions.
 
-Pose. Six numbers per face: three Euler angles ``(a, b, c)`` in radians and a
-translation ``t`` in mm. As in the reference, they place the *camera* in model
-coordinates: the camera sits at ``t + (0, 0, 1000)`` mm and its axes are the
-columns of ``Rc = F · Rx(a) · Ry(b) · Rz(c)``, where ``F = diag(1, -1, -1)`` flips
-y and z. A model point ``v`` therefore has camera coordinates
-``p = Rc^T (v - t - (0, 0, 1000))``. With zero pose the face (model origin) is
-1000 mm in front of the camera, looking at it, upright.
+Pose. Six numbers per face, as in the reference (``convert_params`` with
+``camera2world=False``): three Euler angles ``(a, b, c)`` in radians and a
+translation ``t`` in mm. The face is rotated about its model origin, flipped into
+camera axes and pushed 1000 mm in front of the camera::
+
+    p = F · Rx(a) · Ry(b) · Rz(c) · v + t + (0, 0, 1000),   F = diag(1, -1, -1)
+
+so with zero pose the face is upright, 1000 mm away, looking at the camera; ``t``
+is expressed in camera axes (x right, y down, z away from the camera).
 
 Camera space: x right, y down, z forward (depth, mm, positive in front).
 
@@ -70,14 +72,13 @@ def euler_rotation(angles) -> jnp.ndarray:
 
 
 def camera_rotation(angles) -> jnp.ndarray:
-  """World-to-camera rotation ``Rc^T`` (see module docstring): [..., 3] -> [..., 3, 3]."""
+  """Model-to-camera rotation ``F · Rx(a) · Ry(b) · Rz(c)``: [..., 3] -> [..., 3, 3]."""
   flip = jnp.array([1.0, -1.0, -1.0])
-  rc = flip[:, None] * euler_rotation(angles)  # F @ R, F diagonal.
-  return jnp.swapaxes(rc, -1, -2)
+  return flip[:, None] * euler_rotation(angles)  # F @ R with F diagonal.
 
 
-def camera_position(translation) -> jnp.ndarray:
-  """Camera centre in model coordinates, mm: [..., 3] -> [..., 3]."""
+def camera_translation(translation) -> jnp.ndarray:
+  """Camera-space position of the model origin, mm: [..., 3] -> [..., 3]."""
   return jnp.asarray(translation) + jnp.array([0.0, 0.0, CAMERA_DISTANCE])
 
 
@@ -87,14 +88,14 @@ def to_camera(points, angles, translation) -> jnp.ndarray:
   Args:
     points: [..., N, 3] positions in mm (model coordinates).
     angles: [..., 3] Euler angles in radians.
-    translation: [..., 3] camera translation in mm.
+    translation: [..., 3] translation in mm (camera axes).
 
   Returns:
     [..., N, 3] camera-space positions in mm (x right, y down, z = depth).
   """
-  rot = camera_rotation(angles)
-  centred = points - camera_position(translation)[..., None, :]
-  return jnp.einsum("...ij,...nj->...ni", rot, centred, precision="highest")
+  rotated = jnp.einsum("...ij,...nj->...ni", camera_rotation(angles), points,
+                       precision="highest")
+  return rotated + camera_translation(translation)[..., None, :]
 
 
 def rotate_to_camera(directions, angles) -> jnp.ndarray:
