@@ -26,7 +26,15 @@ setup(
     extras_require={
         # eos-py: independent reader of the Surrey Face Model .bin files (loader parity
         # tests only). scikit-image: real sample photos for tests and the demo.
-        "test": ["pytest>=7", "eos-py>=1.4", "scikit-image>=0.21"],
+        # torch: independent PyTorch networks for the weight-converter parity tests (the
+        # package reads .pth files without it). dlib-bin + face-recognition-models: dlib's
+        # face-recognition ResNet weights (the default identity network, read without
+        # dlib) and dlib's own descriptor as the parity reference.
+        "test": ["pytest>=7", "eos-py>=1.4", "scikit-image>=0.21", "torch==2.13.0",
+                 "dlib-bin", "face-recognition-models"],
+        # Landmark detection (dlib's HOG detector + 68-point predictor) and the weights
+        # of the default identity network.
+        "detect": ["dlib-bin", "face-recognition-models"],
     },
     entry_points={"console_scripts": ["focus-jax=focus_jax.cli:run"]},
 )

@@ -15,3 +15,14 @@ class ModelFileError(FocusError, ValueError):
 
 class CoefficientError(FocusError, ValueError):
   """A coefficient vector does not match the model it is used with."""
+
+
+class DataError(FocusError, ValueError):
+  """A dataset file (image, landmark CSV, mask, cache) is missing, malformed or unusable."""
+
+
+class ImageReadError(DataError):
+  """An image file cannot be read or decoded (corrupt, truncated, not an image).
+
+  Input pipelines catch this one, skip the image with a warning and count it.
+  """

@@ -1,0 +1,154 @@
+"""One call from morphable-model coefficients to an image: model -> camera -> SH
+shading -> rasterization.
+
+Shading is per vertex (Gouraud), as in the FOCUS reference: vertex normals of the
+posed mesh are rotated into camera space, lit with the SH light and multiplied by
+the albedo; the rasterizer then interpolates the colours. Two modes:
+
+* ``"hard"``: exact visibility (:func:`~focus_jax.render.rasterize.rasterize`),
+  differentiable interpolation, and (by default) analytic silhouette
+  antialiasing so that the image and the mask have gradients w.r.t. the
+  silhouette.
+* ``"soft"``: SoftRas aggregation
+  (:func:`~focus_jax.render.rasterize.soft_rasterize`); the mask is the soft
+  coverage.
+
+All per-face inputs carry a leading batch axis B; the model is shared.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax.numpy as jnp
+
+from focus_jax.morphable import model as model_lib
+from focus_jax.render import camera as camera_lib
+from focus_jax.render import rasterize as raster_lib
+from focus_jax.render import shading as shading_lib
+
+
+@flax.struct.dataclass
+class RenderOutput:
+  """What :func:`render` returns (B = batch, H x W = image size, V = vertices).
+
+  Attributes:
+    image: [B, H, W, 3] rendered face over the background, linear RGB.
+    mask: [B, H, W] float32 face coverage in [0, 1]: antialiased (hard mode) or
+      soft (soft mode), differentiable w.r.t. the geometry at the silhouette.
+    landmarks: [B, 68, 2] projected landmark vertices (pixels, x right, y down,
+      pixel centres at +0.5); undefined landmarks project vertex 0 (see
+      :func:`~focus_jax.morphable.landmark_mask`).
+    landmark_depth: [B, 68] their camera-space depth (mm).
+    triangle_id: [B, H, W] int32 visible triangle, -1 for background (hard
+      visibility, also in soft mode), or None when ``buffers=False`` in soft mode.
+    depth: [B, H, W] camera-space depth (mm) of the visible surface, 0 for
+      background; None as ``triangle_id``.
+    normals: [B, H, W, 3] interpolated camera-space vertex normals (not
+      renormalised), 0 for background; None when ``buffers=False``.
+    albedo: [B, H, W, 3] interpolated albedo; None when ``buffers=False``.
+    vertices_camera: [B, V, 3] camera-space vertices (mm).
+    vertices_image: [B, V, 2] projected vertices (pixels).
+    vertex_colors: [B, V, 3] shaded vertex colours.
+  """
+  image: jnp.ndarray
+  mask: jnp.ndarray
+  landmarks: jnp.ndarray
+  landmark_depth: jnp.ndarray
+  triangle_id: Optional[jnp.ndarray]
+  depth: Optional[jnp.ndarray]
+  normals: Optional[jnp.ndarray]
+  albedo: Optional[jnp.ndarray]
+  vertices_camera: jnp.ndarray
+  vertices_image: jnp.ndarray
+  vertex_colors: jnp.ndarray
+
+
+def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, angles,
+           translation, light, intrinsics: camera_lib.Intrinsics, *, mode: str = "hard",
+           background=None, cull_backfaces: bool = True, antialias: bool = True,
+           buffers: bool = True, sigma: float = 0.1, gamma: float = 1e-4,
+           near: float = 1.0) -> RenderOutput:
+  """Renders faces from morphable-model coefficients.
+
+  Args:
+    model: the morphable model (shared by the batch).
+    shape: [B, Ks] identity coefficients.
+    expression: [B, Ke] expression coefficients, or None (neutral).
+    albedo_coeffs: [B, Ka] albedo coefficients.
+    angles: [B, 3] Euler angles (radians), see :mod:`focus_jax.render.camera`.
+    translation: [B, 3] translation (mm).
+    light: [B, 9, 3] SH light, see :mod:`focus_jax.render.shading`.
+    intrinsics: the camera; fixes the image size.
+    mode: ``"hard"`` or ``"soft"`` (static).
+    background: None (black), [3], or [B, H, W, 3] image behind the face.
+    cull_backfaces: skip triangles facing away from the camera.
+    antialias: hard mode: blend silhouette pixels (gives silhouette gradients).
+    buffers: also return triangle ids, depth, normal and albedo buffers (in soft
+      mode this costs an extra hard rasterization).
+    sigma, gamma: soft mode blur (px²) and depth temperature, see
+      :func:`~focus_jax.render.rasterize.soft_rasterize`.
+    near: near-plane depth (mm).
+
+  Returns:
+    :class:`RenderOutput`.
+  """
+  if mode not in ("hard", "soft"):
+    raise ValueError(f"render: mode must be 'hard' or 'soft', got {mode!r}")
+  verts = model_lib.vertices(model, shape, expression)                  # [B, V, 3]
+  albedo = model_lib.albedo(model, albedo_coeffs)                       # [B, V, 3]
+  tri = model.triangles
+  cam = camera_lib.to_camera(verts, angles, translation)
+  safe = cam.at[..., 2].set(jnp.where(cam[..., 2] > 0, cam[..., 2], 1.0))
+  vimg = camera_lib.project(safe, intrinsics)
+  normals = camera_lib.rotate_to_camera(shading_lib.vertex_normals(verts, tri), angles)
+  colors = shading_lib.shade(albedo, normals, light)
+  lm_cam = model_lib.landmark_positions(model, cam)
+  lm_safe = lm_cam.at[..., 2].set(jnp.where(lm_cam[..., 2] > 0, lm_cam[..., 2], 1.0))
+  landmarks = camera_lib.project(lm_safe, intrinsics)
+
+  batch = verts.shape[0]
+  size = (batch, intrinsics.height, intrinsics.width, 3)
+  bg = jnp.zeros(size, jnp.float32) if background is None else jnp.broadcast_to(
+      jnp.asarray(background, jnp.float32), size)
+
+  frags = None
+  if mode == "hard" or buffers:
+    frags = raster_lib.rasterize(cam, tri, intrinsics, cull_backfaces=cull_backfaces,
+                                 near=near)
+  if mode == "hard":
+    coverage = frags.mask.astype(jnp.float32)
+    color = raster_lib.interpolate(colors, cam, tri, frags, intrinsics)
+    image = color + (1.0 - coverage[..., None]) * bg
+    if antialias:
+      out = raster_lib.antialias(jnp.concatenate([image, coverage[..., None]], -1), cam, tri,
+                                 frags, intrinsics)
+      image, coverage = out[..., :3], out[..., 3]
+    mask = coverage
+  else:
+    soft = raster_lib.soft_rasterize(cam, tri, colors, intrinsics, background=bg,
+                                      sigma=sigma, gamma=gamma, near=near,
+                                      cull_backfaces=cull_backfaces)
+    image, mask = soft.image, soft.alpha
+
+  normal_buf = albedo_buf = None
+  if buffers:
+    both = raster_lib.interpolate(jnp.concatenate([normals, albedo], -1), cam, tri, frags,
+                                  intrinsics)
+    normal_buf, albedo_buf = both[..., :3], both[..., 3:]
+  return RenderOutput(
+      image=image, mask=mask, landmarks=landmarks, landmark_depth=lm_cam[..., 2],
+      triangle_id=None if frags is None else frags.triangle_id,
+      depth=None if frags is None else frags.depth,
+      normals=normal_buf, albedo=albedo_buf, vertices_camera=cam, vertices_image=vimg,
+      vertex_colors=colors)
+
+
+def photometric_loss(image, target, mask=None):
+  """Mean squared colour error over (masked) pixels: [B, H, W, 3] -> scalar."""
+  err = jnp.sum((image - target) ** 2, axis=-1)
+  if mask is None:
+    return jnp.mean(err)
+  return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+

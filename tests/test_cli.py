@@ -1,0 +1,60 @@
+"""The focus-jax command and the experiments scripts, run as a user runs them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from focus_jax import morphable
+from tests.helpers import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_demo_writes_pictures_of_the_builtin_face(tmp_path):
+  out = tmp_path / "demo"
+  r = _run("-m", "focus_jax.cli", "demo", f"--out={out}", "--size=64", "--samples=2")
+  assert r.returncode == 0, r.stderr
+  for name in ("mean_face.png", "poses.png", "samples.png"):
+    image = iio.imread(out / name)
+    assert image.dtype == np.uint8 and image.shape[-1] == 3
+  mean_face = iio.imread(out / "mean_face.png").astype(float) / 255
+  # Skin in the middle of the picture, background in the corner.
+  centre, corner = mean_face[32, 32], mean_face[1, 1]
+  assert np.abs(centre - corner).sum() > 0.1 and centre[0] > centre[2]
+  assert "render time" in r.stdout
+
+
+def test_unknown_command_and_bad_model_fail_cleanly(tmp_path):
+  r = _run("-m", "focus_jax.cli", "frobnicate")
+  assert r.returncode != 0 and "unknown command 'frobnicate'" in r.stderr
+  r = _run("-m", "focus_jax.cli", "demo", f"--out={tmp_path}/d", f"--model={tmp_path}/none.h5")
+  assert r.returncode == 1
+  assert f"not found: {tmp_path}/none.h5" in r.stderr and "Traceback" not in r.stderr
+  assert not (tmp_path / "d").exists()
+
+
+def test_info_describes_a_model(tmp_path):
+  path = tmp_path / "m.npz"
+  morphable.save(tiny_model(), path)
+  r = _run("-m", "focus_jax.cli", "info", str(path))
+  assert r.returncode == 0 and "MorphableModel(name='tiny'" in r.stdout
+
+
+def test_export_model_script(tmp_path):
+  src, dst = tmp_path / "m.npz", tmp_path / "small.npz"
+  morphable.save(tiny_model(num_shape=5), src)
+  r = _run("experiments/export_model.py", f"--model={src}", f"--out={dst}", "--num_shape=2")
+  assert r.returncode == 0, r.stderr
+  assert morphable.load(dst).num_shape == 2
+  r = _run("experiments/export_model.py", f"--model={tmp_path}/missing.bin", f"--out={dst}")
+  assert r.returncode != 0 and "not found" in r.stderr

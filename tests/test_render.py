@@ -1,0 +1,138 @@
+"""Tests of focus_jax.render.render (model -> camera -> shading -> rasterization)."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from focus_jax.morphable import model as model_lib
+from focus_jax.render import camera, rasterize, render, shading
+
+sys.path.insert(0, os.path.dirname(__file__))
+from render_testing import icosphere  # noqa: E402
+
+INTR = camera.Intrinsics.reference(48)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  """A sphere 'face' of radius 80 mm with small random bases and a textured albedo."""
+  v, f = icosphere(2)
+  rng = np.random.default_rng(0)
+  mean = v * 80.0
+  shape = rng.normal(size=(2, len(v), 3)) * 2.0
+  expr = rng.normal(size=(1, len(v), 3)) * 1.0
+  albedo_mean = 0.45 + 0.3 * np.stack([np.sin(3 * v[:, 0] + 1), np.cos(4 * v[:, 1]),
+                                       np.sin(5 * v[:, 2] + v[:, 0])], -1)
+  albedo_basis = rng.normal(size=(2, len(v), 3)) * 0.05
+  return model_lib.make_model(mean, shape, expr, albedo_mean, albedo_basis, f,
+                              landmarks=np.arange(68), name="tiny-sphere")
+
+
+def params(batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  return dict(
+      shape=jnp.asarray(rng.normal(size=(batch, 2)), jnp.float32),
+      expression=jnp.asarray(rng.normal(size=(batch, 1)), jnp.float32),
+      albedo_coeffs=jnp.asarray(rng.normal(size=(batch, 2)), jnp.float32),
+      angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
+      translation=jnp.asarray(rng.normal(size=(batch, 3)) * 3.0, jnp.float32),
+      light=shading.default_light((batch,)) + jnp.asarray(
+          rng.normal(size=(batch, 9, 3)) * 0.3, jnp.float32))
+
+
+@pytest.fixture(scope="module")
+def hard_output(tiny_model):
+  fn = jax.jit(lambda p: render.render(tiny_model, intrinsics=INTR, **p))
+  p = params()
+  return p, fn(p)
+
+
+def test_hard_render_buffers(tiny_model, hard_output):
+  p, out = hard_output
+  b, h, w = 2, INTR.height, INTR.width
+  assert out.image.shape == (b, h, w, 3) and out.mask.shape == (b, h, w)
+  assert out.landmarks.shape == (b, 68, 2) and out.triangle_id.shape == (b, h, w)
+  assert out.normals.shape == (b, h, w, 3) and out.albedo.shape == (b, h, w, 3)
+  mask = np.asarray(out.mask)
+  assert mask.min() >= 0 and mask.max() <= 1 + 1e-6
+  assert 0.2 < mask.mean() < 0.8
+  # Landmarks are the projected landmark vertices.
+  verts = model_lib.vertices(tiny_model, p["shape"], p["expression"])
+  cam = camera.to_camera(verts[:, :68], p["angles"], p["translation"])
+  np.testing.assert_allclose(np.asarray(out.landmarks), np.asarray(camera.project(cam, INTR)),
+                             atol=1e-3)
+  # Visibility is the rasterizer's.
+  frags = rasterize.rasterize(out.vertices_camera, tiny_model.triangles, INTR,
+                              cull_backfaces=True)
+  np.testing.assert_array_equal(np.asarray(out.triangle_id), np.asarray(frags.triangle_id))
+  # Background stays black away from the face; interior pixels are albedo x irradiance.
+  hard = np.asarray(out.triangle_id) >= 0
+  far = ~hard & (np.asarray(out.mask) == 0)
+  assert np.all(np.asarray(out.image)[far] == 0)
+  normals = np.asarray(out.normals)[hard]
+  normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+  assert np.mean(normals[:, 2] < 0) > 0.95  # facing the camera (camera z forward)
+  light = np.asarray(p["light"])[:, None, None].repeat(h, 1).repeat(w, 2)[hard]
+  approx = np.asarray(out.albedo)[hard] * np.einsum(
+      "nk,nkc->nc", np.asarray(shading.sh_basis(jnp.asarray(normals))), light)
+  interior = np.abs(np.asarray(out.mask)[hard] - 1) < 1e-6
+  assert np.median(np.abs(np.asarray(out.image)[hard][interior] - approx[interior])) < 0.02
+
+
+def test_background_and_soft_mode(tiny_model, hard_output):
+  p, hard = hard_output
+  bg = jnp.full((2, INTR.height, INTR.width, 3), 0.25)
+  soft = jax.jit(lambda p: render.render(tiny_model, intrinsics=INTR, mode="soft", background=bg,
+                                         sigma=0.02, **p))(p)
+  mask = np.asarray(hard.mask)
+  outside = (mask == 0) & (np.asarray(soft.mask) < 1e-6)
+  np.testing.assert_allclose(np.asarray(soft.image)[outside], 0.25, atol=1e-5)
+  inside = mask == 1
+  assert np.median(np.abs(np.asarray(soft.image - hard.image))[inside]) < 0.02
+  assert np.mean(np.abs(np.asarray(soft.mask) - mask)) < 0.1
+  np.testing.assert_array_equal(np.asarray(soft.triangle_id), np.asarray(hard.triangle_id))
+
+
+def test_inverse_rendering_recovers_pose_and_light(tiny_model):
+  """Fits angles, translation and SH light to a rendered target (hard mode with
+  antialiasing) from a perturbed start."""
+  truth = params(batch=1, seed=1)
+  target = render.render(tiny_model, intrinsics=INTR, **truth).image
+  rng = np.random.default_rng(2)
+  scale = dict(angles=0.01, translation=5.0, light=1.0)   # parameter units per step unit
+  start = dict(
+      angles=truth["angles"] + 0.01 * jnp.asarray(rng.normal(size=(1, 3)), jnp.float32),
+      translation=truth["translation"] + jnp.asarray([[4.0, -3.0, 20.0]], jnp.float32),
+      light=truth["light"] + 0.3 * jnp.asarray(rng.normal(size=(1, 9, 3)), jnp.float32))
+  fixed = {k: truth[k] for k in ("shape", "expression", "albedo_coeffs")}
+
+  def loss(x):
+    p = {k: x[k] * scale[k] for k in x}
+    image = render.render(tiny_model, intrinsics=INTR, **fixed, **p).image
+    return jnp.mean((image - target) ** 2)
+
+  opt = optax.adam(0.05)
+  x = {k: start[k] / scale[k] for k in start}
+  state = opt.init(x)
+
+  @jax.jit
+  def step(x, state):
+    value, grad = jax.value_and_grad(loss)(x)
+    updates, state = opt.update(grad, state)
+    return optax.apply_updates(x, updates), state, value
+
+  first = None
+  for i in range(300):
+    x, state, value = step(x, state)
+    first = value if first is None else first
+  final = float(loss(x))
+  assert final < 1e-3 * float(first), (float(first), final)
+  got = {k: np.asarray(x[k] * scale[k]) for k in x}
+  np.testing.assert_allclose(got["translation"], np.asarray(truth["translation"]), atol=1.0)
+  np.testing.assert_allclose(got["angles"], np.asarray(truth["angles"]), atol=2e-3)
+  np.testing.assert_allclose(got["light"], np.asarray(truth["light"]), atol=0.1)
