@@ -31,8 +31,9 @@ from focus_jax.data import synthetic
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (created).", required=True)
 _NUM = flags.DEFINE_integer("num", 100, "Number of samples.", lower_bound=1)
-_START = flags.DEFINE_integer("start", 0, "Index of the first sample (to extend a dataset "
-                              "made with the same seed).", lower_bound=0)
+_START = flags.DEFINE_integer("start", 0, "Index of the first sample, e.g. to make another "
+                              "part of the same dataset (same --seed) in another --out folder: "
+                              "each run writes its own CSVs and params.npz.", lower_bound=0)
 _SIZE = flags.DEFINE_integer("size", 224, "Image width and height in pixels.", lower_bound=16)
 _SEED = flags.DEFINE_integer("seed", 0, "Dataset seed; sample i depends only on (seed, i).",
                              lower_bound=0)

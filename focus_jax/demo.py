@@ -55,53 +55,58 @@ def _render(model, shape, expression, albedo, angles, size):
 
 def run_demo(out_dir: str, size: int = 224, num_samples: int = 8, seed: int = 0,
              model: morphable.MorphableModel | None = None) -> dict:
-  """Writes ``mean_face.png``, ``poses.png`` and ``samples.png`` to ``out_dir``.
+  """Writes ``mean_face.png``, ``poses.png``, ``samples.png``, ``overview.png`` to ``out_dir``.
+
+  All faces (mean, pose sweep, random samples) are rendered in one batch, so the
+  renderer compiles once.
 
   Returns:
-    A dict with the written paths and the render time per image (seconds).
+    A dict with the written paths and the render time per image (seconds, after
+    compilation).
   """
   model = morphable.builtin() if model is None else model
-  os.makedirs(out_dir, exist_ok=True)
-  zeros = lambda n, k: jnp.zeros((n, k))
-  render = jax.jit(_render, static_argnums=(5,))
   print(f"model: {model}")
+  num_poses = len(POSES)
+  batch = 1 + num_poses + num_samples
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
 
-  # Mean face, frontal, with its landmarks.
-  img, lms = jax.device_get(render(model, zeros(1, model.num_shape),
-                                   zeros(1, model.num_expression),
-                                   zeros(1, model.num_albedo), zeros(1, 3), size))
+  def coefficients(key, k):  # mean face and poses: zeros; samples: standard normal.
+    return jnp.concatenate([jnp.zeros((1 + num_poses, k)),
+                            jax.random.normal(key, (num_samples, k))])
+
+  shape = coefficients(keys[0], model.num_shape)
+  expression = coefficients(keys[1], model.num_expression)
+  albedo = coefficients(keys[2], model.num_albedo)
+  sample_angles = jax.random.uniform(keys[3], (num_samples, 3), minval=-0.35,
+                                     maxval=0.35) * jnp.array([0.5, 1.0, 0.3])
+  pose_angles = [[math.radians(p), math.radians(y), 0.0] for p, y in POSES]
+  angles = jnp.concatenate([jnp.zeros((1, 3)), jnp.asarray(pose_angles), sample_angles])
+
+  args = (model, shape, expression, albedo, angles)
+  compiled = jax.jit(_render, static_argnums=(5,)).lower(*args, size).compile()
+  t0 = time.perf_counter()
+  rendered, landmarks = jax.device_get(jax.block_until_ready(compiled(*args)))
+  seconds = (time.perf_counter() - t0) / batch
+
+  os.makedirs(out_dir, exist_ok=True)
   valid = np.asarray(morphable.landmark_mask(model))
-  mean_face = images.draw_points(img[0], lms[0], valid=valid, radius=max(size // 160, 0))
-  paths = {"mean_face": os.path.join(out_dir, "mean_face.png")}
+  paths = {"mean_face": os.path.join(out_dir, "mean_face.png"),
+           "poses": os.path.join(out_dir, "poses.png")}
+  mean_face = images.draw_points(rendered[0], landmarks[0], valid=valid,
+                                 radius=max(size // 160, 0))
   images.save_png(paths["mean_face"], mean_face)
-
-  # Pose sweep.
-  angles = jnp.asarray([[math.radians(p), math.radians(y), 0.0] for p, y in POSES])
-  n = len(POSES)
-  pose_imgs, _ = jax.device_get(render(model, zeros(n, model.num_shape), zeros(n, model.num_expression),
-                        zeros(n, model.num_albedo), angles, size))
-  paths["poses"] = os.path.join(out_dir, "poses.png")
-  images.save_png(paths["poses"], images.tile(list(pose_imgs), cols=n))
-
-  # Random faces (standard-normal coefficients), slightly turned.
-  seconds = None
+  images.save_png(paths["poses"], images.tile(list(rendered[1:1 + num_poses]), cols=num_poses))
   if num_samples:
-    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-    n = num_samples
-    shape = jax.random.normal(keys[0], (n, model.num_shape))
-    expression = jax.random.normal(keys[1], (n, model.num_expression))
-    albedo = jax.random.normal(keys[2], (n, model.num_albedo))
-    angles = jax.random.uniform(keys[3], (n, 3), minval=-0.35, maxval=0.35) * jnp.array(
-        [0.5, 1.0, 0.3])
-    jax.block_until_ready(render(model, shape, expression, albedo, angles, size))
-    t0 = time.perf_counter()
-    sample_imgs, _ = jax.device_get(render(model, shape, expression, albedo, angles, size))
-    seconds = (time.perf_counter() - t0) / n
     paths["samples"] = os.path.join(out_dir, "samples.png")
-    images.save_png(paths["samples"], images.tile(list(sample_imgs), cols=min(n, 4)))
-  for key, path in paths.items():
+    images.save_png(paths["samples"], images.tile(list(rendered[1 + num_poses:]),
+                                                  cols=min(num_samples, 4)))
+  # One picture for a README: mean face, four poses, random faces.
+  overview = [mean_face] + [rendered[1 + i] for i in (0, 1, 3, 4)]
+  overview += list(rendered[1 + num_poses:1 + num_poses + 3])
+  paths["overview"] = os.path.join(out_dir, "overview.png")
+  images.save_png(paths["overview"], images.tile(overview, cols=4))
+  for path in paths.values():
     print(f"wrote {path}")
-  if seconds is not None:
-    print(f"render time: {1e3 * seconds:.1f} ms per {size}x{size} image (batch {num_samples}, "
-          f"after compilation, {jax.devices()[0].platform})")
+  print(f"render time: {1e3 * seconds:.1f} ms per {size}x{size} image (batch {batch}, after "
+        f"compilation, {jax.devices()[0].platform})")
   return {"paths": paths, "seconds_per_image": seconds}

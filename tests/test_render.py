@@ -26,8 +26,7 @@ def tiny_model():
   mean = v * 80.0
   shape = rng.normal(size=(2, len(v), 3)) * 2.0
   expr = rng.normal(size=(1, len(v), 3)) * 1.0
-  albedo_mean = 0.45 + 0.3 * np.stack([np.sin(3 * v[:, 0] + 1), np.cos(4 * v[:, 1]),
-                                       np.sin(5 * v[:, 2] + v[:, 0])], -1)
+  albedo_mean = rng.uniform(0.2, 0.8, size=(len(v), 3))
   albedo_basis = rng.normal(size=(2, len(v), 3)) * 0.05
   return model_lib.make_model(mean, shape, expr, albedo_mean, albedo_basis, f,
                               landmarks=np.arange(68), name="tiny-sphere")

@@ -463,18 +463,23 @@ class SyntheticFaces:
     return self.generate([index])[0]
 
   def load(self, index: int) -> dict:
-    """Sample ``index`` as a pipeline example (see :meth:`SyntheticSample.as_example`)."""
-    return self.sample(index).as_example()
+    """Sample ``index`` as a pipeline example (see :meth:`SyntheticSample.as_example`).
+
+    Renders this face alone (a batch of one, compiled once), so that a
+    :class:`~focus_jax.data.pipeline.Pipeline` can call it from its loader threads.
+    The result equals ``sample(index)``.
+    """
+    return self._generate_chunk([int(index)], batch=1)[0].as_example()
 
   def generate(self, indices: Sequence[int]) -> list:
     """Samples for ``indices`` (rendered ``batch_size`` at a time)."""
     indices = [int(i) for i in indices]
     out = []
     for start in range(0, len(indices), self.batch_size):
-      out.extend(self._generate_chunk(indices[start:start + self.batch_size]))
+      out.extend(self._generate_chunk(indices[start:start + self.batch_size], self.batch_size))
     return out
 
-  def _generate_chunk(self, indices):
+  def _generate_chunk(self, indices, batch: int):
     cfg = self.config
     size = cfg.size
     params = [self.params(i) for i in indices]
@@ -483,7 +488,7 @@ class SyntheticFaces:
       bg, name = procedural.background(self._streams(i)[1], size, size, cfg.photo_probability)
       backgrounds.append(bg)
       bg_names.append(name)
-    pad = self.batch_size - len(indices)
+    pad = batch - len(indices)
     stack = lambda key: np.stack([p[key] for p in params] + [params[-1][key]] * pad)
     rendered = jax.device_get(render_batch(
         self.model, stack("shape"), stack("expression"), stack("albedo"), stack("angles"),

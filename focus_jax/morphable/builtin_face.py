@@ -51,9 +51,10 @@ that coefficients are standard normal, as in the Basel Face Model:
   slope, jaw width) and random Fourier features of vector-valued Gaussian kernels
   with length scales 70, 35, 17 and 9 mm (std 2.2, 1.6, 1.0, 0.5 mm), amplified
   towards the nose, mouth, chin, brows and cheeks; 70 % of the random fields are
-  mirror-symmetric, the rest asymmetric (~90 % of the variance is symmetric). Per-vertex 3D standard deviation ~4 mm
-  on the face (so +-10 mm at 3 sigma); the first components move the vertices by
-  2.0, 1.7, 1.5 mm rms; the first 80 hold 99.7 % of the variance.
+  mirror-symmetric, the rest asymmetric (96 % of the variance is symmetric).
+  Per-vertex 3D standard deviation ~4 mm on the face (so +-10 mm at 3 sigma); the
+  first components move the vertices by 2.1, 1.9, 1.6 mm rms; the first 80 hold
+  99.6 % of the variance.
 * expression (64 components, the default): the PCA of 38 localized
   action-unit-like displacement fields (jaw drop, jaw sideways and forward,
   pucker, upper-lip raiser, lower-lip depressor, lip press, lips suck, chin

@@ -1,0 +1,182 @@
+"""Synthetic occluded faces: reproducible by seed, masks consistent with the mesh, dataset files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from focus_jax import morphable
+from focus_jax.data import dataset, landmarks, occluders, synthetic
+from focus_jax.render import camera
+from focus_jax.errors import DataError
+
+SIZE = 64
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+  return morphable.builtin(resolution=25)
+
+
+@pytest.fixture(scope="module")
+def config():
+  return synthetic.SyntheticConfig(size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def samples(model, config):
+  gen = synthetic.SyntheticFaces(model, config, seed=3, batch_size=BATCH)
+  return gen.generate(range(8))
+
+
+def _equal(a, b):
+  np.testing.assert_array_equal(a.image, b.image)
+  for key in ("visible_mask", "face_mask", "occluder_mask", "detail", "detail_labels",
+              "landmarks", "vertices"):
+    np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+  for key in a.params:
+    np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+  assert a.info == b.info
+
+
+def test_reproducible_by_seed_and_independent_of_batching(model, config, samples):
+  gen = synthetic.SyntheticFaces(model, config, seed=3, batch_size=BATCH)
+  again = gen.generate([5, 2, 7])               # other batch companions and positions
+  _equal(again[0], samples[5])
+  _equal(again[1], samples[2])
+  _equal(gen.sample(7), samples[7])
+  other = synthetic.SyntheticFaces(model, config, seed=4, batch_size=BATCH).params(2)
+  assert not np.array_equal(other["shape"], samples[2].params["shape"])
+
+
+def test_shapes_ranges_and_ground_truth(model, samples):
+  for s in samples:
+    assert s.image.shape == (SIZE, SIZE, 3) and s.image.dtype == np.float32
+    assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+    assert s.vertices.shape == (model.num_vertices, 3)
+    assert s.landmarks.shape == (68, 2) and np.isfinite(s.landmarks).all()
+    assert s.params["light"].shape == (9, 3)
+    a = np.degrees(s.params["angles"])
+    assert abs(a[0]) <= 20 and abs(a[1]) <= 45 and abs(a[2]) <= 15
+    # visible = face and not occluder
+    np.testing.assert_array_equal(s.visible_mask, s.face_mask & ~s.occluder_mask)
+    assert not (s.visible_mask & ~s.face_mask).any()
+    assert s.face_mask.sum() > 0.15 * SIZE * SIZE
+    # coverage as drawn (10-40 %), measured on the face pixels
+    cov = (s.face_mask & s.occluder_mask).sum() / s.face_mask.sum()
+    assert cov == pytest.approx(s.info["coverage"])
+    assert 0.1 - 0.04 <= cov <= 0.4 + 0.08, s.info
+    assert s.info["occluders"]
+    # detail lives on the face only
+    assert (s.detail[~s.face_mask] == 0).all() and (s.detail_labels[~s.face_mask] == 0).all()
+    json.dumps(s.info)
+  errors = [abs(s.info["coverage"] - s.info["target_coverage"]) for s in samples]
+  assert np.median(errors) < 0.03
+
+
+def test_masks_agree_with_a_re_render_without_occluders(model, samples):
+  """Re-renders every returned mesh with its parameters on a plain background."""
+  params = [s.params for s in samples[:BATCH]]
+  stack = lambda k: np.stack([p[k] for p in params])
+  verts = np.asarray(morphable.vertices(model, stack("shape"), stack("expression")))
+  cam = np.asarray(camera.to_camera(verts, stack("angles"), stack("translation")))
+  out = synthetic.render_batch(model, stack("shape"), stack("expression"), stack("albedo"),
+                               stack("angles"), stack("translation"), stack("light"),
+                               np.zeros((BATCH, SIZE, SIZE, 3), np.float32), size=SIZE)
+  for k, s in enumerate(samples[:BATCH]):
+    np.testing.assert_allclose(s.vertices, verts[k], atol=1e-3)
+    np.testing.assert_allclose(s.vertices_camera, cam[k], atol=1e-3)
+    face = np.asarray(out["triangle_id"][k]) >= 0
+    assert (s.visible_mask <= face).all()
+    np.testing.assert_array_equal(s.visible_mask[~s.occluder_mask], face[~s.occluder_mask])
+    np.testing.assert_array_equal(s.face_mask, face)
+    # landmarks are the projected landmark vertices of the returned mesh
+    lm_px, _ = camera.model_to_image(morphable.landmark_positions(model, s.vertices),
+                                     s.params["angles"], s.params["translation"],
+                                     camera.Intrinsics.reference(SIZE))
+    np.testing.assert_allclose(s.landmarks, np.asarray(lm_px), atol=1e-2)
+
+
+def test_unmodelled_detail_appears(model, config):
+  cfg = synthetic.SyntheticConfig(size=SIZE, detail_probability=(
+      ("brows", 1.0), ("lips", 1.0), ("beard", 1.0), ("freckles", 1.0)),
+      occlusion_probability=0.0)
+  s = synthetic.SyntheticFaces(model, cfg, seed=0, batch_size=BATCH).sample(1)
+  assert set(s.info["details"]) == {"brows", "lips", "beard", "freckles"}
+  assert s.occluder_mask.sum() == 0 and s.info["coverage"] == 0.0
+  np.testing.assert_array_equal(s.visible_mask, s.face_mask)
+  for bit in synthetic.DETAIL_BITS.values():
+    assert ((s.detail_labels & bit) > 0).any()
+  assert s.detail.max() > 0.5
+
+
+def test_write_dataset_in_reference_layout(tmp_path, model, config):
+  gen = synthetic.SyntheticFaces(model, config, seed=3, batch_size=BATCH)
+  result = synthetic.write_dataset(str(tmp_path), gen, num=4, progress=False)
+  ds = dataset.read_reference(tmp_path / "images", "train")   # indices 0-3 are train
+  assert ds.names == [f"{i:06d}.png" for i in range(4)]
+  with pytest.raises(DataError, match="empty"):
+    dataset.read_reference(tmp_path / "images", "val")
+  sample = gen.sample(2)
+  ex = ds.load(2, size=None)
+  np.testing.assert_array_equal(ex["mask"] > 0.5, sample.visible_mask)
+  np.testing.assert_allclose(ex["image"], sample.image, atol=1 / 255)
+  # CSV landmarks are integer pixel centres of the reference layout (+-0.5 px)
+  np.testing.assert_allclose(ds[2].landmarks, sample.landmarks, atol=0.5 + 1e-4)
+  params = np.load(result["paths"]["params"])
+  np.testing.assert_array_equal(params["shape"][2], sample.params["shape"])
+  np.testing.assert_array_equal(params["landmarks"][2], sample.landmarks)
+  assert params["vertices"].shape == (4, model.num_vertices, 3)
+  assert json.loads(str(params["info"][2]))["index"] == 2
+  assert len(landmarks.read_landmarks_csv(result["paths"]["train"])) == 4
+
+
+def test_split_assignment():
+  splits = [synthetic.split_of(i) for i in range(100)]
+  assert splits.count("train") == 80 and splits.count("val") == 10
+  assert synthetic.split_of(1234) == synthetic.split_of(34)
+
+
+def test_occluders_hit_the_target_coverage():
+  rng = np.random.default_rng(0)
+  face = np.zeros((96, 96), bool)
+  yy, xx = np.mgrid[0:96, 0:96]
+  face[((xx - 48) / 28.0) ** 2 + ((yy - 50) / 36.0) ** 2 <= 1] = True
+  lm = np.full((68, 2), np.nan)
+  lm[36], lm[39], lm[42], lm[45] = (30, 38), (42, 38), (54, 38), (66, 38)
+  lm[30], lm[48], lm[54] = (48, 55), (38, 70), (58, 70)
+  frame = occluders.face_frame(lm, face)
+  assert frame.scale == pytest.approx(24.0)
+  image = np.zeros((96, 96, 3), np.float32)
+  for kind in ("shape", "hand", "mask"):
+    for target in (0.1, 0.25, 0.4):
+      _, occ, cov, desc = occluders.occlude(rng, image, face, frame, target, kinds=(kind,),
+                                            max_layers=1)
+      assert desc[0].startswith(kind)
+      assert cov == pytest.approx((occ & face).sum() / face.sum())
+      assert abs(cov - target) < 0.05, (kind, target, cov)
+
+
+@pytest.mark.slow
+def test_independent_rasterization_of_the_returned_mesh(model, samples):
+  from focus_jax.render import rasterize
+  cam = np.stack([s.vertices_camera for s in samples[:BATCH]])
+  frags = rasterize.rasterize(cam, model.triangles, camera.Intrinsics.reference(SIZE),
+                              cull_backfaces=True)
+  for k, s in enumerate(samples[:BATCH]):
+    np.testing.assert_array_equal(np.asarray(frags.triangle_id[k]) >= 0, s.face_mask)
+
+
+@pytest.mark.slow
+def test_surrey_face_model_samples(shared_dir):
+  path = shared_dir / "models" / "sfm" / "sfm_shape_3448.bin"
+  if not path.is_file():
+    pytest.skip(f"shared model not available: {path}")
+  sfm = morphable.load(str(path))
+  gen = synthetic.SyntheticFaces(sfm, synthetic.SyntheticConfig(size=SIZE), seed=0,
+                                 batch_size=2)
+  s = gen.sample(0)
+  undefined = ~np.asarray(morphable.landmark_mask(sfm))
+  assert np.isnan(s.landmarks[undefined]).all() and np.isfinite(s.landmarks[~undefined]).all()
+  np.testing.assert_array_equal(s.visible_mask, s.face_mask & ~s.occluder_mask)
