@@ -158,6 +158,44 @@ def test_occluders_hit_the_target_coverage():
       assert abs(cov - target) < 0.05, (kind, target, cov)
 
 
+def test_real_occluder_images_from_a_folder(tmp_path):
+  import imageio.v3 as iio
+  rgba = np.zeros((40, 60, 4), np.uint8)
+  yy, xx = np.mgrid[0:40, 0:60]
+  rgba[..., 0] = 200
+  rgba[..., 3] = 255 * ((((xx - 30) / 28.0) ** 2 + ((yy - 20) / 18.0) ** 2) <= 1)
+  iio.imwrite(tmp_path / "disc.png", rgba)
+  iio.imwrite(tmp_path / "no_alpha.png", rgba[..., :3])         # ignored
+  found = occluders.load_occluder_images(str(tmp_path))
+  assert [name for name, _ in found] == ["disc.png"]
+  face = np.zeros((64, 64), bool)
+  face[10:54, 14:50] = True
+  frame = occluders.face_frame(np.full((68, 2), np.nan), face)
+  image, occ, cov, desc = occluders.occlude(np.random.default_rng(0), np.zeros((64, 64, 3)),
+                                            face, frame, 0.3, kinds=("image",), images=found,
+                                            max_layers=1)
+  assert desc == ["image:disc.png"] and abs(cov - 0.3) < 0.05
+  assert image[occ].mean(0)[0] > 0.5 and image[occ].mean(0)[1] < 0.1
+  with pytest.raises(DataError, match="occluder folder not found"):
+    occluders.load_occluder_images(str(tmp_path / "nothing"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(DataError, match="no RGBA"):
+    occluders.load_occluder_images(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_pipeline_over_synthetic_faces(model, config, samples):
+  from focus_jax.data import pipeline
+  gen = synthetic.SyntheticFaces(model, config, seed=3, num=8, batch_size=BATCH)
+  ex = gen.load(6)    # a batch of one: equal up to float rounding across batch sizes
+  np.testing.assert_allclose(ex["image"], samples[6].image, atol=1e-5)
+  np.testing.assert_array_equal(ex["mask"] > 0.5, samples[6].visible_mask)
+  pipe = pipeline.Pipeline(gen, batch_size=2, process_index=0, process_count=1, num_threads=2)
+  batch = next(pipe)
+  pipe.close()
+  assert batch["image"].shape == (2, SIZE, SIZE, 3) and batch["mask"].shape == (2, SIZE, SIZE)
+
+
 @pytest.mark.slow
 def test_independent_rasterization_of_the_returned_mesh(model, samples):
   from focus_jax.render import rasterize

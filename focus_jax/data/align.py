@@ -14,11 +14,11 @@ Affine maps are [2, 3] matrices acting on column vectors (x, y, 1).
 The template (:data:`TEMPLATE_224`) is where the five points of a mean face at
 zero pose land under the reference camera (:meth:`Intrinsics.reference`, face
 1000 mm away): the average of the built-in model and the Surrey Face Model,
-made mirror-symmetric (both agree with it within 2 px; Deep3DFaceRecon's
-``align_img``, which the reference uses, puts them within 3 px of it too, but
-with scale and translation only). An aligned photo therefore needs about zero
-pose and translation to be explained by the renderer. Pass ``rotation=False`` for
-the reference's scale-and-translation-only alignment.
+made mirror-symmetric (both agree with it within 2 px). An aligned photo
+therefore needs about zero pose and translation to be explained by the renderer.
+The reference aligns the same way in spirit (Deep3DFaceRecon's ``align_img``:
+BFM's five standard 3-D points, scale and translation only); pass
+``rotation=False`` for a scale-and-translation-only fit.
 """
 
 from __future__ import annotations

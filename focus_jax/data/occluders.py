@@ -156,6 +156,15 @@ class Sprite:
     return out[..., 3], out[..., :3]
 
 
+  def alpha_at(self, points, centre, angle: float, scale: float) -> np.ndarray:
+    """Sprite alpha at [N, 2] image points (bilinear), for fast coverage tests."""
+    m = self.matrix(centre, angle, scale)
+    sp = points @ m[:, :2].T + m[:, 2] - 0.5            # sprite index coordinates (x, y)
+    mode = "nearest" if self.extend else "constant"
+    return ndimage.map_coordinates(self.rgba[..., 3], [sp[:, 1], sp[:, 0]], order=1, mode=mode,
+                                   cval=0.0, prefilter=False)
+
+
 def _warp(image, out_to_src, shape, mode):
   lin = out_to_src[:, :2]
   offset = (lin @ np.array([0.5, 0.5]) + out_to_src[:, 2] - 0.5)[::-1]
@@ -293,13 +302,25 @@ def image_sprite(rng: np.random.Generator, images: Sequence):
 
 def _fit_sprite(sprite: Sprite, shape, centre, angle, face, existing, target,
                 lo: float, hi: float, iters: int = 14) -> float:
-  """Bisection on the scale (pixels) so that the union coverage meets ``target``."""
-  cov_hi = _coverage(sprite.place(shape, centre, angle, hi, alpha_only=True), face, existing)
-  if cov_hi <= target:
+  """Bisection on the scale (pixels) so that the union coverage meets ``target``.
+
+  Only the face pixels not yet occluded are sampled (the coverage of the final
+  placement is the same test at the same pixel centres).
+  """
+  del shape
+  n_face = max(int(face.sum()), 1)
+  n_done = int((face & existing).sum())
+  ys, xs = np.nonzero(face & ~existing)
+  pts = np.stack([xs, ys], -1).astype(np.float64) + 0.5
+
+  def coverage(scale):
+    return (n_done + int((sprite.alpha_at(pts, centre, angle, scale) >= 0.5).sum())) / n_face
+
+  if coverage(hi) <= target:
     return hi
   for _ in range(iters):
     mid = 0.5 * (lo + hi)
-    cov = _coverage(sprite.place(shape, centre, angle, mid, alpha_only=True), face, existing)
+    cov = coverage(mid)
     if abs(cov - target) < 0.005:
       return mid
     if cov < target:

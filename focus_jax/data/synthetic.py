@@ -21,7 +21,9 @@ Ground truth: ``face_mask`` = the render's visibility (``triangle_id >= 0``),
 ``occluder_mask`` = occluder alpha >= 0.5, ``visible_mask`` = face and not
 occluder; the mesh (model and camera space), the projected landmarks and all
 parameters. Sample ``i`` depends only on ``(seed, i)`` (NumPy streams spawned
-from ``SeedSequence([seed, i])``), not on the batch it was made in.
+from ``SeedSequence([seed, i])``), not on the batch it was made in: bit for bit
+for a given ``batch_size`` (the rendering batch shape); across batch sizes the
+compiled renderer may round differently (~1e-6 in the image, masks equal).
 
 :func:`write_dataset` writes samples in the reference layout (PNG images,
 ``*_visible_skin_mask.png``, split CSVs) plus ``params.npz`` for evaluation; see
@@ -227,14 +229,21 @@ def _inside_polygon(px, py, poly) -> np.ndarray:
   return inside
 
 
-def _polygon_distance(px, py, poly) -> np.ndarray:
-  d = np.full(px.shape, np.inf)
+def _polygon_distance(px, py, poly, cap: float = np.inf) -> np.ndarray:
+  """Distance to the polygon's outline; points farther than ``cap`` from its
+  bounding box get ``cap`` (cheap: only nearby points are measured)."""
+  d = np.full(px.shape, cap, np.float64)
+  lo, hi = poly.min(0) - cap, poly.max(0) + cap
+  near = (px >= lo[0]) & (px <= hi[0]) & (py >= lo[1]) & (py <= hi[1])
+  qx, qy = px[near], py[near]
+  dn = np.full(qx.shape, cap, np.float64)
   n = len(poly)
   for i in range(n):
     a, b = poly[i], poly[(i + 1) % n]
     ab = b - a
-    t = np.clip(((px - a[0]) * ab[0] + (py - a[1]) * ab[1]) / max(ab @ ab, 1e-12), 0, 1)
-    d = np.minimum(d, np.hypot(px - a[0] - t * ab[0], py - a[1] - t * ab[1]))
+    t = np.clip(((qx - a[0]) * ab[0] + (qy - a[1]) * ab[1]) / max(ab @ ab, 1e-12), 0, 1)
+    dn = np.minimum(dn, np.hypot(qx - a[0] - t * ab[0], qy - a[1] - t * ab[1]))
+  d[near] = dn
   return d
 
 
@@ -305,7 +314,8 @@ def _details(rng, geo: _FaceGeometry, surface, face, albedo, probabilities: dict
     zone = _smoothstep(0.0, 0.08 * iod, top - y)
     if geo.has_lips:
       poly = geo.lm[48:60, :2]
-      zone *= _smoothstep(0.5, 2.5, _polygon_distance(x, y, poly)) * ~_inside_polygon(x, y, poly)
+      zone *= (_smoothstep(0.5, 2.5, _polygon_distance(x, y, poly, cap=5.0))
+               * ~_inside_polygon(x, y, poly))
     density = rng.uniform(0.25, 0.8)
     hair = procedural.value_noise(pos, rng.uniform(0.35, 0.6), rng) > 1.0 - density
     base = rng.uniform(0.0, 0.35)      # darker skin under dense beards
@@ -336,7 +346,7 @@ def _details(rng, geo: _FaceGeometry, surface, face, albedo, probabilities: dict
   if draws.get("lips") and geo.has_lips:
     poly = geo.lm[48:60, :2]
     inside = _inside_polygon(x, y, poly)
-    dist = _polygon_distance(x, y, poly)
+    dist = _polygon_distance(x, y, poly, cap=2.0)
     a = np.where(inside, _smoothstep(0.0, 0.8, dist), 0.0)
     colour = np.array([[0.55, 0.03, 0.08], [0.75, 0.2, 0.35], [0.35, 0.05, 0.2],
                        [0.45, 0.22, 0.15], [0.8, 0.35, 0.4]][rng.integers(5)])

@@ -1,0 +1,178 @@
+"""Renderer benchmark: forward+backward time of a photometric loss, and peak memory.
+
+Run by hand (not part of the tests)::
+
+  python benchmarks/render.py                       # all configurations
+  python benchmarks/render.py --meshes 27k --batches 12 --modes hard
+
+Meshes: the Surrey Face Model (../shared/models/sfm/sfm_shape_3448.bin, 6736
+triangles) and its 1x and 2x midpoint subdivisions (26944 and 107776 triangles),
+bases subdivided linearly. Without the SFM file a generated grid face of the same
+sizes is used (stated in the output). Each configuration runs in a fresh
+subprocess so that its peak resident memory (ru_maxrss) is its own; the timing is
+the median of ``--repeats`` jitted calls after a warm-up, with
+``block_until_ready``. Results go to benchmarks/results/render.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SFM = os.path.join(ROOT, "..", "shared", "models", "sfm", "sfm_shape_3448.bin")
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "render.md")
+MESHES = {"6.7k": 0, "27k": 1, "108k": 2}
+
+
+def subdivide(mean, bases, triangles):
+  """One midpoint subdivision: each triangle -> 4; new vertices average their edge's
+  endpoints in the mean and in every basis ([K, V, 3] arrays)."""
+  edges = np.sort(np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]],
+                                  triangles[:, [2, 0]]]), axis=1)
+  unique, inverse = np.unique(edges, axis=0, return_inverse=True)
+  inverse = inverse.reshape(3, -1)
+  num_v = mean.shape[0]
+  mid = num_v + inverse                                  # [3, F]: ab, bc, ca
+  a, b, c = triangles.T
+  ab, bc, ca = mid
+  new_tri = np.concatenate([np.stack([a, ab, ca], 1), np.stack([b, bc, ab], 1),
+                            np.stack([c, ca, bc], 1), np.stack([ab, bc, ca], 1)])
+  avg = lambda x: np.concatenate([x, 0.5 * (x[..., unique[:, 0], :] + x[..., unique[:, 1], :])],
+                                 axis=-2)
+  return avg(mean), [avg(bb) for bb in bases], new_tri.astype(np.int32)
+
+
+def build_model(level: int):
+  from focus_jax.morphable import model as model_lib  # pylint: disable=import-outside-toplevel
+  if os.path.exists(SFM):
+    from focus_jax.morphable import eos_bin  # pylint: disable=import-outside-toplevel
+    m = eos_bin.load_eos_model(SFM)
+    source = "SFM sfm_shape_3448.bin"
+  else:
+    raise SystemExit(f"{SFM} not found: this benchmark needs the SFM model from ../shared")
+  mean = np.asarray(m.mean)
+  bases = [np.asarray(m.shape_basis), np.asarray(m.expression_basis),
+           np.asarray(m.albedo_basis)]
+  albedo_mean = np.asarray(m.albedo_mean)
+  tri = np.asarray(m.triangles)
+  for _ in range(level):
+    (mean_alb, bases_alb, _) = subdivide(albedo_mean, [], tri)
+    mean, bases, tri = subdivide(mean, bases, tri)
+    albedo_mean = mean_alb
+  if level:
+    source += f" + {level}x midpoint subdivision"
+  model = model_lib.make_model(mean, bases[0], bases[1], albedo_mean, bases[2], tri,
+                               name=source)
+  return model, source
+
+
+def run_one(mesh: str, batch: int, mode: str, repeats: int):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import camera, render, shading  # pylint: disable=import-outside-toplevel
+  model, source = build_model(MESHES[mesh])
+  intr = camera.Intrinsics.reference(224)
+  rng = np.random.default_rng(0)
+  params = dict(
+      shape=jnp.asarray(rng.normal(size=(batch, model.num_shape)) * 0.5, jnp.float32),
+      expression=jnp.zeros((batch, model.num_expression), jnp.float32),
+      albedo_coeffs=jnp.zeros((batch, model.num_albedo), jnp.float32),
+      angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
+      translation=jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32),
+      light=shading.default_light((batch,)))
+  target = jnp.full((batch, 224, 224, 3), 0.5, jnp.float32)
+
+  def loss(p):
+    out = render.render(model, intrinsics=intr, mode=mode, buffers=False, **p)
+    return render.photometric_loss(out.image, target, out.mask)
+
+  fn = jax.jit(jax.value_and_grad(loss))
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(params))
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params))
+    times.append(time.perf_counter() - t0)
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # MiB (Linux: KiB)
+  return dict(mesh=mesh, triangles=model.num_triangles, vertices=model.num_vertices,
+              source=source, batch=batch, mode=mode, ms=1000 * float(np.median(times)),
+              ms_min=1000 * float(np.min(times)), compile_s=compile_s, peak_mib=peak,
+              jax=jax.__version__, device=str(jax.devices()[0]))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
+  parser.add_argument("--batches", nargs="+", type=int, default=[1, 12])
+  parser.add_argument("--modes", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--output", default=RESULTS)
+  parser.add_argument("--single", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.single:
+    mesh, batch, mode = args.single.split(",")
+    print(json.dumps(run_one(mesh, int(batch), mode, args.repeats)))
+    return
+  rows = []
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  for mesh in args.meshes:
+    for batch in args.batches:
+      for mode in args.modes:
+        cmd = [sys.executable, __file__, "--single", f"{mesh},{batch},{mode}",
+               "--repeats", str(args.repeats)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+          print(f"{mesh} b={batch} {mode}: FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
+          continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{row['triangles']:>7} tri  batch {batch:>2}  {mode:4}  {row['ms']:9.1f} ms  "
+              f"peak {row['peak_mib']:7.0f} MiB  (compile {row['compile_s']:.0f} s)", flush=True)
+  write_report(rows, args.output)
+
+
+def write_report(rows, path):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+  lines = [
+      "# Renderer benchmark",
+      "",
+      f"Generated by `benchmarks/render.py` on {datetime.date.today()}: "
+      f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+      f"Python {platform.python_version()}, jax {rows[0]['jax'] if rows else '?'} "
+      f"({rows[0]['device'] if rows else '?'}). Load average at the end: "
+      f"{', '.join(f'{x:.1f}' for x in load)}.",
+      "",
+      "Forward + backward (`jax.value_and_grad`, jitted, median of repeats after warm-up) of a "
+      "masked photometric loss of `render(...)` at 224 x 224 w.r.t. shape, expression, "
+      "albedo, pose and light, with `buffers=False`; hard mode with silhouette "
+      "antialiasing, soft mode with the defaults (sigma 0.1 px², gamma 1e-4). Peak = "
+      "the process's maximum resident memory (includes Python, jax and XLA).",
+      "",
+      "| triangles | mesh | batch | mode | fwd+bwd ms / batch | ms / image | peak MiB | compile s |",
+      "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+  ]
+  for r in rows:
+    lines.append(f"| {r['triangles']} | {r['source']} | {r['batch']} | {r['mode']} | "
+                 f"{r['ms']:.1f} | {r['ms'] / r['batch']:.1f} | {r['peak_mib']:.0f} | "
+                 f"{r['compile_s']:.0f} |")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
