@@ -111,6 +111,16 @@ BENCHES = dict(
     arcface=lambda b, s, r: _identity_bench("arcface", b, s, r))
 
 
+def _cpu_model() -> str:
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=12)
@@ -125,13 +135,13 @@ def main():
       "# Network forward+backward timings",
       "",
       f"- date: {datetime.date.today().isoformat()}",
-      f"- machine: {platform.machine()} {platform.processor() or ''}, "
-      f"{os.cpu_count()} CPU cores visible, {platform.system()} {platform.release()}",
+      f"- machine: {_cpu_model()} ({platform.machine()}), {os.cpu_count()} CPU cores visible, "
+      f"{platform.system()} {platform.release()}",
       f"- device: {device.platform} ({device.device_kind}); jax {jax.__version__}, "
       f"jaxlib {jax.lib.__version__ if hasattr(jax.lib, '__version__') else ''}",
       f"- load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}",
-      f"- batch {args.batch}, {args.size}×{args.size}, float32, median of {args.repeats} "
-      f"steps after one compile+warm-up step",
+      f"- batch {args.batch}, {args.size}×{args.size}, float32; step = median of "
+      f"{args.repeats} timed step(s) after one compile+warm-up step",
       "",
       "| network | params | compile+first step (s) | step (s) | images/s |",
       "| --- | ---: | ---: | ---: | ---: |",
@@ -141,12 +151,14 @@ def main():
     title, nparams, fn, fargs = BENCHES[name](args.batch, args.size, rng)
     compile_s, step_s = _time(fn, fargs, args.repeats)
     row = (f"| {title} | {nparams / 1e6:.1f} M | {compile_s:.1f} | {step_s:.2f} | "
-           f"{args.batch / step_s:.1f} |")
+           f"{args.batch / step_s:.3g} |")
     print(row, flush=True)
     rows.append(row)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text("\n".join(header + rows) + "\n")
+  footer = ["", f"- load average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+            f"(the machine may be shared: a load above the core count inflates the times)"]
+  out.write_text("\n".join(header + rows + footer) + "\n")
   print(f"wrote {out}")
 
 

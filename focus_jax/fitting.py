@@ -1,0 +1,533 @@
+"""Per-image occlusion-robust analysis-by-synthesis fitting, with no trained network.
+
+``fit(model, image, landmarks)`` recovers 3DMM coefficients, pose and SH light of a
+face image and an inlier mask (1 = visible face skin the model explains):
+
+1. **Pose initialisation** in closed form: a weak-perspective (scaled
+   orthographic) camera fitted to the 2D landmarks by least squares from the mean
+   face's 3D landmarks, converted to the reference pose (Euler angles, translation;
+   depth from the scale through the focal length). The light is then solved in
+   closed form (weighted linear least squares on the visible vertices).
+2. **EM** for ``config.rounds`` rounds:
+
+   * **E-step** (image space): render the face (hard rasterization), take each
+     pixel's residual with *neighbour tolerance* (the smallest ``‖R(p) − I(p+δ)‖``
+     over a small window of shifts δ), compare the Gaussian foreground likelihood
+     (σ, adjusted per pixel by the *misfit prior*) against the uniform outlier
+     likelihood, and enforce *spatial coherence* with a few mean-field iterations
+     of a Potts-like smoothness term. The result is the inlier mask; it is sampled
+     at the projected vertices (times their visibility) to give per-vertex weights.
+     The light is re-solved in closed form on those inliers.
+   * **M-step** (vertex space, MoFA's "sample" mode): ``config.steps`` Adam steps
+     (optax, one learning rate per parameter group) on shape, expression, albedo,
+     pose and light, comparing shaded vertex colours with the target sampled at
+     the projected vertices — no rasterization in the inner loop — plus the
+     weighted 68-landmark loss and coefficient regularisation.
+
+3. A final full-resolution E-step gives the returned render and inlier mask.
+
+The whole fit is one jitted pure function (``lax.scan`` over rounds and steps);
+images are natively batched (every image is fitted independently: the loss is a
+sum over images and Adam is elementwise) and the single-image function is
+vmappable. Non-robust fitting (``FitConfig(robust=False)``) keeps every visible
+vertex as an inlier.
+
+Units: images [B, H, W, 3] in [0, 1]; landmarks [B, 68, 2] pixels (x right, y
+down, pixel centres at +0.5; NaN for points to ignore); vertices mm; angles rad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from focus_jax import losses as losses_lib
+from focus_jax.morphable import model as model_lib
+from focus_jax.render import camera as camera_lib
+from focus_jax.render import rasterize as raster_lib
+from focus_jax.render import shading as shading_lib
+
+LOSS_NAMES = ("total", "photometric", "landmark", "regularization")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """Static fitting configuration (hashable: it is a jit static argument).
+
+  Attributes:
+    rounds: EM rounds; each is one E-step followed by ``steps`` M-step iterations,
+      so the fit runs ``rounds * steps`` optimiser iterations.
+    steps: M-step (Adam) iterations per round.
+    robust: estimate the inlier mask (EM). False: every visible vertex is an inlier
+      (the non-robust baseline); the returned inlier mask is then the face mask.
+    use_prior: apply the misfit prior when one is passed to :func:`fit`.
+    lr_*: Adam learning rates per parameter group (units: coefficient std, rad, mm,
+      SH coefficient).
+    photometric_weight: weight of the mean per-vertex Gaussian NLL
+      ``‖c − I(u)‖² / (2σ_v²)`` over inlier vertices.
+    landmark_weight: weight of :func:`~focus_jax.losses.landmark_loss` (pixels,
+      rescaled to a 224-pixel image).
+    landmark_heavy: the reference's weight on nose ridge and inner-mouth points.
+    shape_reg, expression_reg, albedo_reg: weights of ``½ Σ c²`` per group.
+    sigma: foreground σ on [0, 1] RGB (reference 0.043).
+    outlier_sigmas: the uniform outlier likelihood equals the Gaussian at this many σ.
+    sigma_schedule: σ multipliers of the E-steps, per round (the last value
+      repeats): tolerant first, while the fit is still poor.
+    prior_inlier: prior probability that a face pixel is an inlier.
+    neighbour_window: side of the shift window of the neighbour tolerance (odd,
+      1 = none; the reference's UNet loss uses 5).
+    smoothing_iterations, smoothing_strength: mean-field iterations and the
+      coupling (log-odds per agreeing 3x3 neighbour average) of spatial coherence.
+    estep_downsample: intermediate E-steps run at 1/k resolution (the last one at
+      full resolution).
+    visibility_tolerance: a vertex is visible when it lies at most this far
+      (mm) behind the rendered depth at its pixel.
+    light_ridge: ridge (towards the ambient default) of the closed-form light.
+  """
+  rounds: int = 5
+  steps: int = 40
+  robust: bool = True
+  use_prior: bool = True
+  lr_shape: float = 0.05
+  lr_expression: float = 0.05
+  lr_albedo: float = 0.05
+  lr_angles: float = 0.004
+  lr_translation: float = 1.0
+  lr_light: float = 0.02
+  photometric_weight: float = 1.0
+  landmark_weight: float = 0.02
+  landmark_heavy: float = 20.0
+  shape_reg: float = 2e-3
+  expression_reg: float = 2e-3
+  albedo_reg: float = 2e-3
+  sigma: float = losses_lib.SIGMA
+  outlier_sigmas: float = losses_lib.OUTLIER_SIGMAS
+  sigma_schedule: tuple = (2.0, 1.5, 1.0)
+  prior_inlier: float = 0.5
+  neighbour_window: int = 3
+  smoothing_iterations: int = 4
+  smoothing_strength: float = 4.0
+  estep_downsample: int = 1
+  visibility_tolerance: float = 4.0
+  light_ridge: float = 1e-3
+
+  @property
+  def iterations(self) -> int:
+    return self.rounds * self.steps
+
+
+@flax.struct.dataclass
+class FitResult:
+  """What :func:`fit` returns (leading B only for batched input).
+
+  Attributes:
+    shape, expression, albedo: [B, K*] coefficients.
+    angles: [B, 3] rad; translation: [B, 3] mm; light: [B, 9, 3].
+    vertices: [B, V, 3] fitted mesh, model space (mm).
+    vertices_camera: [B, V, 3] camera space (mm).
+    landmarks: [B, 68, 2] projected model landmarks (px).
+    image: [B, H, W, 3] render (black background).
+    mask: [B, H, W] render coverage (float 0/1).
+    inlier: [B, H, W] estimated inlier mask (float 0/1), inside ``mask``.
+    inlier_probability: [B, H, W] the E-step posterior before thresholding.
+    vertex_weight: [B, V] final per-vertex inlier weight (visible and inlier).
+    loss_trace: [B, iterations, 4] per-iteration terms (:data:`LOSS_NAMES`).
+  """
+  shape: jnp.ndarray
+  expression: jnp.ndarray
+  albedo: jnp.ndarray
+  angles: jnp.ndarray
+  translation: jnp.ndarray
+  light: jnp.ndarray
+  vertices: jnp.ndarray
+  vertices_camera: jnp.ndarray
+  landmarks: jnp.ndarray
+  image: jnp.ndarray
+  mask: jnp.ndarray
+  inlier: jnp.ndarray
+  inlier_probability: jnp.ndarray
+  vertex_weight: jnp.ndarray
+  loss_trace: jnp.ndarray
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def angles_from_rotation(rotation) -> jnp.ndarray:
+  """Inverse of :func:`camera.euler_rotation`: [..., 3, 3] ``Rx(a)Ry(b)Rz(c)`` -> [..., 3]."""
+  r = rotation
+  b = jnp.arcsin(jnp.clip(r[..., 0, 2], -1.0, 1.0))
+  a = jnp.arctan2(-r[..., 1, 2], r[..., 2, 2])
+  c = jnp.arctan2(-r[..., 0, 1], r[..., 0, 0])
+  return jnp.stack([a, b, c], axis=-1)
+
+
+def init_pose(points3d, landmarks, valid, intrinsics: camera_lib.Intrinsics):
+  """Closed-form pose from 2D landmarks (weak perspective), one face.
+
+  Fits ``x ≈ s·P·Rc·X + o`` (P drops z) by linear least squares for the 2x4
+  affine camera, projects its 2x3 part to the nearest scaled orthonormal rows
+  (SVD), completes the rotation with their cross product and converts to the
+  reference pose: ``Rc = F·R(angles)``, depth ``f / s``.
+
+  Args:
+    points3d: [68, 3] model-space landmark positions (mm).
+    landmarks: [68, 2] image landmarks (px); invalid entries may be NaN.
+    valid: [68] bool.
+    intrinsics: the camera.
+
+  Returns:
+    (angles [3] rad, translation [3] mm).
+  """
+  w = valid.astype(jnp.float32)
+  x = jnp.where(valid[:, None], landmarks, 0.0)
+  design = jnp.concatenate([points3d, jnp.ones((points3d.shape[0], 1))], axis=1)   # [68, 4]
+  dtw = design.T * w[None, :]
+  affine = jnp.linalg.solve(dtw @ design + 1e-6 * jnp.eye(4), dtw @ x).T          # [2, 4]
+  u, s, vt = jnp.linalg.svd(affine[:, :3], full_matrices=False)
+  rows = u @ vt                                                                     # [2, 3]
+  scale = jnp.mean(s)
+  rc = jnp.concatenate([rows, jnp.cross(rows[0], rows[1])[None]], axis=0)
+  rot = jnp.array([1.0, -1.0, -1.0])[:, None] * rc                                 # F·Rc
+  depth = intrinsics.focal / scale
+  tx = (affine[0, 3] - intrinsics.cx) / scale
+  ty = (affine[1, 3] - intrinsics.cy) / scale
+  return angles_from_rotation(rot), jnp.stack([tx, ty, depth - camera_lib.CAMERA_DISTANCE])
+
+
+def bilinear_sample(image, points):
+  """Samples [H, W, C] at [N, 2] pixel positions (centres at +0.5), edge-clamped."""
+  h, w = image.shape[0], image.shape[1]
+  x = jnp.clip(points[:, 0] - 0.5, 0.0, w - 1.0)
+  y = jnp.clip(points[:, 1] - 0.5, 0.0, h - 1.0)
+  x0 = jnp.clip(jnp.floor(x), 0, w - 2)
+  y0 = jnp.clip(jnp.floor(y), 0, h - 2)
+  fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+  x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+  flat = image.reshape(h * w, -1)
+  g = lambda yy, xx: jnp.take(flat, yy * w + xx, axis=0)
+  return ((1 - fy) * ((1 - fx) * g(y0, x0) + fx * g(y0, x0 + 1))
+          + fy * ((1 - fx) * g(y0 + 1, x0) + fx * g(y0 + 1, x0 + 1)))
+
+
+def _nearest_pixel(image, points):
+  h, w = image.shape[0], image.shape[1]
+  col = jnp.clip(jnp.floor(points[:, 0]).astype(jnp.int32), 0, w - 1)
+  row = jnp.clip(jnp.floor(points[:, 1]).astype(jnp.int32), 0, h - 1)
+  return image[row, col]
+
+
+def _scaled_intrinsics(intr: camera_lib.Intrinsics, k: int) -> camera_lib.Intrinsics:
+  if k == 1:
+    return intr
+  return camera_lib.Intrinsics(focal=intr.focal / k, cx=intr.cx / k, cy=intr.cy / k,
+                               width=intr.width // k, height=intr.height // k)
+
+
+def _downsample(image, k: int):
+  if k == 1:
+    return image
+  h, w = image.shape[0] // k * k, image.shape[1] // k * k
+  x = image[:h, :w].reshape(h // k, k, w // k, k, -1)
+  return x.mean(axis=(1, 3))
+
+
+# ----------------------------------------------------------------------------- E-step
+
+
+def neighbour_residual(render, target, window: int):
+  """Per-pixel ``min_δ ‖R(p) − I(p+δ)‖₂`` over a window × window box, same size
+  as the input ([H, W, 3] -> [H, W]; the target is edge-padded)."""
+  if window <= 1:
+    return jnp.sqrt(jnp.sum(jnp.square(render - target), -1))
+  m = window // 2
+  h, w = render.shape[0], render.shape[1]
+  padded = jnp.pad(target, ((m, m), (m, m), (0, 0)), mode="edge")
+  best = None
+  for dy in range(window):
+    for dx in range(window):
+      d = jnp.sum(jnp.square(render - padded[dy:dy + h, dx:dx + w]), -1)
+      best = d if best is None else jnp.minimum(best, d)
+  return jnp.sqrt(best)
+
+
+def _box3(x):
+  p = jnp.pad(x, 1)
+  h, w = x.shape
+  return sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3)) / 9.0
+
+
+def inlier_posterior(residual, face, sigma_map, config: FitConfig, sigma_scale=1.0):
+  """Robust-likelihood inlier probability with spatial coherence, one image.
+
+  Args:
+    residual: [H, W] RGB residual norm (after neighbour tolerance).
+    face: [H, W] bool render coverage.
+    sigma_map: [H, W] per-pixel σ multiplier (misfit prior; 1 = none).
+    sigma_scale: scalar σ multiplier of this round (annealing).
+
+  Returns:
+    [H, W] posterior inlier probability (0 outside the face).
+  """
+  base = config.sigma * sigma_scale
+  sig = base * sigma_map
+  fg = losses_lib.gaussian_log_likelihood(jnp.square(residual), sig)
+  bg = losses_lib.outlier_log_likelihood(base, config.outlier_sigmas)
+  prior = math.log(config.prior_inlier / (1.0 - config.prior_inlier))
+  unary = jnp.clip(fg - bg + prior, -30.0, 30.0)
+  facef = face.astype(jnp.float32)
+  q = jax.nn.sigmoid(unary)
+  for _ in range(config.smoothing_iterations):
+    # Mean-field update of a Potts-like pairwise term: neighbours that are
+    # (probably) inliers raise the log-odds, outliers lower it; background
+    # neighbours are neutral.
+    agree = _box3((2.0 * q - 1.0) * facef)
+    q = jax.nn.sigmoid(unary + config.smoothing_strength * agree)
+  return q * facef
+
+
+def _estep_one(verts_cam, colors, target, sigma_vertex, intr, config: FitConfig,
+               triangles, sigma_scale, robust: bool):
+  """Rasterizes one face and returns (render, face, posterior, vertex_weight, depth)."""
+  frags = raster_lib.rasterize(verts_cam, triangles, intr, cull_backfaces=True)
+  face = frags.mask
+  render = raster_lib.interpolate(colors, verts_cam, triangles, frags, intr)
+  if robust:
+    sigma_map = raster_lib.interpolate(sigma_vertex[:, None], verts_cam, triangles, frags,
+                                       intr)[..., 0]
+    sigma_map = jnp.where(face, jnp.maximum(sigma_map, 1e-3), 1.0)
+    res = neighbour_residual(render, target, config.neighbour_window)
+    post = inlier_posterior(res, face, sigma_map, config, sigma_scale)
+  else:
+    post = face.astype(jnp.float32)
+  # Vertex visibility: in the image, in front of (or on) the visible surface.
+  vimg = camera_lib.project(verts_cam, intr)
+  depth_at = _nearest_pixel(frags.depth[..., None], vimg)[:, 0]
+  face_at = _nearest_pixel(face[..., None].astype(jnp.float32), vimg)[:, 0]
+  inside = ((vimg[:, 0] >= 0) & (vimg[:, 0] < intr.width) & (vimg[:, 1] >= 0)
+            & (vimg[:, 1] < intr.height))
+  visible = inside & (face_at > 0) & (verts_cam[:, 2] <= depth_at + config.visibility_tolerance)
+  inlier_at = bilinear_sample(post[..., None], vimg)[:, 0]
+  weight = visible.astype(jnp.float32) * (inlier_at > 0.5 if robust else 1.0)
+  return render, face, post, weight
+
+
+# ----------------------------------------------------------------------------- model terms
+
+
+def _geometry(model, params):
+  """Per-image model evaluation (no batch axis): returns (verts, cam, normals_cam, albedo)."""
+  verts = model_lib.vertices(model, params["shape"], params["expression"])
+  cam = camera_lib.to_camera(verts, params["angles"], params["translation"])
+  normals = camera_lib.rotate_to_camera(
+      shading_lib.vertex_normals(verts, model.triangles), params["angles"])
+  alb = model_lib.albedo(model, params["albedo"])
+  return verts, cam, normals, alb
+
+
+def solve_light(albedo, normals, target_colors, weight, ridge: float):
+  """Weighted least-squares SH light (per channel), ridge towards the default.
+
+  albedo, normals, target_colors: [V, 3]; weight: [V]. Returns [9, 3].
+  """
+  basis = shading_lib.sh_basis(normals)                          # [V, 9]
+  default = shading_lib.default_light()
+  lights = []
+  for c in range(3):
+    a = basis * albedo[:, c:c + 1]                               # [V, 9]
+    aw = a * weight[:, None]
+    n = jnp.maximum(jnp.sum(weight), 1.0)
+    lhs = aw.T @ a / n + ridge * jnp.eye(9)
+    rhs = aw.T @ target_colors[:, c] / n + ridge * default[:, c]
+    lights.append(jnp.linalg.solve(lhs, rhs))
+  return jnp.stack(lights, axis=-1)
+
+
+def _loss_one(params, model, target, landmarks, lm_valid, weight, sigma_vertex, lm_weights,
+              intr, config: FitConfig):
+  """M-step objective for one image: (total, [4] terms)."""
+  _, cam, normals, alb = _geometry(model, params)
+  colors = shading_lib.shade(alb, normals, params["light"])
+  vimg = camera_lib.project(cam, intr)
+  sampled = bilinear_sample(target, vimg)
+  sq = jnp.sum(jnp.square(colors - sampled), -1) / jnp.square(config.sigma * sigma_vertex)
+  photo = 0.5 * jnp.sum(weight * sq) / jnp.maximum(jnp.sum(weight), 1.0)
+  lm = camera_lib.project(model_lib.landmark_positions(model, cam), intr)
+  px = 224.0 / intr.width  # landmark errors measured on a 224-pixel image
+  lm_term = losses_lib.landmark_loss(lm[None] * px, landmarks[None] * px, lm_weights,
+                                     lm_valid[None])
+  reg = 0.5 * (config.shape_reg * jnp.sum(jnp.square(params["shape"]))
+               + config.expression_reg * jnp.sum(jnp.square(params["expression"]))
+               + config.albedo_reg * jnp.sum(jnp.square(params["albedo"])))
+  total = config.photometric_weight * photo + config.landmark_weight * lm_term + reg
+  return total, jnp.stack([total, photo, lm_term, reg])
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+def _learning_rates(config: FitConfig):
+  return dict(shape=config.lr_shape, expression=config.lr_expression,
+              albedo=config.lr_albedo, angles=config.lr_angles,
+              translation=config.lr_translation, light=config.lr_light)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "intrinsics"))
+def _fit_batch(model, images, landmarks, sigma_vertex, config: FitConfig,
+               intrinsics: camera_lib.Intrinsics) -> FitResult:
+  batch = images.shape[0]
+  tri = model.triangles
+  num_v = model.num_vertices
+  lm_valid = model_lib.landmark_mask(model)[None] & jnp.all(jnp.isfinite(landmarks), -1)
+  landmarks = jnp.where(lm_valid[..., None], landmarks, 0.0)
+  lm_weights = jnp.asarray(losses_lib.landmark_weights(config.landmark_heavy))
+  robust = config.robust
+  k = max(1, config.estep_downsample)
+  intr_low = _scaled_intrinsics(intrinsics, k)
+  images_low = jax.vmap(lambda im: _downsample(im, k))(images)
+
+  # Closed-form pose from the mean face's landmarks.
+  mean_lm = model_lib.landmark_positions(model, model.mean)
+  angles, translation = jax.vmap(init_pose, in_axes=(None, 0, 0, None))(
+      mean_lm, landmarks, lm_valid, intrinsics)
+  zeros = lambda n: jnp.zeros((batch, n), jnp.float32)
+  params = dict(shape=zeros(model.num_shape), expression=zeros(model.num_expression),
+                albedo=zeros(model.num_albedo), angles=angles, translation=translation,
+                light=shading_lib.default_light((batch,)))
+
+  lrs = _learning_rates(config)
+  opt = optax.scale_by_adam()
+  opt_state = opt.init(params)
+
+  def estep(params, intr, imgs, sigma_scale, robust_now):
+    def one(p, img, sv):
+      _, cam, normals, alb = _geometry(model, p)
+      # Light first (closed form on the vertices visible last time would need
+      # state; a light solve on the current inliers follows below).
+      colors = shading_lib.shade(alb, normals, p["light"])
+      return _estep_one(cam, colors, img, sv, intr, config, tri, sigma_scale, robust_now)
+    return jax.vmap(one)(params, imgs, sigma_vertex)
+
+  def relight(params, weight):
+    def one(p, img, w):
+      _, cam, normals, alb = _geometry(model, p)
+      sampled = bilinear_sample(img, camera_lib.project(cam, intrinsics))
+      return solve_light(alb, normals, sampled, w, config.light_ridge)
+    return jax.vmap(one)(params, images, weight)
+
+  loss_fn = jax.vmap(_loss_one, in_axes=(0, None, 0, 0, 0, 0, 0, None, None, None))
+
+  def total_loss(p, weight):
+    totals, terms = loss_fn(p, model, images, landmarks, lm_valid, weight, sigma_vertex,
+                            lm_weights, intrinsics, config)
+    return jnp.sum(totals), terms
+
+  grad_fn = jax.value_and_grad(total_loss, has_aux=True)
+
+  def mstep(carry, _):
+    p, s, weight = carry
+    (_, terms), g = grad_fn(p, weight)
+    updates, s = opt.update(g, s, p)
+    p = {key: p[key] - lrs[key] * updates[key] for key in p}
+    return (p, s, weight), terms
+
+  schedule = config.sigma_schedule or (1.0,)
+
+  def round_body(carry, r):
+    p, s, weight = carry
+    sigma_scale = jnp.asarray(schedule)[jnp.minimum(r, len(schedule) - 1)]
+    if robust:
+      # Inliers from the current estimate, then the light re-solved on them.
+      _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, True)
+    else:
+      _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, False)
+    p = dict(p, light=relight(p, weight))
+    (p, s, _), terms = jax.lax.scan(mstep, (p, s, weight), None, length=config.steps)
+    return (p, s, weight), terms
+
+  # Visible vertices of the initial pose give the first closed-form light, so
+  # that the first E-step compares shaded colours, not the default grey.
+  _, _, _, weight0 = estep(params, intr_low, images_low, 1.0, False)
+  params = dict(params, light=relight(params, weight0))
+  (params, _, _), trace = jax.lax.scan(round_body, (params, opt_state, weight0),
+                                    jnp.arange(config.rounds))
+  trace = jnp.swapaxes(trace.reshape(config.rounds * config.steps, batch, -1), 0, 1)
+
+  final_scale = schedule[min(config.rounds, len(schedule)) - 1] if config.rounds else 1.0
+  render, face, post, weight = estep(params, intrinsics, images, final_scale, robust)
+  verts = jax.vmap(lambda p: model_lib.vertices(model, p["shape"], p["expression"]))(params)
+  cam = camera_lib.to_camera(verts, params["angles"], params["translation"])
+  lms = camera_lib.project(model_lib.landmark_positions(model, cam), intrinsics)
+  facef = face.astype(jnp.float32)
+  inlier = (post > 0.5).astype(jnp.float32) * facef
+  return FitResult(shape=params["shape"], expression=params["expression"],
+                   albedo=params["albedo"], angles=params["angles"],
+                   translation=params["translation"], light=params["light"],
+                   vertices=verts, vertices_camera=cam, landmarks=lms, image=render,
+                   mask=facef, inlier=inlier, inlier_probability=post,
+                   vertex_weight=weight, loss_trace=trace)
+
+
+def fit(model: model_lib.MorphableModel, image, landmarks, *,
+        config: FitConfig = FitConfig(), prior=None,
+        intrinsics: Optional[camera_lib.Intrinsics] = None) -> FitResult:
+  """Fits the morphable model to one image or a batch (robust EM by default).
+
+  Args:
+    model: the morphable model.
+    image: [H, W, 3] or [B, H, W, 3] float in [0, 1].
+    landmarks: [68, 2] or [B, 68, 2] iBUG-68 landmarks in pixels (centres at +0.5);
+      NaN marks points to ignore; points the model lacks are ignored anyway.
+    config: :class:`FitConfig`.
+    prior: a :class:`focus_jax.prior.MisfitPrior` (or a [V] array of per-vertex σ
+      multipliers), used when ``config.use_prior``.
+    intrinsics: the camera; default :meth:`Intrinsics.reference` for the image size.
+
+  Returns:
+    :class:`FitResult`, without the batch axis for a single image.
+
+  Raises:
+    ValueError: wrong image or landmark shapes, or a prior for another model.
+  """
+  image = jnp.asarray(image, jnp.float32)
+  landmarks = jnp.asarray(landmarks, jnp.float32)
+  single = image.ndim == 3
+  if image.ndim not in (3, 4) or image.shape[-1] != 3:
+    raise ValueError(f"fit: image must be [H, W, 3] or [B, H, W, 3], got {tuple(image.shape)}")
+  if single:
+    image, landmarks = image[None], landmarks[None] if landmarks.ndim == 2 else landmarks
+  if landmarks.shape != (image.shape[0], model_lib.NUM_LANDMARKS, 2):
+    raise ValueError(f"fit: landmarks must be [68, 2] (or [B, 68, 2] for B images), got "
+                     f"{tuple(landmarks.shape)} for images {tuple(image.shape)}")
+  h, w = image.shape[1], image.shape[2]
+  if intrinsics is None:
+    intrinsics = camera_lib.Intrinsics.reference(w, h)
+  elif (intrinsics.width, intrinsics.height) != (w, h):
+    raise ValueError(f"fit: intrinsics are {intrinsics.width}x{intrinsics.height} but the "
+                     f"image is {w}x{h}")
+  sigma_vertex = prior_scale(model, prior if config.use_prior else None)
+  sigma_vertex = jnp.broadcast_to(sigma_vertex, (image.shape[0], model.num_vertices))
+  result = _fit_batch(model, image, landmarks, sigma_vertex, config, intrinsics)
+  if single:
+    result = jax.tree_util.tree_map(lambda a: a[0], result)
+  return result
+
+
+def prior_scale(model, prior) -> jnp.ndarray:
+  """[V] per-vertex σ multiplier of ``prior`` (ones for None)."""
+  if prior is None:
+    return jnp.ones((model.num_vertices,), jnp.float32)
+  scale = jnp.asarray(getattr(prior, "sigma_scale", prior), jnp.float32)
+  if scale.shape != (model.num_vertices,):
+    raise ValueError(f"fit: the misfit prior has {scale.shape[0] if scale.ndim else 0} vertices "
+                     f"but the model {model.name!r} has {model.num_vertices}; build the prior "
+                     "for this model (focus_jax.prior.build)")
+  return scale
