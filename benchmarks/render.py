@@ -162,6 +162,10 @@ def write_report(rows, path):
       "antialiasing, soft mode with the defaults (sigma 0.1 px², gamma 1e-4). Peak = "
       "the process's maximum resident memory (includes Python, jax and XLA).",
       "",
+      "Targets (issue 3): 27k triangles, batch 12, <= 120 ms; 108k, batch 1, <= 40 ms; soft "
+      "<= 3x hard; peak memory at 108k, batch 12 < 4 GiB. Compare on an idle machine (see "
+      "the load average above).",
+      "",
       "| triangles | mesh | batch | mode | fwd+bwd ms / batch | ms / image | peak MiB | compile s |",
       "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
   ]

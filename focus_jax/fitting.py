@@ -91,6 +91,14 @@ class FitConfig:
     visibility_tolerance: a vertex is visible when it lies at most this far
       (mm) behind the rendered depth at its pixel.
     light_ridge: ridge (towards the ambient default) of the closed-form light.
+    albedo_start_round: the albedo is optimised from this round on (before, it
+      stays at the mean so that it cannot absorb occluders).
+    light_iterations: IRLS iterations (Cauchy weights) of the robust closed-form
+      light; non-robust fits use plain least squares.
+    dynamic_gate: robust M-steps also drop vertices whose current residual
+      exceeds the outlier threshold (the reference's robust loss).
+    max_vertices: the M-step compares colours at about this many vertices (every
+      k-th vertex plus the landmark vertices); 0 = all.
   """
   rounds: int = 5
   steps: int = 40
@@ -118,6 +126,10 @@ class FitConfig:
   estep_downsample: int = 1
   visibility_tolerance: float = 4.0
   light_ridge: float = 1e-3
+  max_vertices: int = 2000
+  albedo_start_round: int = 1
+  light_iterations: int = 6
+  dynamic_gate: bool = True
 
   @property
   def iterations(self) -> int:
@@ -333,34 +345,85 @@ def _geometry(model, params):
   return verts, cam, normals, alb
 
 
-def solve_light(albedo, normals, target_colors, weight, ridge: float):
+def solve_light(albedo, normals, target_colors, weight, ridge: float,
+                robust_scale: float = 0.0, iterations: int = 0):
   """Weighted least-squares SH light (per channel), ridge towards the default.
+
+  With ``iterations > 0`` it is re-solved that many times with Cauchy weights
+  ``1 / (1 + ‖r‖² / robust_scale²)`` on the RGB residuals (IRLS), so that an
+  occluder covering part of the face does not tint the light.
 
   albedo, normals, target_colors: [V, 3]; weight: [V]. Returns [9, 3].
   """
   basis = shading_lib.sh_basis(normals)                          # [V, 9]
   default = shading_lib.default_light()
-  lights = []
-  for c in range(3):
-    a = basis * albedo[:, c:c + 1]                               # [V, 9]
-    aw = a * weight[:, None]
-    n = jnp.maximum(jnp.sum(weight), 1.0)
-    lhs = aw.T @ a / n + ridge * jnp.eye(9)
-    rhs = aw.T @ target_colors[:, c] / n + ridge * default[:, c]
-    lights.append(jnp.linalg.solve(lhs, rhs))
-  return jnp.stack(lights, axis=-1)
+
+  def solve(w):
+    lights = []
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    for c in range(3):
+      a = basis * albedo[:, c:c + 1]                             # [V, 9]
+      aw = a * w[:, None]
+      lhs = aw.T @ a / n + ridge * jnp.eye(9)
+      rhs = aw.T @ target_colors[:, c] / n + ridge * default[:, c]
+      lights.append(jnp.linalg.solve(lhs, rhs))
+    return jnp.stack(lights, axis=-1)
+
+  light = solve(weight)
+  for _ in range(iterations):
+    r2 = jnp.sum(jnp.square(shading_lib.shade(albedo, normals, light) - target_colors), -1)
+    light = solve(weight / (1.0 + r2 / robust_scale ** 2))
+  return light
 
 
-def _loss_one(params, model, target, landmarks, lm_valid, weight, sigma_vertex, lm_weights,
-              intr, config: FitConfig):
-  """M-step objective for one image: (total, [4] terms)."""
-  _, cam, normals, alb = _geometry(model, params)
+def sample_vertices(model, max_vertices: int) -> tuple:
+  """Host-side vertex subset of the M-step: every k-th vertex plus the landmark
+  vertices. Returns (indices [Vs] int32, landmark positions in the subset [68])."""
+  num_v = model.num_vertices
+  stride = max(1, -(-num_v // max_vertices)) if max_vertices else 1
+  lm = np.asarray(model.landmarks)
+  idx = np.union1d(np.arange(0, num_v, stride), lm[lm >= 0]).astype(np.int32)
+  lm_sub = np.searchsorted(idx, np.maximum(lm, 0)).astype(np.int32)
+  return idx, lm_sub
+
+
+def _submodel(model, idx, lm_sub) -> dict:
+  """The model's arrays restricted to the M-step vertices (traced, gathered once)."""
+  take = lambda a: jnp.take(a, idx, axis=-2)
+  return dict(mean=take(model.mean), shape_basis=take(model.shape_basis),
+              expression_basis=take(model.expression_basis),
+              albedo_mean=take(model.albedo_mean), albedo_basis=take(model.albedo_basis),
+              landmarks=lm_sub)
+
+
+def _loss_one(params, sub, normals_model, target, landmarks, lm_valid, weight, sigma_vertex,
+              sigma_scale, lm_weights, intr, config: FitConfig):
+  """M-step objective for one image on the vertex subset: (total, [4] terms).
+
+  ``normals_model`` [Vs, 3] are the model-space normals of the last E-step: held
+  fixed within a round (their change with shape is second order for the
+  photometric term), rotated with the current pose.
+  """
+  hi = "highest"
+  verts = (sub["mean"] + jnp.einsum("k,kvc->vc", params["shape"], sub["shape_basis"],
+                                    precision=hi)
+           + jnp.einsum("k,kvc->vc", params["expression"], sub["expression_basis"],
+                        precision=hi))
+  alb = sub["albedo_mean"] + jnp.einsum("k,kvc->vc", params["albedo"], sub["albedo_basis"],
+                                        precision=hi)
+  cam = camera_lib.to_camera(verts, params["angles"], params["translation"])
+  normals = camera_lib.rotate_to_camera(normals_model, params["angles"])
   colors = shading_lib.shade(alb, normals, params["light"])
   vimg = camera_lib.project(cam, intr)
   sampled = bilinear_sample(target, vimg)
   sq = jnp.sum(jnp.square(colors - sampled), -1) / jnp.square(config.sigma * sigma_vertex)
+  if config.robust and config.dynamic_gate:
+    # The reference's robust loss: only vertices whose Gaussian likelihood beats
+    # the uniform outlier at the current residual count (σ of this round).
+    gate = sq < jnp.square(config.outlier_sigmas * sigma_scale)
+    weight = weight * jax.lax.stop_gradient(gate.astype(jnp.float32))
   photo = 0.5 * jnp.sum(weight * sq) / jnp.maximum(jnp.sum(weight), 1.0)
-  lm = camera_lib.project(model_lib.landmark_positions(model, cam), intr)
+  lm = jnp.take(vimg, sub["landmarks"], axis=0)
   px = 224.0 / intr.width  # landmark errors measured on a 224-pixel image
   lm_term = losses_lib.landmark_loss(lm[None] * px, landmarks[None] * px, lm_weights,
                                      lm_valid[None])
@@ -381,7 +444,7 @@ def _learning_rates(config: FitConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "intrinsics"))
-def _fit_batch(model, images, landmarks, sigma_vertex, config: FitConfig,
+def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: FitConfig,
                intrinsics: camera_lib.Intrinsics) -> FitResult:
   batch = images.shape[0]
   tri = model.triangles
@@ -420,24 +483,33 @@ def _fit_batch(model, images, landmarks, sigma_vertex, config: FitConfig,
     def one(p, img, w):
       _, cam, normals, alb = _geometry(model, p)
       sampled = bilinear_sample(img, camera_lib.project(cam, intrinsics))
-      return solve_light(alb, normals, sampled, w, config.light_ridge)
+      return solve_light(alb, normals, sampled, w, config.light_ridge,
+                         config.sigma * config.outlier_sigmas,
+                         config.light_iterations if robust else 0)
     return jax.vmap(one)(params, images, weight)
 
-  loss_fn = jax.vmap(_loss_one, in_axes=(0, None, 0, 0, 0, 0, 0, None, None, None))
+  sub = _submodel(model, sub_idx, lm_sub)
+  loss_fn = jax.vmap(_loss_one, in_axes=(0, None, 0, 0, 0, 0, 0, 0, None, None, None, None))
+  sigma_sub = jnp.take(sigma_vertex, sub_idx, axis=1)
 
-  def total_loss(p, weight):
-    totals, terms = loss_fn(p, model, images, landmarks, lm_valid, weight, sigma_vertex,
-                            lm_weights, intrinsics, config)
+  def model_normals(p):
+    verts = jax.vmap(lambda q: model_lib.vertices(model, q["shape"], q["expression"]))(p)
+    return jnp.take(shading_lib.vertex_normals(verts, tri), sub_idx, axis=1)
+
+  def total_loss(p, weight, normals, sigma_scale):
+    totals, terms = loss_fn(p, sub, normals, images, landmarks, lm_valid, weight, sigma_sub,
+                            sigma_scale, lm_weights, intrinsics, config)
     return jnp.sum(totals), terms
 
   grad_fn = jax.value_and_grad(total_loss, has_aux=True)
 
   def mstep(carry, _):
-    p, s, weight = carry
-    (_, terms), g = grad_fn(p, weight)
+    p, s, weight, normals, sigma_scale, albedo_on = carry
+    (_, terms), g = grad_fn(p, weight, normals, sigma_scale)
     updates, s = opt.update(g, s, p)
-    p = {key: p[key] - lrs[key] * updates[key] for key in p}
-    return (p, s, weight), terms
+    rate = dict(lrs, albedo=lrs["albedo"] * albedo_on)
+    p = {key: p[key] - rate[key] * updates[key] for key in p}
+    return (p, s, weight, normals, sigma_scale, albedo_on), terms
 
   schedule = config.sigma_schedule or (1.0,)
 
@@ -450,7 +522,11 @@ def _fit_batch(model, images, landmarks, sigma_vertex, config: FitConfig,
     else:
       _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, False)
     p = dict(p, light=relight(p, weight))
-    (p, s, _), terms = jax.lax.scan(mstep, (p, s, weight), None, length=config.steps)
+    # The albedo stays at the mean for the first rounds so that it cannot absorb
+    # occluders before the E-step has had a chance to see them.
+    albedo_on = (r >= config.albedo_start_round).astype(jnp.float32)
+    carry = (p, s, jnp.take(weight, sub_idx, axis=1), model_normals(p), sigma_scale, albedo_on)
+    (p, s, *_), terms = jax.lax.scan(mstep, carry, None, length=config.steps)
     return (p, s, weight), terms
 
   # Visible vertices of the initial pose give the first closed-form light, so
@@ -515,7 +591,9 @@ def fit(model: model_lib.MorphableModel, image, landmarks, *,
                      f"image is {w}x{h}")
   sigma_vertex = prior_scale(model, prior if config.use_prior else None)
   sigma_vertex = jnp.broadcast_to(sigma_vertex, (image.shape[0], model.num_vertices))
-  result = _fit_batch(model, image, landmarks, sigma_vertex, config, intrinsics)
+  sub_idx, lm_sub = sample_vertices(model, config.max_vertices)
+  result = _fit_batch(model, image, landmarks, sigma_vertex, jnp.asarray(sub_idx),
+                      jnp.asarray(lm_sub), config, intrinsics)
   if single:
     result = jax.tree_util.tree_map(lambda a: a[0], result)
   return result

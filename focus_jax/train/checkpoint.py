@@ -1,0 +1,156 @@
+"""Orbax checkpoints of a whole TrainState plus its TrainConfig.
+
+Layout: ``<workdir>/checkpoints/<step>/{state,config}`` (orbax CheckpointManager:
+written to a temporary folder and renamed when complete, so a crash mid-save
+leaves no half checkpoint under a step name; the oldest beyond ``keep`` are
+deleted).
+
+Restoring (:meth:`Checkpointer.restore_latest`) walks the steps newest first: a
+checkpoint that cannot be read (truncated or corrupt files) is skipped with a
+warning and the previous one is tried; a checkpoint written with another
+configuration is refused with :class:`ConfigMismatchError`, naming the fields.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from focus_jax.errors import FocusError
+from focus_jax.train.config import TrainConfig
+
+
+class ConfigMismatchError(FocusError, ValueError):
+  """A checkpoint was written by a run with a different configuration."""
+
+
+class CheckpointError(FocusError, RuntimeError):
+  """No readable checkpoint where one is required."""
+
+
+def _manager(directory: str, keep: int = 0) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=("state", "config"))
+
+
+def describe_mismatch(path: str, diffs) -> str:
+  lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diffs[:8])
+  more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+  return (f"the checkpoint in {path} was written with a different configuration: {lines}"
+          f"{more}. Resume with the same flags (or flag file), or give a new --workdir.")
+
+
+class Checkpointer:
+  """Saves and restores TrainStates of one run directory.
+
+  Args:
+    directory: the checkpoint folder (``<workdir>/checkpoints``).
+    config: this run's config (saved with every checkpoint, checked on restore).
+  """
+
+  def __init__(self, directory: str, config: TrainConfig):
+    self.directory = os.path.abspath(directory)
+    self.config = config
+    self.manager = _manager(self.directory, config.keep_checkpoints)
+
+  def steps(self) -> list:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state_host) -> None:
+    """Saves a host (NumPy) TrainState at ``step`` (all processes must call this)."""
+    self.manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_host),
+        config=ocp.args.JsonSave(self.config.to_dict())), force=True)
+    self.manager.wait_until_finished()
+
+  def read_config(self, step: int) -> dict:
+    return self.manager.restore(int(step), args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+
+  def restore_latest(self, template) -> Optional[Tuple[int, object]]:
+    """(step, state) of the newest readable checkpoint, or None when there is none.
+
+    Args:
+      template: a host TrainState of the right structure (shapes and dtypes).
+
+    Raises:
+      ConfigMismatchError: the newest readable checkpoint has another config.
+    """
+    for step in reversed(self.steps()):
+      path = os.path.join(self.directory, str(step))
+      try:
+        saved = self.read_config(step)
+      except Exception as e:  # pylint: disable=broad-except
+        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                      "falling back to the previous checkpoint", stacklevel=2)
+        continue
+      diffs = self.config.mismatches(saved)
+      if diffs:
+        raise ConfigMismatchError(describe_mismatch(path, diffs))
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template)))["state"]
+        restored = jax.tree_util.tree_map(np.asarray, restored)
+        _check_finite_structure(restored, template, path)
+      except Exception as e:  # pylint: disable=broad-except
+        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                      "falling back to the previous checkpoint", stacklevel=2)
+        continue
+      return step, restored
+    return None
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _check_finite_structure(restored, template, path):
+  a = jax.tree_util.tree_structure(restored)
+  b = jax.tree_util.tree_structure(template)
+  if a != b:
+    raise CheckpointError(f"{path}: state structure differs from this run's")
+  for x, y in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(template)):
+    if np.shape(x) != np.shape(y):
+      raise CheckpointError(f"{path}: array of shape {np.shape(x)} where {np.shape(y)} "
+                            "was expected")
+
+
+def load_networks(workdir_or_dir: str) -> Tuple[dict, dict, TrainConfig, int]:
+  """The network variables of another stage's newest readable checkpoint.
+
+  Args:
+    workdir_or_dir: that stage's ``--workdir`` (or its ``checkpoints`` folder).
+
+  Returns:
+    (encoder variables, unet variables, that run's TrainConfig, step), NumPy.
+
+  Raises:
+    CheckpointError: no readable checkpoint there.
+  """
+  directory = workdir_or_dir
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"--init_from: no checkpoint folder at {workdir_or_dir} (run the "
+                          "previous stage first, or point at its --workdir)")
+  manager = _manager(directory)
+  try:
+    for step in reversed(sorted(manager.all_steps())):
+      try:
+        out = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        warnings.warn(f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {e}); "
+                      "trying the previous one", stacklevel=2)
+        continue
+      state = jax.tree_util.tree_map(np.asarray, out["state"])
+      return (state["encoder"], state["unet"], TrainConfig.from_dict(out["config"]), step)
+  finally:
+    manager.close()
+  raise CheckpointError(f"--init_from: no readable checkpoint in {directory}")

@@ -1,0 +1,203 @@
+"""The training configuration: one frozen dataclass for every stage, JSON round trip.
+
+A :class:`TrainConfig` fixes everything that shapes the networks, the data, the
+losses and the optimisers (see ../shared/DESIGN.md §1 for the reference values,
+which are the defaults here = the *paper* configuration). Checkpoints store it;
+a run refuses to resume a checkpoint whose config differs in any field that is
+not in :data:`RUN_FIELDS` (fields that only change how long or how verbosely a
+run goes on).
+
+Two presets: :func:`paper` (224², ResNet-50, UNet width 64, batch 12) and
+:func:`tiny` (64², tiny nets, built-in model at resolution 37, no identity net:
+the whole pipeline runs on a laptop CPU in minutes). The flag files
+``experiments/configs/{paper,tiny}.flags`` set the same values from the command
+line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional, Tuple
+
+# Fields that may change between a run and its resumption (length, logging,
+# checkpoint cadence, fault injection for tests); every other field must match.
+RUN_FIELDS = frozenset({
+    "num_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
+    "max_bad_steps", "prefetch", "num_threads", "progress", "fault_step",
+})
+
+STAGES = ("pretrain", "unet", "em", "adapt")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Static configuration of a training stage (hashable; closes over jitted steps).
+
+  Attributes (units in brackets):
+    stage: 'pretrain' (stage 1, encoder with the robust loss), 'unet' (stage 3,
+      UNet on pseudo masks), 'em' (stage 4, alternating blocks) or 'adapt'
+      (test-time EM on a target set; same steps as 'em').
+    image_size: side of the square training crop [px]; the camera is the
+      reference camera scaled to it.
+    model: 'builtin' or a morphable-model file; model_resolution: grid size of
+      the built-in model; num_shape/num_expression/num_albedo: components kept
+      (the encoder regresses exactly these).
+    encoder_depth, encoder_width, encoder_stages: the ResNet trunk (stages None =
+      torchvision's layout for the depth).
+    unet_width, unet_depth: the segmentation UNet.
+    identity: 'dlib', 'arcface' or 'none' (perceptual/preserve/dist terms off);
+      identity_weights: weights file ('' = the default location).
+    batch_size: global batch (all devices of all hosts).
+    optimizer: 'adadelta' (the reference's; PyTorch's rho 0.9, eps 1e-6) or 'adam'
+      (moves much faster in the few dozen steps of the tiny configuration).
+    encoder_lr, unet_lr: learning rates; × lr_decay every lr_decay_steps
+      (staircase) for both.
+    w_*: loss weights (pretrain: photo, landmark, perceptual, reg; EM encoder:
+      rec, perceptual, reg, landmark, enc_area; UNet: area, binary, preserve, dist,
+      neighbour).
+    em_unet_steps, em_encoder_steps: EM cycle: this many UNet steps (encoder
+      frozen) then this many encoder steps (UNet frozen).
+    render_mode: 'hard' or 'soft' rasterisation for training renders.
+    compute_dtype: 'float32' or 'bfloat16' (activations; parameters, losses and
+      optimiser state stay float32).
+    seed: initialisation, dropout and data-order seed.
+    num_steps: steps of this stage; log_every, image_every, checkpoint_every:
+      cadences [steps]; keep_checkpoints: how many to keep.
+    max_bad_steps: stop after this many non-finite steps in a row.
+    prefetch, num_threads: input pipeline (batches ahead, parallel loads).
+    progress: draw a progress bar.
+    fault_step: test hook: from this step on the loss is NaN (-1: never).
+  """
+  stage: str = "pretrain"
+  image_size: int = 224
+  model: str = "builtin"
+  model_resolution: int = 85
+  num_shape: int = 80
+  num_expression: int = 64
+  num_albedo: int = 80
+  encoder_depth: int = 50
+  encoder_width: int = 64
+  encoder_stages: Optional[Tuple[int, ...]] = None
+  unet_width: int = 64
+  unet_depth: int = 5
+  identity: str = "dlib"
+  identity_weights: str = ""
+  batch_size: int = 12
+  optimizer: str = "adadelta"
+  encoder_lr: float = 0.1
+  unet_lr: float = 0.03
+  lr_decay: float = 0.99
+  lr_decay_steps: int = 5000
+  w_photo: float = 0.5
+  w_landmark: float = 5e-4
+  w_perceptual: float = 0.25
+  w_reg: float = 0.1
+  w_rec: float = 0.5
+  w_enc_area: float = 0.06
+  w_area: float = 0.5
+  w_binary: float = 10.0
+  w_preserve: float = 0.25
+  w_dist: float = 3.0
+  w_neighbour: float = 15.0
+  em_unet_steps: int = 5000
+  em_encoder_steps: int = 25000
+  render_mode: str = "hard"
+  compute_dtype: str = "float32"
+  seed: int = 0
+  num_steps: int = 100000
+  log_every: int = 50
+  image_every: int = 1000
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  max_bad_steps: int = 20
+  prefetch: int = 2
+  num_threads: int = 4
+  progress: bool = True
+  fault_step: int = -1
+
+  def __post_init__(self):
+    problems = []
+    if self.stage not in STAGES:
+      problems.append(f"stage must be one of {STAGES}, got {self.stage!r}")
+    if self.identity not in ("dlib", "arcface", "none"):
+      problems.append(f"identity must be dlib, arcface or none, got {self.identity!r}")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      problems.append(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+    if self.optimizer not in ("adadelta", "adam"):
+      problems.append(f"optimizer must be adadelta or adam, got {self.optimizer!r}")
+    if self.render_mode not in ("hard", "soft"):
+      problems.append(f"render_mode must be hard or soft, got {self.render_mode!r}")
+    factor = 2 ** (self.unet_depth - 1)
+    if self.image_size % factor:
+      problems.append(f"image_size {self.image_size} must be divisible by {factor} "
+                      f"(UNet depth {self.unet_depth})")
+    for name in ("batch_size", "num_steps", "log_every", "image_every", "checkpoint_every",
+                 "keep_checkpoints", "max_bad_steps", "lr_decay_steps"):
+      if getattr(self, name) < 1:
+        problems.append(f"{name} must be positive, got {getattr(self, name)}")
+    if self.em_unet_steps < 0 or self.em_encoder_steps < 0 or (
+        self.em_unet_steps + self.em_encoder_steps == 0):
+      problems.append("em_unet_steps + em_encoder_steps must be positive")
+    if problems:
+      raise ValueError("TrainConfig: " + "; ".join(problems))
+
+  # ------------------------------------------------------------------ helpers
+
+  def replace(self, **changes) -> "TrainConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    if d["encoder_stages"] is not None:
+      d["encoder_stages"] = list(d["encoder_stages"])
+    return d
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TrainConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+      raise ValueError(f"TrainConfig: unknown fields {sorted(unknown)}")
+    d = dict(d)
+    if d.get("encoder_stages") is not None:
+      d["encoder_stages"] = tuple(int(s) for s in d["encoder_stages"])
+    return cls(**d)
+
+  def em_phase(self, step: int) -> str:
+    """'unet' or 'encoder': which network an EM step ``step`` (0-based) trains."""
+    cycle = self.em_unet_steps + self.em_encoder_steps
+    return "unet" if step % cycle < self.em_unet_steps else "encoder"
+
+  def mismatches(self, other: "TrainConfig | dict") -> list:
+    """[(field, self value, other value)] for fields that must agree to resume."""
+    a = self.to_dict()
+    b = other.to_dict() if isinstance(other, TrainConfig) else dict(other)
+    return [(k, b.get(k, "<missing>"), a[k]) for k in sorted(a)
+            if k not in RUN_FIELDS and _norm(a[k]) != _norm(b.get(k, "<missing>"))]
+
+
+def _norm(v):
+  return list(v) if isinstance(v, tuple) else v
+
+
+def paper(**changes) -> TrainConfig:
+  """The reference configuration (DESIGN.md §1): 224², ResNet-50, UNet 64, batch 12."""
+  return TrainConfig().replace(**changes)
+
+
+def tiny(**changes) -> TrainConfig:
+  """A CPU configuration: 64², ResNet-18 width 8 (2 stages), UNet width 4 depth 3,
+  built-in model at resolution 37 with 20/10/20 components, no identity net, batch 4,
+  Adam (lr 2e-3: Adadelta at lr 0.1 barely moves in a few dozen steps), EM cycles of 3 UNet + 5 encoder steps."""
+  base = TrainConfig(
+      image_size=64, model_resolution=37, num_shape=20, num_expression=10, num_albedo=20,
+      encoder_depth=18, encoder_width=8, encoder_stages=(1, 1), unet_width=4, unet_depth=3,
+      identity="none", batch_size=4, optimizer="adam", encoder_lr=2e-3, unet_lr=2e-3,
+      lr_decay_steps=50, em_unet_steps=3, em_encoder_steps=5,
+      num_steps=20, log_every=1, image_every=10, checkpoint_every=10, keep_checkpoints=3,
+      max_bad_steps=5, num_threads=2)
+  return base.replace(**changes)

@@ -1,0 +1,301 @@
+"""Pure step functions of the four FOCUS training stages (run under ``jax.pmap``).
+
+Every step has the signature ``step(state, batch, model, identity) -> (state, metrics)``:
+
+* ``state``: :class:`~focus_jax.train.state.TrainState` (this device's replica);
+* ``batch``: dict of this device's share of the batch: ``image`` [b, S, S, 3] in
+  [0, 1], ``landmarks`` [b, 68, 2] px, and for the UNet pre-training ``pseudo``
+  [b, S, S] in {0, 1};
+* ``model``: the MorphableModel pytree; ``identity``: an IdentityNet or None.
+
+Gradients, losses and BatchNorm statistics are averaged over the pmap axis
+:data:`AXIS` (which spans every device of every host under ``jax.distributed``),
+so n devices with b examples each take the same step as one device with n·b.
+All loss terms are means over examples or pixels with equal shares per device,
+except the masked reconstruction ``Σ‖M·F·(I−R)‖ / Σ M·F``, a ratio of global
+sums: :func:`global_ratio` computes it exactly (value and gradient).
+
+A step whose loss or gradient is not finite changes nothing but the counters
+(``num_skipped``, ``bad_streak``) and the step number.
+
+Phases (static):
+  'pretrain'    stage 1: encoder, robust photometric + landmarks + perceptual + reg;
+  'unet'        stage 3: UNet, binary cross-entropy on pseudo masks (encoder frozen);
+  'em_unet'     stage 4 UNet block: area + binary + preserve + dist + neighbour;
+  'em_encoder'  stage 4 encoder block: masked reconstruction + perceptual + reg +
+                landmarks + area (UNet frozen).
+
+Mixed precision: with ``compute_dtype='bfloat16'`` the networks run on bf16 copies of
+their float32 parameters (gradients flow back to the float32 master copy); renders,
+losses and optimiser states are float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from focus_jax import losses
+from focus_jax.morphable import model as model_lib
+from focus_jax.render import render as render_lib
+from focus_jax.train.config import TrainConfig
+from focus_jax.train.state import RNG_IMPL, Networks, TrainState
+
+AXIS = "batch"
+PHASES = ("pretrain", "unet", "em_unet", "em_encoder")
+# Loss terms each phase reports (plus 'loss', the weighted total).
+TERMS = {
+    "pretrain": ("photometric", "landmark", "perceptual", "regularization"),
+    "unet": ("bce", "pseudo_fraction"),
+    "em_unet": ("area", "binary", "preserve", "dist", "neighbour"),
+    "em_encoder": ("reconstruction", "perceptual", "regularization", "landmark", "area"),
+}
+# Reference landmark units: the weights assume pixels of a 224-pixel crop.
+REFERENCE_SIZE = 224.0
+
+
+def trained_network(phase: str) -> str:
+  return "encoder" if phase in ("pretrain", "em_encoder") else "unet"
+
+
+def _cast(tree, dtype):
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _dtype(config: TrainConfig):
+  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+
+
+def encode(config: TrainConfig, nets: Networks, variables, images, train: bool):
+  """Encoder forward: images [b, S, S, 3] -> (EncoderOutput float32, new batch_stats)."""
+  dt = _dtype(config)
+  v = {"params": _cast(variables["params"], dt), "batch_stats": variables["batch_stats"]}
+  if train:
+    out, upd = nets.encoder.apply(v, images.astype(dt), train=True, mutable=["batch_stats"])
+    stats = _cast(upd["batch_stats"], jnp.float32)
+  else:
+    out, stats = nets.encoder.apply(v, images.astype(dt), train=False), None
+  return _cast(out, jnp.float32), stats
+
+
+def segment(config: TrainConfig, nets: Networks, variables, render_image, images, train: bool,
+            rng=None):
+  """UNet forward on render ⊕ target: -> (mask [b, S, S] in (0, 1), logits, new stats)."""
+  dt = _dtype(config)
+  v = {"params": _cast(variables["params"], dt), "batch_stats": variables["batch_stats"]}
+  x = jnp.concatenate([render_image, images], axis=-1).astype(dt)
+  if train:
+    logits, upd = nets.unet.apply(v, x, train=True, return_logits=True,
+                                  rngs={"dropout": rng}, mutable=["batch_stats"])
+    stats = _cast(upd["batch_stats"], jnp.float32)
+  else:
+    logits, stats = nets.unet.apply(v, x, train=False, return_logits=True), None
+  logits = logits[..., 0].astype(jnp.float32)
+  return jax.nn.sigmoid(logits), logits, stats
+
+
+def render_faces(config: TrainConfig, nets: Networks, model, out, images):
+  """Renders encoder outputs over the targets: RenderOutput (image [b, S, S, 3],
+  mask [b, S, S], landmarks [b, 68, 2] px)."""
+  return render_lib.render(model, out.shape, out.expression, out.albedo, out.angles,
+                           out.translation, out.light, nets.intrinsics,
+                           mode=config.render_mode, background=images, buffers=False)
+
+
+def global_ratio(num, den, axis_name=AXIS, eps: float = 1.0):
+  """A per-device surrogate whose pmean is ``Σ num / Σ den`` over the axis, with the
+  exact gradient of that global ratio (numerator *and* denominator).
+
+  ``num``, ``den``: this device's scalar sums. The surrogate's value is
+  ``num / D̄``; its gradient ``∂num / D̄ − (N̄ / D̄²) ∂den``; averaged over the
+  devices both give the ratio of the global sums (N̄, D̄: means over devices).
+  """
+  n_bar = jax.lax.pmean(num, axis_name)
+  d_bar = jnp.maximum(jax.lax.pmean(den, axis_name), eps / jax.lax.psum(1, axis_name))
+  sg = jax.lax.stop_gradient
+  c = sg(n_bar / jnp.square(d_bar))
+  return num / sg(d_bar) - c * den + sg(c * den)
+
+
+def _landmark_term(model, predicted, target, size: int):
+  scale = REFERENCE_SIZE / size
+  return losses.landmark_loss(predicted * scale, target * scale,
+                              valid=model_lib.landmark_mask(model))
+
+
+def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
+  del rng
+  images, lms = batch["image"], batch["landmarks"]
+  out, enc_stats = encode(config, nets, {"params": params,
+                                         "batch_stats": state.encoder["batch_stats"]},
+                          images, train=True)
+  r = render_faces(config, nets, model, out, images)
+  photo, _ = losses.robust_photometric(r.image, images, r.mask)
+  terms = dict(photometric=photo,
+               landmark=_landmark_term(model, r.landmarks, lms, config.image_size),
+               regularization=losses.coefficient_regularization(out.shape, out.expression,
+                                                                out.albedo))
+  total = (config.w_photo * photo + config.w_landmark * terms["landmark"]
+           + config.w_reg * terms["regularization"])
+  if identity is not None:
+    terms["perceptual"] = losses.perceptual_loss(identity(r.image, lms).embedding,
+                                                 identity(images, lms).embedding)
+    total = total + config.w_perceptual * terms["perceptual"]
+  else:
+    terms["perceptual"] = jnp.zeros(())
+  return total, terms, dict(encoder=enc_stats)
+
+
+def _frozen_render(config, nets, state, batch, model):
+  images = batch["image"]
+  out, _ = encode(config, nets, state.encoder, images, train=False)
+  out = jax.lax.stop_gradient(out)
+  return jax.lax.stop_gradient(render_faces(config, nets, model, out, images))
+
+
+def _loss_unet(config, nets, params, state, batch, model, identity, rng):
+  del identity
+  images = batch["image"]
+  r = _frozen_render(config, nets, state, batch, model)
+  _, logits, stats = segment(config, nets, {"params": params,
+                                            "batch_stats": state.unet["batch_stats"]},
+                             r.image, images, train=True, rng=rng)
+  target = batch["pseudo"].astype(jnp.float32)
+  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
+  return bce, dict(bce=bce, pseudo_fraction=jnp.mean(target)), dict(unet=stats)
+
+
+def _loss_em_unet(config, nets, params, state, batch, model, identity, rng):
+  images, lms = batch["image"], batch["landmarks"]
+  r = _frozen_render(config, nets, state, batch, model)
+  m, _, stats = segment(config, nets, {"params": params,
+                                       "batch_stats": state.unet["batch_stats"]},
+                        r.image, images, train=True, rng=rng)
+  f = r.mask
+  terms = dict(area=losses.area_loss(f, m), binary=losses.binary_loss(f, m),
+               neighbour=losses.neighbour_loss(r.image, images, m * f))
+  total = (config.w_area * terms["area"] + config.w_binary * terms["binary"]
+           + config.w_neighbour * terms["neighbour"])
+  if identity is not None:
+    mm = m[..., None]
+    f_target = identity(images, lms).shallow
+    f_masked_target = identity(images * mm, lms).shallow
+    f_masked_render = identity(r.image * mm, lms).shallow
+    terms["preserve"] = losses.preserve_loss(f_target, f_masked_target)
+    terms["dist"] = losses.dist_loss(f_masked_render, f_masked_target)
+    total = total + config.w_preserve * terms["preserve"] + config.w_dist * terms["dist"]
+  else:
+    terms["preserve"] = terms["dist"] = jnp.zeros(())
+  return total, terms, dict(unet=stats)
+
+
+def _loss_em_encoder(config, nets, params, state, batch, model, identity, rng):
+  del rng
+  images, lms = batch["image"], batch["landmarks"]
+  out, enc_stats = encode(config, nets, {"params": params,
+                                         "batch_stats": state.encoder["batch_stats"]},
+                          images, train=True)
+  r = render_faces(config, nets, model, out, images)
+  m, _, _ = segment(config, nets, state.unet, jax.lax.stop_gradient(r.image), images,
+                    train=False)
+  m = jax.lax.stop_gradient(m)
+  w = r.mask * m
+  den = jnp.sum(w)
+  num = losses.masked_reconstruction(r.image, images, r.mask, m) * jnp.maximum(den, 1.0)
+  terms = dict(reconstruction=global_ratio(num, den),
+               regularization=losses.coefficient_regularization(out.shape, out.expression,
+                                                                out.albedo),
+               landmark=_landmark_term(model, r.landmarks, lms, config.image_size),
+               area=losses.area_loss(r.mask, m))
+  total = (config.w_rec * terms["reconstruction"] + config.w_reg * terms["regularization"]
+           + config.w_landmark * terms["landmark"] + config.w_enc_area * terms["area"])
+  if identity is not None:
+    terms["perceptual"] = losses.perceptual_loss(identity(r.image, lms).embedding,
+                                                 identity(images, lms).embedding)
+    total = total + config.w_perceptual * terms["perceptual"]
+  else:
+    terms["perceptual"] = jnp.zeros(())
+  return total, terms, dict(encoder=enc_stats)
+
+
+_LOSSES: Dict[str, Callable] = dict(pretrain=_loss_pretrain, unet=_loss_unet,
+                                    em_unet=_loss_em_unet, em_encoder=_loss_em_encoder)
+
+
+def _all_finite(tree):
+  leaves = jax.tree_util.tree_leaves(tree)
+  return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves],
+                          jnp.bool_(True))
+
+
+def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = AXIS):
+  """The (unmapped) step function of ``phase``; wrap it with ``jax.pmap(...,
+  axis_name=axis_name)`` (see :func:`focus_jax.train.parallel.pmap_step`)."""
+  if phase not in PHASES:
+    raise ValueError(f"unknown phase {phase!r}; one of {PHASES}")
+  loss_impl = _LOSSES[phase]
+  which = trained_network(phase)
+  tx = nets.encoder_tx if which == "encoder" else nets.unet_tx
+
+  def step(state: TrainState, batch, model, identity):
+    key = jax.random.wrap_key_data(state.rng, impl=RNG_IMPL)
+    key = jax.random.fold_in(jax.random.fold_in(key, state.step),
+                             jax.lax.axis_index(axis_name))
+    variables = state.encoder if which == "encoder" else state.unet
+    opt_state = state.encoder_opt if which == "encoder" else state.unet_opt
+
+    def loss_fn(params):
+      total, terms, stats = loss_impl(config, nets, params, state, batch, model, identity, key)
+      if config.fault_step >= 0:   # test hook: a fault from this step on
+        total = total + jnp.where(state.step >= config.fault_step, jnp.nan, 0.0)
+      return total, (terms, stats)
+
+    (total, (terms, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables["params"])
+    grads = jax.lax.pmean(grads, axis_name)
+    total = jax.lax.pmean(total, axis_name)
+    terms = jax.lax.pmean(terms, axis_name)
+    new_stats = stats[which]
+    ok = jnp.isfinite(total) & _all_finite(grads) & _all_finite(new_stats)
+    updates, new_opt = tx.update(grads, opt_state, variables["params"])
+    new_params = optax.apply_updates(variables["params"], updates)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_vars = {"params": keep(new_params, variables["params"]),
+                "batch_stats": keep(new_stats, variables["batch_stats"])}
+    new_opt = keep(new_opt, opt_state)
+    changes = {which: new_vars, f"{which}_opt": new_opt}
+    bad = jnp.logical_not(ok).astype(jnp.int32)
+    state = state.replace(step=state.step + 1, num_skipped=state.num_skipped + bad,
+                          bad_streak=jnp.where(ok, 0, state.bad_streak + 1), **changes)
+    metrics = dict(terms, loss=total, finite=ok.astype(jnp.float32),
+                   grad_norm=optax.global_norm(grads))
+    return state, metrics
+
+  return step
+
+
+def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True):
+  """(encoder vars, unet vars, images [b, S, S, 3], model) -> dict of eval-mode outputs:
+  render [b,S,S,3] (over the target), face [b,S,S], inlier (robust likelihood) [b,S,S],
+  mask (UNet, or the robust inliers without it) [b,S,S], landmarks [b,68,2],
+  vertices [b,V,3] (model space, mm), vertices_camera [b,V,3], shape/expression/albedo."""
+
+  def predict(enc_vars, unet_vars, images, model):
+    out, _ = encode(config, nets, enc_vars, images, train=False)
+    r = render_faces(config, nets, model, out, images)
+    inlier = losses.robust_inliers(r.image, images, r.mask)
+    if with_unet:
+      m, _, _ = segment(config, nets, unet_vars, r.image, images, train=False)
+    else:
+      m = inlier
+    verts = model_lib.vertices(model, out.shape, out.expression)
+    return dict(render=r.image, face=r.mask, inlier=inlier, mask=m, landmarks=r.landmarks,
+                vertices=verts, vertices_camera=r.vertices_camera, shape=out.shape,
+                expression=out.expression, albedo=out.albedo)
+
+  return predict
