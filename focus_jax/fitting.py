@@ -345,35 +345,50 @@ def _geometry(model, params):
   return verts, cam, normals, alb
 
 
+def light_from_factors(sh, tint):
+  """Rank-1 SH light ``sh ⊗ tint``: [..., 9], [..., 3] -> [..., 9, 3]."""
+  return sh[..., :, None] * tint[..., None, :]
+
+
 def solve_light(albedo, normals, target_colors, weight, ridge: float,
                 robust_scale: float = 0.0, iterations: int = 0):
-  """Weighted least-squares SH light (per channel), ridge towards the default.
+  """Weighted least-squares rank-1 SH light ``γ[k, c] = g[k]·t[c]``.
 
-  With ``iterations > 0`` it is re-solved that many times with Cauchy weights
-  ``1 / (1 + ‖r‖² / robust_scale²)`` on the RGB residuals (IRLS), so that an
-  occluder covering part of the face does not tint the light.
+  One spatial SH distribution ``g`` [9] shared by the colour channels, times an
+  RGB tint ``t`` [3] (normalised to mean 1) — a white-ish light of one colour.
+  A full per-channel light can tint parts of the face (9 functions per channel),
+  which lets it absorb coloured occluders; the rank-1 light cannot. Solved by
+  alternating least squares (ridge towards the ambient default). With
+  ``iterations > 0``, each round reweights with Cauchy weights
+  ``1 / (1 + ‖r‖² / robust_scale²)`` of the RGB residuals (IRLS), so that an
+  occluder does not bias it.
 
-  albedo, normals, target_colors: [V, 3]; weight: [V]. Returns [9, 3].
+  albedo, normals, target_colors: [V, 3]; weight: [V].
+  Returns (g [9], t [3]); the light is :func:`light_from_factors` (g, t).
   """
   basis = shading_lib.sh_basis(normals)                          # [V, 9]
-  default = shading_lib.default_light()
+  g_default = shading_lib.default_light()[:, 0]
 
-  def solve(w):
-    lights = []
+  def solve(w, tint):
     n = jnp.maximum(jnp.sum(w), 1.0)
-    for c in range(3):
-      a = basis * albedo[:, c:c + 1]                             # [V, 9]
-      aw = a * w[:, None]
-      lhs = aw.T @ a / n + ridge * jnp.eye(9)
-      rhs = aw.T @ target_colors[:, c] / n + ridge * default[:, c]
-      lights.append(jnp.linalg.solve(lhs, rhs))
-    return jnp.stack(lights, axis=-1)
+    a = basis[:, None, :] * (albedo * tint)[:, :, None]          # [V, 3, 9]
+    aw = a * w[:, None, None]
+    lhs = jnp.einsum("vck,vcl->kl", aw, a) / n + ridge * jnp.eye(9)
+    rhs = jnp.einsum("vck,vc->k", aw, target_colors) / n + ridge * g_default
+    g = jnp.linalg.solve(lhs, rhs)
+    shade = (basis @ g)[:, None] * albedo                        # [V, 3]
+    tint = (jnp.sum(w[:, None] * shade * target_colors, 0)
+            / jnp.maximum(jnp.sum(w[:, None] * shade * shade, 0), 1e-6))
+    scale = jnp.mean(tint)
+    return g * scale, tint / scale
 
-  light = solve(weight)
+  g, tint = solve(weight, jnp.ones(3))
+  g, tint = solve(weight, tint)
   for _ in range(iterations):
-    r2 = jnp.sum(jnp.square(shading_lib.shade(albedo, normals, light) - target_colors), -1)
-    light = solve(weight / (1.0 + r2 / robust_scale ** 2))
-  return light
+    r2 = jnp.sum(jnp.square(shading_lib.shade(albedo, normals, light_from_factors(g, tint))
+                            - target_colors), -1)
+    g, tint = solve(weight / (1.0 + r2 / robust_scale ** 2), tint)
+  return g, tint
 
 
 def sample_vertices(model, max_vertices: int) -> tuple:
@@ -413,7 +428,8 @@ def _loss_one(params, sub, normals_model, target, landmarks, lm_valid, weight, s
                                         precision=hi)
   cam = camera_lib.to_camera(verts, params["angles"], params["translation"])
   normals = camera_lib.rotate_to_camera(normals_model, params["angles"])
-  colors = shading_lib.shade(alb, normals, params["light"])
+  colors = shading_lib.shade(alb, normals,
+                             light_from_factors(params["light_sh"], params["light_tint"]))
   vimg = camera_lib.project(cam, intr)
   sampled = bilinear_sample(target, vimg)
   sq = jnp.sum(jnp.square(colors - sampled), -1) / jnp.square(config.sigma * sigma_vertex)
@@ -440,7 +456,8 @@ def _loss_one(params, sub, normals_model, target, landmarks, lm_valid, weight, s
 def _learning_rates(config: FitConfig):
   return dict(shape=config.lr_shape, expression=config.lr_expression,
               albedo=config.lr_albedo, angles=config.lr_angles,
-              translation=config.lr_translation, light=config.lr_light)
+              translation=config.lr_translation, light_sh=config.lr_light,
+              light_tint=config.lr_light)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "intrinsics"))
@@ -464,7 +481,8 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
   zeros = lambda n: jnp.zeros((batch, n), jnp.float32)
   params = dict(shape=zeros(model.num_shape), expression=zeros(model.num_expression),
                 albedo=zeros(model.num_albedo), angles=angles, translation=translation,
-                light=shading_lib.default_light((batch,)))
+                light_sh=shading_lib.default_light((batch,))[..., 0],
+                light_tint=jnp.ones((batch, 3), jnp.float32))
 
   lrs = _learning_rates(config)
   opt = optax.scale_by_adam()
@@ -475,7 +493,7 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
       _, cam, normals, alb = _geometry(model, p)
       # Light first (closed form on the vertices visible last time would need
       # state; a light solve on the current inliers follows below).
-      colors = shading_lib.shade(alb, normals, p["light"])
+      colors = shading_lib.shade(alb, normals, light_from_factors(p["light_sh"], p["light_tint"]))
       return _estep_one(cam, colors, img, sv, intr, config, tri, sigma_scale, robust_now)
     return jax.vmap(one)(params, imgs, sigma_vertex)
 
@@ -489,6 +507,7 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
     return jax.vmap(one)(params, images, weight)
 
   sub = _submodel(model, sub_idx, lm_sub)
+  set_light = lambda p, gt: dict(p, light_sh=gt[0], light_tint=gt[1])
   loss_fn = jax.vmap(_loss_one, in_axes=(0, None, 0, 0, 0, 0, 0, 0, None, None, None, None))
   sigma_sub = jnp.take(sigma_vertex, sub_idx, axis=1)
 
@@ -521,7 +540,7 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
       _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, True)
     else:
       _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, False)
-    p = dict(p, light=relight(p, weight))
+    p = set_light(p, relight(p, weight))
     # The albedo stays at the mean for the first rounds so that it cannot absorb
     # occluders before the E-step has had a chance to see them.
     albedo_on = (r >= config.albedo_start_round).astype(jnp.float32)
@@ -532,7 +551,7 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
   # Visible vertices of the initial pose give the first closed-form light, so
   # that the first E-step compares shaded colours, not the default grey.
   _, _, _, weight0 = estep(params, intr_low, images_low, 1.0, False)
-  params = dict(params, light=relight(params, weight0))
+  params = set_light(params, relight(params, weight0))
   (params, _, _), trace = jax.lax.scan(round_body, (params, opt_state, weight0),
                                     jnp.arange(config.rounds))
   trace = jnp.swapaxes(trace.reshape(config.rounds * config.steps, batch, -1), 0, 1)
@@ -546,7 +565,8 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
   inlier = (post > 0.5).astype(jnp.float32) * facef
   return FitResult(shape=params["shape"], expression=params["expression"],
                    albedo=params["albedo"], angles=params["angles"],
-                   translation=params["translation"], light=params["light"],
+                   translation=params["translation"],
+                   light=light_from_factors(params["light_sh"], params["light_tint"]),
                    vertices=verts, vertices_camera=cam, landmarks=lms, image=render,
                    mask=facef, inlier=inlier, inlier_probability=post,
                    vertex_weight=weight, loss_trace=trace)

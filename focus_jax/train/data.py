@@ -43,7 +43,9 @@ def open_data(data_dir: str, split: Optional[str] = "train"):
   if split is not None and not any(os.path.isfile(p) for p in dataset_lib._find_csv(  # pylint: disable=protected-access
       os.path.abspath(image_dir), split)):
     want = None   # a plain folder: every image, detected landmarks
-  return dataset_lib.open_dataset(image_dir, want, progress=False)
+  if want is not None:
+    return dataset_lib.read_reference(image_dir, want)
+  return dataset_lib.read_folder(image_dir, progress=False)
 
 
 class AlignedSource:

@@ -47,10 +47,22 @@ def initialize(coordinator: Optional[str] = None, num_processes: int = 1,
                                process_id=process_id)
 
 
+def _local_sharding():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  return NamedSharding(Mesh(np.asarray(jax.local_devices()), (AXIS,)), PartitionSpec(AXIS))
+
+
+def put_sharded(tree):
+  """Host pytree of [local devices, ...] arrays -> one slice per local device."""
+  sharding = _local_sharding()
+  return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+
+
 def replicate(tree):
   """Host pytree -> one copy per local device (leading axis = local devices)."""
-  devices = jax.local_devices()
-  return jax.device_put_replicated(tree, devices)
+  n = jax.local_device_count()
+  return put_sharded(jax.tree_util.tree_map(
+      lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), tree))
 
 
 def unreplicate(tree):
@@ -79,11 +91,10 @@ def shard(batch: dict, num_devices: Optional[int] = None) -> dict:
 def prefetch_to_device(iterator: Iterable[dict], size: int = 2) -> Iterator[dict]:
   """Shards host batches over the local devices and keeps ``size`` of them on the
   devices ahead of the step (transfers overlap the running computation)."""
-  devices = jax.local_devices()
   queue = collections.deque()
 
   def put(batch):
-    return {k: jax.device_put_sharded(list(v), devices) for k, v in shard(batch).items()}
+    return put_sharded(shard(batch))
 
   it = iter(iterator)
   for batch in itertools.islice(it, size):

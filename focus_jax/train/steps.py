@@ -104,7 +104,8 @@ def render_faces(config: TrainConfig, nets: Networks, model, out, images):
   mask [b, S, S], landmarks [b, 68, 2] px)."""
   return render_lib.render(model, out.shape, out.expression, out.albedo, out.angles,
                            out.translation, out.light, nets.intrinsics,
-                           mode=config.render_mode, background=images, buffers=False)
+                           mode=config.render_mode, background=images, buffers=False,
+                           antialias=config.antialias)
 
 
 def global_ratio(num, den, axis_name=AXIS, eps: float = 1.0):
