@@ -209,7 +209,9 @@ def init_pose(points3d, landmarks, valid, intrinsics: camera_lib.Intrinsics):
   scale = jnp.mean(s)
   rc = jnp.concatenate([rows, jnp.cross(rows[0], rows[1])[None]], axis=0)
   rot = jnp.array([1.0, -1.0, -1.0])[:, None] * rc                                 # F·Rc
-  depth = intrinsics.focal / scale
+  # The scale is f / depth of the landmarks' centroid, not of the model origin.
+  centroid = jnp.sum(points3d * w[:, None], 0) / jnp.maximum(jnp.sum(w), 1.0)
+  depth = intrinsics.focal / scale - rc[2] @ centroid
   tx = (affine[0, 3] - intrinsics.cx) / scale
   ty = (affine[1, 3] - intrinsics.cy) / scale
   return angles_from_rotation(rot), jnp.stack([tx, ty, depth - camera_lib.CAMERA_DISTANCE])
@@ -554,7 +556,7 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
   params = set_light(params, relight(params, weight0))
   (params, _, _), trace = jax.lax.scan(round_body, (params, opt_state, weight0),
                                     jnp.arange(config.rounds))
-  trace = jnp.swapaxes(trace.reshape(config.rounds * config.steps, batch, -1), 0, 1)
+  trace = jnp.swapaxes(trace.reshape(config.rounds * config.steps, batch, len(LOSS_NAMES)), 0, 1)
 
   final_scale = schedule[min(config.rounds, len(schedule)) - 1] if config.rounds else 1.0
   render, face, post, weight = estep(params, intrinsics, images, final_scale, robust)

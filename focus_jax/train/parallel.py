@@ -105,12 +105,12 @@ def prefetch_to_device(iterator: Iterable[dict], size: int = 2) -> Iterator[dict
       queue.append(put(batch))
 
 
-def pmap_step(step, donate: bool = False):
+def pmap_step(step, donate: bool = False, devices=None):
   """``jax.pmap`` of a ``step(state, batch, model, identity)``: state and batch are per
-  device, model and identity broadcast."""
+  device, model and identity broadcast. ``devices``: default all (local) devices."""
   donate_args = (0,) if donate and jax.default_backend() != "cpu" else ()
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None, None),
-                  donate_argnums=donate_args)
+                  donate_argnums=donate_args, devices=devices)
 
 
 def host_batch_size(global_batch: int) -> int:

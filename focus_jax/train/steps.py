@@ -274,22 +274,33 @@ def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = 
     state = state.replace(step=state.step + 1, num_skipped=state.num_skipped + bad,
                           bad_streak=jnp.where(ok, 0, state.bad_streak + 1), **changes)
     metrics = dict(terms, loss=total, finite=ok.astype(jnp.float32),
-                   grad_norm=optax.global_norm(grads))
+                   grad_norm=optax.tree.norm(grads))
     return state, metrics
 
   return step
 
 
-def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True):
+def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True, prior=None):
   """(encoder vars, unet vars, images [b, S, S, 3], model) -> dict of eval-mode outputs:
   render [b,S,S,3] (over the target), face [b,S,S], inlier (robust likelihood) [b,S,S],
   mask (UNet, or the robust inliers without it) [b,S,S], landmarks [b,68,2],
-  vertices [b,V,3] (model space, mm), vertices_camera [b,V,3], shape/expression/albedo."""
+  vertices [b,V,3] (model space, mm), vertices_camera [b,V,3], shape/expression/albedo.
+
+  ``prior``: a :class:`focus_jax.prior.MisfitPrior` of the model: the robust
+  inliers then use its per-pixel σ map (hard-to-fit skin is not an outlier)."""
 
   def predict(enc_vars, unet_vars, images, model):
     out, _ = encode(config, nets, enc_vars, images, train=False)
     r = render_faces(config, nets, model, out, images)
-    inlier = losses.robust_inliers(r.image, images, r.mask)
+    sigma = losses.SIGMA
+    if prior is not None:
+      from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
+      from focus_jax.render import rasterize  # pylint: disable=import-outside-toplevel
+      frags = rasterize.rasterize(r.vertices_camera, model.triangles, nets.intrinsics,
+                                  cull_backfaces=True)
+      sigma = losses.SIGMA * prior_lib.sigma_map(prior, r.vertices_camera, model.triangles,
+                                                 frags, nets.intrinsics)
+    inlier = losses.robust_inliers(r.image, images, r.mask, sigma)
     if with_unet:
       m, _, _ = segment(config, nets, unet_vars, r.image, images, train=False)
     else:

@@ -329,7 +329,7 @@ def _write_tile(log, step, predict, rstate, batch, model):
 def predict_dataset(config: TrainConfig, encoder_vars, unet_vars, source, *,
                     batch_size: Optional[int] = None, indices=None, with_unet: bool = True,
                     keys=("render", "face", "inlier", "mask", "vertices", "landmarks"),
-                    model=None) -> dict:
+                    model=None, prior=None) -> dict:
   """Eval-mode predictions for examples of ``source`` (one device, jitted).
 
   Args:
@@ -337,12 +337,13 @@ def predict_dataset(config: TrainConfig, encoder_vars, unet_vars, source, *,
     source: an :class:`~focus_jax.train.data.AlignedSource`.
     indices: which examples (default: this process's share, i ≡ process mod count).
     keys: outputs to keep (see :func:`~focus_jax.train.steps.make_predict`).
+    prior: optional MisfitPrior for the robust inliers.
 
   Returns:
     dict: ``index`` [N] plus each key stacked over the N examples, and ``image``.
   """
   nets = state_lib.make_networks(config, axis_name=None, model=model)
-  fn = jax.jit(steps_lib.make_predict(config, nets, with_unet=with_unet))
+  fn = jax.jit(steps_lib.make_predict(config, nets, with_unet=with_unet, prior=prior))
   if indices is None:
     indices = list(range(jax.process_index(), len(source), jax.process_count()))
   bs = batch_size or config.batch_size

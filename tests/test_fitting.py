@@ -1,0 +1,121 @@
+"""Robust per-image fitting on small synthetic renders (37-resolution model, 64²)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import focus_jax as fj
+from focus_jax import fitting
+from focus_jax.eval import mesh_metrics
+from focus_jax.render import camera, render as render_lib, shading
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+  return fj.morphable.builtin(resolution=37, num_shape=20, num_expression=10, num_albedo=20)
+
+
+def _scene(model, seed=0, occlude=False):
+  rng = np.random.default_rng(seed)
+  shape = jnp.asarray(rng.normal(0, 1.5, (1, model.num_shape)), jnp.float32)
+  albedo = jnp.asarray(rng.normal(0, 0.5, (1, model.num_albedo)), jnp.float32)
+  expr = jnp.zeros((1, model.num_expression))
+  angles = jnp.array([[0.1, 0.3, -0.05]])
+  trans = jnp.array([[4.0, -3.0, 20.0]])
+  light = shading.default_light((1,)) * 0.8
+  bg = jnp.asarray(rng.random((1, SIZE, SIZE, 3)) * 0.3, jnp.float32)
+  out = render_lib.render(model, shape, expr, albedo, angles, trans, light,
+                          camera.Intrinsics.reference(SIZE), background=bg)
+  image = np.array(out.image[0])
+  face = np.asarray(out.triangle_id[0] >= 0)
+  occ = np.zeros_like(face)
+  if occlude:
+    occ[30:48, 18:44] = True                      # a green box over mouth and chin
+    image[occ] = [0.1, 0.8, 0.2]
+  return dict(image=image, landmarks=np.asarray(out.landmarks[0]), face=face, occ=occ & face,
+              shape=shape[0], angles=angles[0], translation=trans[0],
+              vertices=np.asarray(fj.morphable.vertices(model, shape[0], expr[0])))
+
+
+def _aligned_error(verts, truth):
+  """Mean vertex distance (mm) after similarity alignment (same topology)."""
+  t = mesh_metrics.similarity_transform(np.asarray(verts), truth)
+  return np.linalg.norm(mesh_metrics.apply_transform(verts, t) - truth, axis=1).mean()
+
+
+CFG = fitting.FitConfig(rounds=3, steps=25, estep_downsample=1, max_vertices=0)
+
+
+def test_init_pose_recovers_known_pose(model):
+  intr = camera.Intrinsics.reference(224)
+  lm3 = fj.morphable.landmark_positions(model, model.mean)
+  angles = jnp.array([0.2, -0.4, 0.1])
+  trans = jnp.array([5.0, -8.0, 30.0])
+  lm2, _ = camera.model_to_image(lm3, angles, trans, intr)
+  a, t = fitting.init_pose(lm3, lm2, jnp.ones(68, bool), intr)
+  np.testing.assert_allclose(a, angles, atol=0.05)  # weak perspective: ~2 deg
+  np.testing.assert_allclose(t[:2], trans[:2], atol=2.5)
+  assert abs(float(t[2] - trans[2])) < 15.0     # weak perspective: depth is approximate
+
+
+def test_angles_from_rotation_roundtrip():
+  angles = jnp.array([[0.3, -0.5, 0.2], [-1.0, 0.9, 2.0]])
+  back = fitting.angles_from_rotation(camera.euler_rotation(angles))
+  np.testing.assert_allclose(back, angles, atol=1e-5)
+
+
+def test_fit_improves_pose_and_shape_by_a_large_factor(model):
+  scene = _scene(model)
+  res = fitting.fit(model, scene["image"], scene["landmarks"], config=CFG)
+  mean_err = _aligned_error(model.mean, scene["vertices"])
+  fit_err = _aligned_error(res.vertices, scene["vertices"])
+  assert fit_err < 0.85 * mean_err, (fit_err, mean_err)
+  np.testing.assert_allclose(res.angles, scene["angles"], atol=0.05)
+  lm_err = np.linalg.norm(np.asarray(res.landmarks) - scene["landmarks"], axis=1).mean()
+  assert lm_err < 0.5
+  trace = np.asarray(res.loss_trace)
+  assert trace.shape == (CFG.iterations, len(fitting.LOSS_NAMES))
+  assert np.isfinite(trace).all() and trace[-1, 0] < 0.2 * trace[0, 0]
+  # Unoccluded: nearly everything is an inlier.
+  inl = np.asarray(res.inlier) > 0.5
+  assert (inl & scene["face"]).sum() > 0.9 * scene["face"].sum()
+
+
+def test_robust_fit_finds_pasted_occluder(model):
+  scene = _scene(model, seed=1, occlude=True)
+  res = fitting.fit(model, scene["image"], scene["landmarks"], config=CFG)
+  outlier = scene["face"] & (np.asarray(res.inlier) < 0.5)
+  iou = (outlier & scene["occ"]).sum() / (outlier | scene["occ"]).sum()
+  assert iou > 0.6, iou
+  nonrobust = fitting.fit(model, scene["image"], scene["landmarks"],
+                          config=CFG.__class__(**{**CFG.__dict__, "robust": False}))
+  assert (np.asarray(nonrobust.inlier) > 0.5).sum() == np.asarray(nonrobust.mask).sum()
+
+
+def test_batch_equals_single_and_vmaps(model):
+  a, b = _scene(model, 0), _scene(model, 2)
+  cfg = fitting.FitConfig(rounds=1, steps=5, max_vertices=0)
+  batch = fitting.fit(model, np.stack([a["image"], b["image"]]),
+                      np.stack([a["landmarks"], b["landmarks"]]), config=cfg)
+  single = fitting.fit(model, b["image"], b["landmarks"], config=cfg)
+  np.testing.assert_allclose(batch.shape[1], single.shape, atol=2e-3)
+  vm = jax.vmap(functools.partial(fitting.fit, model, config=cfg))(
+      jnp.stack([a["image"], b["image"]]), jnp.stack([a["landmarks"], b["landmarks"]]))
+  np.testing.assert_allclose(vm.shape, batch.shape, atol=2e-3)
+
+
+def test_fit_rejects_bad_landmarks(model):
+  with pytest.raises(ValueError, match="landmarks"):
+    fitting.fit(model, np.zeros((SIZE, SIZE, 3)), np.zeros((5, 2)))
+  with pytest.raises(ValueError, match="image"):
+    fitting.fit(model, np.zeros((SIZE, SIZE)), np.zeros((68, 2)))
+
+
+def test_prior_of_wrong_size_is_rejected(model):
+  with pytest.raises(ValueError, match="vertices"):
+    fitting.fit(model, np.zeros((SIZE, SIZE, 3)), np.zeros((68, 2)), prior=np.ones(7))

@@ -1,0 +1,240 @@
+"""Training infrastructure: config, checkpoints, logs, the CLI, resumption, faults.
+
+The tiny configuration on a 16-face synthetic dataset (64², written once per
+session). Entry points run as subprocesses sharing one persistent compilation
+cache, so a stage compiled once is reused by the later runs.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from focus_jax.train import checkpoint as ckpt_lib
+from focus_jax.train import config as config_lib
+from focus_jax.train import logs, trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "experiments" / "configs" / "tiny.flags"
+
+
+def _write_tiny(out, num=16):
+  """16 synthetic 64² faces of the tiny config's model, reference layout."""
+  from focus_jax import morphable
+  from focus_jax.data import synthetic
+  gen = synthetic.SyntheticFaces(morphable.builtin(resolution=37),
+                                 synthetic.SyntheticConfig(size=64), seed=0, batch_size=16)
+  synthetic.write_dataset(str(out), gen, num, progress=False, save_maps=False)
+  return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+  return _write_tiny(tmp_path_factory.mktemp("tiny_faces"))
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+def run_cli(script, *args, cache=None, timeout=600, check=True):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  cmd = [sys.executable, str(REPO / "experiments" / script), f"--flagfile={TINY}",
+         "--noprogress", *args]
+  if cache is not None:
+    cmd.append(f"--compilation_cache={cache}")
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def latest_state(workdir):
+  enc, unet, cfg, step = ckpt_lib.load_networks(str(workdir))
+  return enc, unet, step
+
+
+# ----------------------------------------------------------------------- config
+
+
+def test_tiny_flag_file_matches_tiny_preset():
+  from absl import flags as absl_flags
+  from focus_jax.train import flags as train_flags
+  fv = absl_flags.FlagValues()
+  train_flags.define_config_flags(fv)
+  fv(["prog", f"--flagfile={TINY}"])
+  got = train_flags.config_from_flags("pretrain", fv)
+  assert got.mismatches(config_lib.tiny()) == []
+  fv = absl_flags.FlagValues()
+  train_flags.define_config_flags(fv)
+  fv(["prog", f"--flagfile={TINY.parent / 'paper.flags'}"])
+  assert train_flags.config_from_flags("pretrain", fv).mismatches(config_lib.paper()) == []
+
+
+def test_config_validation_and_em_schedule():
+  with pytest.raises(ValueError, match="identity"):
+    config_lib.tiny(identity="vgg")
+  with pytest.raises(ValueError, match="divisible"):
+    config_lib.tiny(image_size=66)
+  cfg = config_lib.tiny(em_unet_steps=2, em_encoder_steps=3)
+  assert [cfg.em_phase(s) for s in range(6)] == ["unet"] * 2 + ["encoder"] * 3 + ["unet"]
+  # Run-length fields may change on resume, network fields may not.
+  assert cfg.mismatches(cfg.replace(num_steps=999, log_every=7)) == []
+  assert [d[0] for d in cfg.mismatches(cfg.replace(unet_width=8))] == ["unet_width"]
+  assert config_lib.TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------- checkpoints
+
+
+def _small_state(value=1.0):
+  return dict(a=np.full((3,), value, np.float32), b=dict(c=np.arange(4, dtype=np.int32)))
+
+
+def test_checkpoint_corrupt_latest_falls_back_and_other_config_is_refused(tmp_path):
+  cfg = config_lib.tiny(keep_checkpoints=3)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), cfg)
+  for step in (1, 2, 3):
+    ck.save(step, _small_state(step))
+  assert ck.steps() == [1, 2, 3]
+  ck.save(4, _small_state(4))
+  assert ck.steps() == [2, 3, 4]            # keep-last-K
+  step, state = ck.restore_latest(_small_state())
+  assert step == 4 and state["a"][0] == 4
+  ck.close()
+  # Corrupt every data file of the newest checkpoint's state.
+  for root, _, files in os.walk(tmp_path / "ck" / "4" / "state"):
+    for f in files:
+      if not f.startswith("_") or "manifest" in f or f.endswith("METADATA"):
+        p = Path(root) / f
+        p.write_bytes(b"garbage" * 3)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), cfg)
+  with pytest.warns(UserWarning, match="unreadable"):
+    step, state = ck.restore_latest(_small_state())
+  assert step == 3 and state["a"][0] == 3
+  ck.close()
+  other = ckpt_lib.Checkpointer(str(tmp_path / "ck"), cfg.replace(unet_width=16))
+  with pytest.raises(ckpt_lib.ConfigMismatchError, match="unet_width"):
+    other.restore_latest(_small_state())
+  other.close()
+
+
+# ----------------------------------------------------------------------- logs
+
+
+def test_event_file_round_trip_and_tiles(tmp_path):
+  log = logs.MetricsLog(str(tmp_path), ("loss", "area"))
+  log.write(1, "em_unet", dict(loss=2.5, area=0.25), 0.1)
+  log.write(2, "em_unet", dict(loss=1.5), 0.1)
+  rng = np.random.default_rng(0)
+  img = rng.uniform(size=(2, 8, 8, 3)).astype(np.float32)
+  mask = (rng.uniform(size=(2, 8, 8)) > 0.5).astype(np.float32)
+  t = logs.tile(img, img, np.ones((2, 8, 8)), mask)
+  assert t.shape == (16, 32, 3)
+  assert os.path.exists(log.image(2, t))
+  log.close()
+  events = logs.read_events(log.events.path)
+  assert events[0] == (1, pytest.approx({"em_unet/loss": 2.5, "em_unet/area": 0.25}))
+  m = logs.read_metrics(str(tmp_path / "metrics.csv"))
+  assert list(m["step"]) == [1, 2] and np.isnan(m["area"][1])
+  assert logs.crc32c(b"123456789") == 0xE3069283   # the CRC-32C check value
+
+
+# ----------------------------------------------------------------------- end to end
+
+
+def test_help_lists_every_flag():
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "train_em.py"), "--help"],
+                        capture_output=True, text=True, env=dict(os.environ,
+                                                                 PYTHONPATH=str(REPO)))
+  for flag in ("--em_unet_steps", "--w_neighbour", "--identity_weights", "--compute_dtype",
+               "--init_from", "--coordinator_address", "--workdir"):
+    assert flag in proc.stdout, flag
+
+
+@pytest.mark.slow
+def test_cli_pretrain_resume_is_bit_identical(tiny_data, jax_cache,
+                                                                   tmp_path):
+  common = [f"--data_dir={tiny_data}", "--checkpoint_every=2", "--image_every=3"]
+  whole, parts = tmp_path / "whole", tmp_path / "parts"
+  run_cli("train_encoder.py", *common, f"--workdir={whole}", "--num_steps=6", cache=jax_cache)
+  # "Killed" after step 3 (its last checkpoint), then restarted with the full length.
+  run_cli("train_encoder.py", *common, f"--workdir={parts}", "--num_steps=3", cache=jax_cache)
+  proc = run_cli("train_encoder.py", *common, f"--workdir={parts}", "--num_steps=6",
+                 cache=jax_cache)
+  assert "resuming" in proc.stdout + proc.stderr
+  a_enc, _, a_step = latest_state(whole)
+  b_enc, _, b_step = latest_state(parts)
+  assert a_step == b_step == 6
+  for x, y in zip(jax.tree_util.tree_leaves(a_enc), jax.tree_util.tree_leaves(b_enc)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+  m = logs.read_metrics(str(whole / "metrics.csv"))
+  assert list(m["step"]) == [1, 2, 3, 4, 5, 6]
+  assert np.all(m["finite"] == 1)
+  assert (whole / "images" / "step_000003.png").exists()
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(whole))
+  # A different network config is refused with a clear message.
+  proc = run_cli("train_encoder.py", *common, f"--workdir={whole}", "--num_steps=7",
+                 "--encoder_width=16", cache=jax_cache, check=False)
+  assert proc.returncode != 0 and "encoder_width" in proc.stderr
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_data, tmp_path, monkeypatch):
+  from focus_jax.train import steps as steps_lib
+
+  def cheap_loss(config, nets, params, state, batch, model, identity, rng):
+    # A cheap stand-in for the stage-1 loss: same plumbing, seconds to compile.
+    total = sum(jax.numpy.sum(x ** 2) for x in jax.tree_util.tree_leaves(params)) * 1e-3
+    total = total + 0.0 * jax.numpy.mean(batch["image"])
+    return total, dict(photometric=total), dict(encoder=state.encoder["batch_stats"])
+
+  monkeypatch.setitem(steps_lib._LOSSES, "pretrain", cheap_loss)
+  cfg = config_lib.tiny(num_steps=20, fault_step=3, max_bad_steps=4, progress=False,
+                        checkpoint_every=100, image_every=100)
+  with pytest.raises(trainer.TrainingDiverged, match="4 non-finite steps in a row"):
+    trainer.train(cfg, str(tmp_path / "run"), str(tiny_data))
+  enc, _, step = latest_state(tmp_path / "run")
+  assert step == 7
+  m = logs.read_metrics(str(tmp_path / "run" / "metrics.csv"))
+  assert list(m["finite"]) == [1, 1, 1, 0, 0, 0, 0]
+  # The saved networks are those after step 3, before the fault: rerun 3 clean steps.
+  clean = trainer.train(cfg.replace(num_steps=3, fault_step=-1), str(tmp_path / "clean"),
+                        str(tiny_data))
+  for x, y in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(
+      clean.state.encoder)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_cli_every_stage_end_to_end(tiny_data, jax_cache, tmp_path):
+  root = tmp_path / "focus"
+  d = lambda name: f"--workdir={root / name}"
+  data = f"--data_dir={tiny_data}"
+  run_cli("build_prior.py", f"--out={root / 'prior' / 'prior.npz'}", "--num_faces=4",
+          cache=jax_cache)
+  run_cli("train_encoder.py", data, d("pretrain"), "--num_steps=4", cache=jax_cache)
+  run_cli("make_pseudo_masks.py", data, d("pseudo"), f"--init_from={root / 'pretrain'}",
+          f"--prior={root / 'prior' / 'prior.npz'}", cache=jax_cache)
+  assert (root / "pseudo" / "pseudo_masks_p0.npz").exists()
+  run_cli("train_unet.py", data, d("unet"), f"--init_from={root / 'pretrain'}",
+          f"--pseudo_dir={root / 'pseudo'}", "--num_steps=3", cache=jax_cache)
+  run_cli("train_em.py", data, d("em"), f"--init_from={root / 'unet'}", "--num_steps=9",
+          cache=jax_cache)
+  m = logs.read_metrics(str(root / "em" / "metrics.csv"))
+  assert list(m["phase"]) == ["em_unet"] * 3 + ["em_encoder"] * 5 + ["em_unet"]
+  run_cli("adapt.py", data, d("adapt"), f"--init_from={root / 'em'}", "--num_steps=2",
+          cache=jax_cache)
+  assert (root / "adapt" / "export" / "tile.png").exists()
+  proc = run_cli("run_pipeline.py", data, f"--workdir={root / 'chain'}", "--pretrain_steps=2",
+                 "--unet_steps=2", "--em_steps=2", cache=jax_cache)
+  assert '"em": 2' in proc.stdout
+  # Losses go down over a longer stage-1 run.
+  run_cli("train_encoder.py", data, d("long"), "--num_steps=40", "--log_every=1",
+          cache=jax_cache)
+  m = logs.read_metrics(str(root / "long" / "metrics.csv"))
+  assert np.mean(m["loss"][-8:]) < np.mean(m["loss"][:8])
