@@ -39,8 +39,16 @@ exact and ties resolve to the smallest triangle id. Work is proportional to the
 total bounding-box area, not to triangles x pixels, and triangles of any size are
 handled exactly.
 
-All functions take one image's geometry ([V, 3]) or a batch ([B, V, 3]; batched
-with ``vmap``) and work under ``jit``, ``vmap``, ``grad`` and ``pmap``.
+All functions take one image's geometry ([V, 3]) or a batch ([B, V, 3]) and work
+under ``jit``, ``vmap``, ``grad`` and ``pmap``.
+
+Performance notes (XLA:CPU, which runs gathers and scatters serially): a batch is
+processed as one flat problem (B * F triangles into B * H * W pixels, vertex
+rows ``b * V + v``) rather than with ``vmap``, whose batched gathers compile to
+much slower code; per-triangle and per-pixel math is written on separate [N]
+components (x, y, z of each vertex) instead of trailing axes of size 3, which
+XLA:CPU does not vectorise; and :func:`antialias` differentiates only a compact
+list of the pixel pairs that straddle an edge.
 """
 
 from __future__ import annotations
@@ -93,20 +101,6 @@ class Fragments:
 # helpers
 
 
-def _batched(core, num_batched: int):
-  """Calls ``core`` directly, or vmapped over the leading axis of the first
-  ``num_batched`` arguments when the first one is batched ([B, V, 3])."""
-
-  @functools.wraps(core)
-  def wrapper(*args, **kwargs):
-    if args[0].ndim == 2:
-      return core(*args, **kwargs)
-    in_axes = (0,) * num_batched + (None,) * (len(args) - num_batched)
-    return jax.vmap(functools.partial(core, **kwargs), in_axes=in_axes)(*args)
-
-  return wrapper
-
-
 def _pixel_rays(intrinsics: Intrinsics):
   """Viewing-ray x and y slopes of all pixel centres: two [H, W] arrays."""
   cols = (jnp.arange(intrinsics.width, dtype=jnp.float32) + 0.5 - intrinsics.cx) / intrinsics.focal
@@ -131,6 +125,27 @@ def _edge_functions(p, dx, dy):
   def cross(i, j):
     return ax[..., i] * ay[..., j] - ay[..., i] * ax[..., j]
   return jnp.stack([cross(1, 2), cross(2, 0), cross(0, 1)], axis=-1)
+
+
+def _edges_soa(x, y, z, dx, dy):
+  """:func:`_edge_functions` on separate components (XLA:CPU vectorises these
+  elementwise chains far better than ones over a trailing axis of size 3).
+
+  Args:
+    x, y, z: 3-tuples of [...] vertex coordinates; dx, dy: [...] ray slopes.
+
+  Returns:
+    3-tuple of [...] edge functions.
+  """
+  ax = [x[k] - z[k] * dx for k in range(3)]
+  ay = [y[k] - z[k] * dy for k in range(3)]
+  cross = lambda i, j: ax[i] * ay[j] - ay[i] * ax[j]
+  return cross(1, 2), cross(2, 0), cross(0, 1)
+
+
+def _gather(table, index):
+  """table.reshape(-1)[index] for in-bounds flat indices."""
+  return table.reshape(-1).at[index].get(mode="promise_in_bounds")
 
 
 def _coverage(e, z_vertices, near):
@@ -461,11 +476,6 @@ def _vertex_coordinates(points, triangle_id, triangles):
   return coords, vid
 
 
-def _gather(table, index):
-  """table.reshape(-1)[index] for in-bounds flat indices."""
-  return table.reshape(-1).at[index].get(mode="promise_in_bounds")
-
-
 def _barycentrics_batch(points, triangle_id, triangles, intrinsics: Intrinsics):
   """Perspective-correct barycentrics: 3-tuple of [B, H, W] (0 on background),
   and the vertex rows of :func:`_vertex_coordinates`."""
@@ -546,22 +556,6 @@ def interpolate(attributes, points, triangles, fragments: Fragments,
 # antialias
 
 
-def _edges_soa(x, y, z, dx, dy):
-  """:func:`_edge_functions` on separate components (XLA:CPU vectorises these
-  elementwise chains far better than ones over a trailing axis of size 3).
-
-  Args:
-    x, y, z: 3-tuples of [...] vertex coordinates; dx, dy: [...] ray slopes.
-
-  Returns:
-    3-tuple of [...] edge functions.
-  """
-  ax = [x[k] - z[k] * dx for k in range(3)]
-  ay = [y[k] - z[k] * dy for k in range(3)]
-  cross = lambda i, j: ax[i] * ay[j] - ay[i] * ax[j]
-  return cross(1, 2), cross(2, 0), cross(0, 1)
-
-
 def _pair_edges(pv, a_front, dxa, dya, step, axis):
   """Silhouette-edge crossing of the segment between two adjacent pixel centres.
 
@@ -628,10 +622,6 @@ def _pair_edges(pv, a_front, dxa, dya, step, axis):
   return t, edge, ok & jnp.isfinite(t)
 
 
-def _soa_vertices(p):
-  """[..., 3 (vertex), 3 (xyz)] -> (x, y, z) 3-tuples of [...] arrays."""
-  return tuple(tuple(p[..., k, c] for k in range(3)) for c in range(3))
-
 
 def _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, axis):
   """Which adjacent pixel pairs straddle a silhouette edge (no gradient).
@@ -653,11 +643,14 @@ def _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, axis):
   valid = (ta != tb) & (jnp.where(a_front, ta, tb) >= 0)
   occ_vid = jnp.where(a_front[..., None], sl(tri_vertices, 0, n - 1), sl(tri_vertices, 1, n))
   oth_vid = jnp.where(a_front[..., None], sl(tri_vertices, 1, n), sl(tri_vertices, 0, n - 1))
-  pv = jax.vmap(lambda p, i: jnp.take(p, i, axis=0))(points, occ_vid)     # [B, .., 3, 3]
+  rows = occ_vid + (jnp.arange(points.shape[0], dtype=jnp.int32)
+                   * points.shape[1])[:, None, None, None]
+  pv = tuple(tuple(_gather(points[..., c], rows[..., k].reshape(-1)).reshape(rows.shape[:-1])
+                   for k in range(3)) for c in range(3))
   dx_all, dy_all = _pixel_rays(intrinsics)
   dxa = sl(dx_all[None], 0, n - 1)
   dya = sl(dy_all[None], 0, n - 1)
-  _, edge, ok = _pair_edges(_soa_vertices(pv), a_front, dxa, dya, 1.0 / intrinsics.focal,
+  _, edge, ok = _pair_edges(pv, a_front, dxa, dya, 1.0 / intrinsics.focal,
                             axis)
   valid &= ok
   # Edges shared with the triangle on the other side are not silhouettes; edge

@@ -39,8 +39,16 @@ exact and ties resolve to the smallest triangle id. Work is proportional to the
 total bounding-box area, not to triangles x pixels, and triangles of any size are
 handled exactly.
 
-All functions take one image's geometry ([V, 3]) or a batch ([B, V, 3]; batched
-with ``vmap``) and work under ``jit``, ``vmap``, ``grad`` and ``pmap``.
+All functions take one image's geometry ([V, 3]) or a batch ([B, V, 3]) and work
+under ``jit``, ``vmap``, ``grad`` and ``pmap``.
+
+Performance notes (XLA:CPU, which runs gathers and scatters serially): a batch is
+processed as one flat problem (B * F triangles into B * H * W pixels, vertex
+rows ``b * V + v``) rather than with ``vmap``, whose batched gathers compile to
+much slower code; per-triangle and per-pixel math is written on separate [N]
+components (x, y, z of each vertex) instead of trailing axes of size 3, which
+XLA:CPU does not vectorise; and :func:`antialias` differentiates only a compact
+list of the pixel pairs that straddle an edge.
 """
 
 from __future__ import annotations
@@ -93,20 +101,6 @@ class Fragments:
 # helpers
 
 
-def _batched(core, num_batched: int):
-  """Calls ``core`` directly, or vmapped over the leading axis of the first
-  ``num_batched`` arguments when the first one is batched ([B, V, 3])."""
-
-  @functools.wraps(core)
-  def wrapper(*args, **kwargs):
-    if args[0].ndim == 2:
-      return core(*args, **kwargs)
-    in_axes = (0,) * num_batched + (None,) * (len(args) - num_batched)
-    return jax.vmap(functools.partial(core, **kwargs), in_axes=in_axes)(*args)
-
-  return wrapper
-
-
 def _pixel_rays(intrinsics: Intrinsics):
   """Viewing-ray x and y slopes of all pixel centres: two [H, W] arrays."""
   cols = (jnp.arange(intrinsics.width, dtype=jnp.float32) + 0.5 - intrinsics.cx) / intrinsics.focal
@@ -131,6 +125,27 @@ def _edge_functions(p, dx, dy):
   def cross(i, j):
     return ax[..., i] * ay[..., j] - ay[..., i] * ax[..., j]
   return jnp.stack([cross(1, 2), cross(2, 0), cross(0, 1)], axis=-1)
+
+
+def _edges_soa(x, y, z, dx, dy):
+  """:func:`_edge_functions` on separate components (XLA:CPU vectorises these
+  elementwise chains far better than ones over a trailing axis of size 3).
+
+  Args:
+    x, y, z: 3-tuples of [...] vertex coordinates; dx, dy: [...] ray slopes.
+
+  Returns:
+    3-tuple of [...] edge functions.
+  """
+  ax = [x[k] - z[k] * dx for k in range(3)]
+  ay = [y[k] - z[k] * dy for k in range(3)]
+  cross = lambda i, j: ax[i] * ay[j] - ay[i] * ax[j]
+  return cross(1, 2), cross(2, 0), cross(0, 1)
+
+
+def _gather(table, index):
+  """table.reshape(-1)[index] for in-bounds flat indices."""
+  return table.reshape(-1).at[index].get(mode="promise_in_bounds")
 
 
 def _coverage(e, z_vertices, near):
@@ -162,30 +177,38 @@ def _screen_bounds(p, intrinsics: Intrinsics, near, pad=0.0):
     (col0, row0, ncols, nrows): [F] int32 each; ``ncols * nrows`` is 0 for a
     triangle that is entirely behind the near plane or outside the image.
   """
-  z = p[..., 2]                                       # [F, 3]
-  in_front = z >= near
-  f, c = intrinsics.focal, jnp.array([intrinsics.cx, intrinsics.cy], jnp.float32)
-  proj = f * p[..., :2] / jnp.where(in_front, z, 1.0)[..., None] + c   # [F, 3, 2]
-  # Points where the edges cross the near plane (vertex k -> k+1).
-  q = jnp.roll(p, -1, axis=1)
-  zq = q[..., 2]
-  crosses = in_front != (zq >= near)
-  t = (near - z) / jnp.where(crosses, zq - z, 1.0)
-  cut = p[..., :2] + t[..., None] * (q[..., :2] - p[..., :2])
-  proj_cut = f * cut / near + c
-  pts = jnp.concatenate([proj, proj_cut], axis=1)     # [F, 6, 2]
-  ok = jnp.concatenate([in_front, crosses], axis=1)[..., None]
-  ok = ok & jnp.isfinite(pts)
-  lo = jnp.min(jnp.where(ok, pts, jnp.inf), axis=1) - pad - _BBOX_SLACK   # [F, 2]
-  hi = jnp.max(jnp.where(ok, pts, -jnp.inf), axis=1) + pad + _BBOX_SLACK
-  size = jnp.array([intrinsics.width, intrinsics.height], jnp.float32)
-  # Pixel centres k + 0.5 inside [lo, hi]; clip before the int cast (inf, huge).
-  first = jnp.ceil(jnp.clip(lo - 0.5, -1.0, size)).astype(jnp.int32)
-  last = jnp.floor(jnp.clip(hi - 0.5, -1.0, size)).astype(jnp.int32)
-  first = jnp.maximum(first, 0)
-  last = jnp.minimum(last, size.astype(jnp.int32) - 1)
-  count = jnp.maximum(last - first + 1, 0)
-  return first[:, 0], first[:, 1], count[:, 0], count[:, 1]
+  # Written on [F] components throughout (see _edges_soa).
+  f = intrinsics.focal
+  z = [p[:, k, 2] for k in range(3)]
+  in_front = [zk >= near for zk in z]
+  out = []
+  for axis, (c, size) in enumerate(((intrinsics.cx, intrinsics.width),
+                                    (intrinsics.cy, intrinsics.height))):
+    u = [p[:, k, axis] for k in range(3)]
+    lo = hi = None
+    for k in range(3):
+      n = (k + 1) % 3
+      proj = f * u[k] / jnp.where(in_front[k], z[k], 1.0) + c
+      # Where the edge k -> k+1 crosses the near plane.
+      crosses = in_front[k] != in_front[n]
+      t = (near - z[k]) / jnp.where(crosses, z[n] - z[k], 1.0)
+      cut = f * (u[k] + t * (u[n] - u[k])) / near + c
+      for point, ok in ((proj, in_front[k]), (cut, crosses)):
+        ok = ok & jnp.isfinite(point)
+        lo_k = jnp.where(ok, point, jnp.inf)
+        hi_k = jnp.where(ok, point, -jnp.inf)
+        lo = lo_k if lo is None else jnp.minimum(lo, lo_k)
+        hi = hi_k if hi is None else jnp.maximum(hi, hi_k)
+    lo = lo - pad - _BBOX_SLACK
+    hi = hi + pad + _BBOX_SLACK
+    # Pixel centres k + 0.5 inside [lo, hi]; clip before the int cast (inf, huge).
+    first = jnp.ceil(jnp.clip(lo - 0.5, -1.0, float(size))).astype(jnp.int32)
+    last = jnp.floor(jnp.clip(hi - 0.5, -1.0, float(size))).astype(jnp.int32)
+    first = jnp.maximum(first, 0)
+    last = jnp.minimum(last, size - 1)
+    out.append((first, jnp.maximum(last - first + 1, 0)))
+  (col0, ncols), (row0, nrows) = out
+  return col0, row0, ncols, nrows
 
 
 def _triangle_setup(p, intrinsics: Intrinsics, near, cull_backfaces: bool, pad=0.0):
@@ -202,37 +225,46 @@ def _triangle_setup(p, intrinsics: Intrinsics, near, cull_backfaces: bool, pad=0
     pad: bounding-box margin in pixels.
 
   Returns:
-    (record [F, _RECORD] float32: e0 (3), gx (3), gy (3), 1/det, col0, row0, ncols;
-     ncols [F] int32, nrows [F] int32 with ncols * nrows = 0 for skipped triangles).
+    (record: _RECORD-tuple of [F] float32: e0 (3), gx (3), gy (3), 1/det, col0,
+     row0, ncols; ncols [F] int32, nrows [F] int32 with ncols * nrows = 0 for
+     skipped triangles).
   """
   col0, row0, ncols, nrows = _screen_bounds(p, intrinsics, near, pad)
   f = intrinsics.focal
   dx0 = (col0.astype(jnp.float32) + 0.5 - intrinsics.cx) / f
   dy0 = (row0.astype(jnp.float32) + 0.5 - intrinsics.cy) / f
-  e0 = _edge_functions(p, dx0, dy0)                    # [F, 3]
-  x, y, z = p[..., 0], p[..., 1], p[..., 2]
-  j, k = jnp.array([1, 2, 0]), jnp.array([2, 0, 1])
-  gx = (z[:, k] * y[:, j] - z[:, j] * y[:, k]) / f      # d E_i / d col
-  gy = (z[:, j] * x[:, k] - z[:, k] * x[:, j]) / f      # d E_i / d row
-  det = jnp.sum(e0 * z, axis=-1)
+  x, y, z = ([p[:, k, c] for k in range(3)] for c in range(3))
+  e0 = _edges_soa(x, y, z, dx0, dy0)                               # 3 x [F]
+  gx = [(z[(i + 2) % 3] * y[(i + 1) % 3] - z[(i + 1) % 3] * y[(i + 2) % 3]) / f
+        for i in range(3)]                                         # d E_i / d col
+  gy = [(z[(i + 1) % 3] * x[(i + 2) % 3] - z[(i + 2) % 3] * x[(i + 1) % 3]) / f
+        for i in range(3)]                                         # d E_i / d row
+  det = e0[0] * z[0] + e0[1] * z[1] + e0[2] * z[2]
   # Degenerate triangles (zero area, or whose plane passes through the camera
   # centre so that they are seen edge-on) cover no pixel centre.
-  normal = jnp.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-  nn = jnp.sqrt(jnp.sum(normal * normal, -1))
-  edges = jnp.sqrt(jnp.sum((p[:, 1] - p[:, 0]) ** 2, -1) * jnp.sum((p[:, 2] - p[:, 0]) ** 2, -1))
-  plane = jnp.sum(p[:, 0] * normal, -1)
-  ok = (nn > 1e-6 * edges) & (jnp.abs(plane) > 1e-6 * nn * jnp.sqrt(jnp.sum(p[:, 0] ** 2, -1)))
-  ok &= jnp.all(jnp.isfinite(p), axis=(1, 2)) & (det != 0)
+  a = [x[1] - x[0], y[1] - y[0], z[1] - z[0]]
+  b = [x[2] - x[0], y[2] - y[0], z[2] - z[0]]
+  normal = [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+  sq = lambda v: v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
+  nn = jnp.sqrt(sq(normal))
+  edges = jnp.sqrt(sq(a) * sq(b))
+  plane = x[0] * normal[0] + y[0] * normal[1] + z[0] * normal[2]
+  ok = (nn > 1e-6 * edges) & (jnp.abs(plane) > 1e-6 * nn * jnp.sqrt(sq([x[0], y[0], z[0]])))
+  for v in x + y + z:
+    ok &= jnp.isfinite(v)
+  ok &= det != 0
   if cull_backfaces:
     # Front-facing iff det < 0; near-clipped triangles are left to the
     # per-fragment test.
-    ok &= (plane < 0) | jnp.any(z < near, axis=-1)
+    ok &= (plane < 0) | (z[0] < near) | (z[1] < near) | (z[2] < near)
   ncols = jnp.where(ok, ncols, 0)
   nrows = jnp.where(ok, nrows, 0)
   inv_det = 1.0 / jnp.where(ok, det, 1.0)
-  record = jnp.concatenate(
-      [e0, gx, gy, inv_det[:, None],
-       jnp.stack([col0, row0, jnp.maximum(ncols, 1)], -1).astype(jnp.float32)], axis=-1)
+  # A tuple of [F] arrays rather than one [F, 13] array: XLA would fuse the
+  # whole setup into the stacking once per column.
+  record = tuple(e0) + tuple(gx) + tuple(gy) + (
+      inv_det, col0.astype(jnp.float32), row0.astype(jnp.float32),
+      jnp.maximum(ncols, 1).astype(jnp.float32))
   return record, ncols, nrows
 
 
@@ -240,16 +272,20 @@ def _fragments(rec, dcol, drow, near, cull_backfaces: bool):
   """Coverage and inverse depth of fragments at offsets from the record origin.
 
   Args:
-    rec: [..., _RECORD] triangle records (broadcastable against the offsets).
+    rec: _RECORD-tuple of triangle record fields (broadcastable against the
+      offsets), see :func:`_triangle_setup`.
     dcol, drow: [...] float32 pixel offsets from (col0, row0).
 
   Returns:
     (covered [...] bool, inverse depth [...] in 1/mm).
   """
-  e = rec[..., 0:3] + rec[..., 3:6] * dcol[..., None] + rec[..., 6:9] * drow[..., None]
-  total = jnp.sum(e, axis=-1)
-  inv_z = total * rec[..., 9]
-  covered = jnp.all(e >= 0, axis=-1) | jnp.all(e <= 0, axis=-1)
+  # Component by component: XLA:CPU vectorises elementwise chains over the
+  # fragment axis, not over a trailing axis of size 3.
+  e = [rec[i] + rec[3 + i] * dcol + rec[6 + i] * drow for i in range(3)]
+  total = e[0] + e[1] + e[2]
+  inv_z = total * rec[9]
+  covered = (((e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0))
+             | ((e[0] <= 0) & (e[1] <= 0) & (e[2] <= 0)))
   covered &= (inv_z > 0) & (inv_z <= 1.0 / near)
   if cull_backfaces:
     covered &= total < 0
@@ -308,18 +344,27 @@ def default_chunk_size(intrinsics: Intrinsics) -> int:
 
 @functools.partial(jax.jit, static_argnames=("intrinsics", "cull_backfaces", "near",
                                              "chunk_size", "footprint"))
-def _rasterize_one(points, triangles, intrinsics: Intrinsics, cull_backfaces: bool,
-                   near: float, chunk_size: Optional[int], footprint: int) -> Fragments:
+def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: bool,
+                     near: float, chunk_size: Optional[int], footprint: int) -> Fragments:
+  """Rasterizes a batch [B, V, 3] as one problem of B * F triangles drawn into
+  B * H * W pixels (no vmap: XLA:CPU compiles batched gathers and scatters
+  poorly). Global triangle ids ``b * F + f`` keep the smaller-id tie-break."""
   points = jax.lax.stop_gradient(points)
+  batch, num_vertices = points.shape[:2]
   width, height = intrinsics.width, intrinsics.height
-  num_pixels = width * height
-  chunk = chunk_size or default_chunk_size(intrinsics)
-  p = jnp.take(points, triangles, axis=0)             # [F, 3, 3]
+  num_pixels = batch * width * height
+  chunk = batch * (chunk_size or default_chunk_size(intrinsics))
+  num_faces = triangles.shape[0]
+  image = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), num_faces)       # [B * F]
+  all_triangles = (triangles[None] + (jnp.arange(batch, dtype=jnp.int32)
+                                      * num_vertices)[:, None, None]).reshape(-1, 3)
+  p = jnp.take(points.reshape(-1, 3), all_triangles, axis=0, mode="clip")   # [B * F, 3, 3]
   num_tri = p.shape[0]
   record, ncols, nrows = _triangle_setup(p, intrinsics, near, cull_backfaces)
   ids = jnp.arange(num_tri, dtype=jnp.int32)
-  col0 = record[:, 10].astype(jnp.int32)
-  row0 = record[:, 11].astype(jnp.int32)
+  base = image * (width * height)
+  col0 = record[10].astype(jnp.int32)
+  row0 = record[11].astype(jnp.int32)
   counts = ncols * nrows
 
   # Small triangles: a fixed footprint x footprint block of pixels each.
@@ -327,10 +372,11 @@ def _rasterize_one(points, triangles, intrinsics: Intrinsics, cull_backfaces: bo
   small = (ncols <= k) & (nrows <= k)
   dc = jnp.tile(jnp.arange(k, dtype=jnp.int32), k)      # [k*k]
   dr = jnp.repeat(jnp.arange(k, dtype=jnp.int32), k)
-  covered, inv_z = _fragments(record[:, None, :], dc.astype(jnp.float32)[None, :],
+  covered, inv_z = _fragments([r[:, None] for r in record], dc.astype(jnp.float32)[None, :],
                               dr.astype(jnp.float32)[None, :], near, cull_backfaces)
   covered &= small[:, None] & (dc[None, :] < ncols[:, None]) & (dr[None, :] < nrows[:, None])
-  pix = jnp.where(covered, (row0[:, None] + dr) * width + col0[:, None] + dc, num_pixels)
+  pix = jnp.where(covered, base[:, None] + (row0[:, None] + dr) * width + col0[:, None] + dc,
+                  num_pixels)
   zbuf, idbuf = _zbuffer_merge(
       pix.reshape(-1), inv_z.reshape(-1), jnp.broadcast_to(ids[:, None], pix.shape).reshape(-1),
       jnp.zeros((num_pixels,), jnp.float32), jnp.full((num_pixels,), _NO_TRIANGLE, jnp.int32))
@@ -343,16 +389,16 @@ def _rasterize_one(points, triangles, intrinsics: Intrinsics, cull_backfaces: bo
   def body(state):
     index, zbuf, idbuf = state
     tri, local, valid = _expand(big_counts, big_starts, index * chunk, chunk)
-    rec = jnp.take(record, tri, axis=0)               # [S, _RECORD]
-    ncol = rec[:, 12].astype(jnp.int32)
+    rec = [_gather(r, tri) for r in record]           # _RECORD x [S]
+    ncol = rec[12].astype(jnp.int32)
     drow = local // ncol
     dcol = local - drow * ncol
     covered, inv_z = _fragments(rec, dcol.astype(jnp.float32), drow.astype(jnp.float32),
                                 near, cull_backfaces)
     covered &= valid
-    col = rec[:, 10].astype(jnp.int32) + dcol
-    row = rec[:, 11].astype(jnp.int32) + drow
-    pix = jnp.where(covered, row * width + col, num_pixels)
+    col = rec[10].astype(jnp.int32) + dcol
+    row = rec[11].astype(jnp.int32) + drow
+    pix = jnp.where(covered, _gather(base, tri) + row * width + col, num_pixels)
     zbuf, idbuf = _zbuffer_merge(pix, inv_z, tri, zbuf, idbuf)
     return index + 1, zbuf, idbuf
 
@@ -360,17 +406,15 @@ def _rasterize_one(points, triangles, intrinsics: Intrinsics, cull_backfaces: bo
   _, zbuf, idbuf = jax.lax.while_loop(lambda s: s[0] < num_chunks, body,
                                       (jnp.int32(0), zbuf, idbuf))
 
+  shape = (batch, height, width)
   mask = idbuf != _NO_TRIANGLE
-  tid = jnp.where(mask, idbuf, -1).reshape(height, width)
-  mask = mask.reshape(height, width)
-  dx, dy = _pixel_rays(intrinsics)
-  pv = jnp.take(p, jnp.maximum(tid, 0), axis=0)       # [H, W, 3, 3]
-  e = _edge_functions(pv, dx, dy)
-  total_e = jnp.sum(e, axis=-1, keepdims=True)
-  bary = jnp.where(mask[..., None], e / jnp.where(total_e == 0, 1.0, total_e), 0.0)
-  depth = jnp.where(mask, 1.0 / jnp.where(mask, zbuf.reshape(height, width), 1.0), 0.0)
+  image_of_pixel = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), height * width)
+  tid = jnp.where(mask, idbuf - image_of_pixel * num_faces, -1).reshape(shape)
+  mask = mask.reshape(shape)
+  bary = jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
+  depth = jnp.where(mask, 1.0 / jnp.where(mask, zbuf.reshape(shape), 1.0), 0.0)
   return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=mask,
-                   num_fragments=jnp.sum(counts))
+                   num_fragments=jnp.sum(counts.reshape(batch, num_faces), axis=1))
 
 
 def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool = False,
@@ -396,23 +440,57 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
     ties resolved to the smaller triangle id. No gradients (use
     :func:`interpolate`).
   """
-  return _batched(_rasterize_one, 1)(points, triangles, intrinsics=intrinsics,
-                                     cull_backfaces=cull_backfaces, near=near,
-                                     chunk_size=chunk_size, footprint=footprint)
+  kwargs = dict(intrinsics=intrinsics, cull_backfaces=cull_backfaces, near=near,
+                chunk_size=chunk_size, footprint=footprint)
+  if points.ndim == 2:
+    return jax.tree_util.tree_map(lambda x: x[0],
+                                  _rasterize_batch(points[None], triangles, **kwargs))
+  return _rasterize_batch(points, triangles, **kwargs)
 
 
 # ----------------------------------------------------------------------------
 # interpolate
 
 
-def _barycentrics_one(points, triangle_id, triangles, intrinsics: Intrinsics):
-  mask = triangle_id >= 0
-  pv = jnp.take(points, jnp.take(triangles, jnp.maximum(triangle_id, 0), axis=0), axis=0)
+def _vertex_coordinates(points, triangle_id, triangles):
+  """Camera-space coordinates of the visible triangles' vertices, per pixel.
+
+  Args:
+    points: [B, V, 3]; triangle_id: [B, H, W] (-1 = background).
+
+  Returns:
+    (x, y, z): 3-tuples (vertex) of [B, H, W] arrays, and a 3-tuple of the
+    [B * H * W] int32 row indices of the vertices into flattened [B * V] tables.
+  """
+  batch, num_vertices = points.shape[:2]
+  shape = triangle_id.shape
+  vid = jnp.take(triangles, jnp.maximum(triangle_id, 0).reshape(-1), axis=0, mode="clip")
+  vid = vid + jnp.repeat(jnp.arange(batch, dtype=jnp.int32) * num_vertices,
+                         vid.shape[0] // batch)[:, None]
+  vid = tuple(vid[:, k] for k in range(3))
+  # One scalar gather per coordinate and vertex with flat indices (rather than
+  # a [.., 3, 3] block): XLA:CPU runs those fastest, and their transposes in
+  # the backward pass are cheap scalar scatter-adds.
+  coords = tuple(tuple(_gather(points[..., c], vid[k]).reshape(shape) for k in range(3))
+                 for c in range(3))
+  return coords, vid
+
+
+def _barycentrics_batch(points, triangle_id, triangles, intrinsics: Intrinsics):
+  """Perspective-correct barycentrics: 3-tuple of [B, H, W] (0 on background),
+  and the vertex rows of :func:`_vertex_coordinates`."""
+  coords, vid = _vertex_coordinates(points, triangle_id, triangles)
   dx, dy = _pixel_rays(intrinsics)
-  e = _edge_functions(pv, dx, dy)
-  total = jnp.sum(e, axis=-1, keepdims=True)
-  ok = mask[..., None] & (total != 0)
-  return jnp.where(ok, e / jnp.where(ok, total, 1.0), 0.0)
+  e = _edges_soa(*coords, dx, dy)
+  total = e[0] + e[1] + e[2]
+  ok = (triangle_id >= 0) & (total != 0)
+  safe = jnp.where(ok, total, 1.0)
+  return tuple(jnp.where(ok, ek / safe, 0.0) for ek in e), vid
+
+
+@functools.partial(jax.jit, static_argnames=("intrinsics",))
+def _barycentrics_jit(points, triangle_id, triangles, intrinsics):
+  return jnp.stack(_barycentrics_batch(points, triangle_id, triangles, intrinsics)[0], -1)
 
 
 def barycentrics(points, triangles, fragments: Fragments, intrinsics: Intrinsics):
@@ -426,16 +504,25 @@ def barycentrics(points, triangles, fragments: Fragments, intrinsics: Intrinsics
   Returns:
     [(B,) H, W, 3], zero on background pixels.
   """
-  return _batched(_barycentrics_one, 2)(points, fragments.triangle_id, triangles,
-                                        intrinsics=intrinsics)
+  if points.ndim == 2:
+    return _barycentrics_jit(points[None], fragments.triangle_id[None], triangles,
+                             intrinsics=intrinsics)[0]
+  return _barycentrics_jit(points, fragments.triangle_id, triangles, intrinsics=intrinsics)
 
 
 @functools.partial(jax.jit, static_argnames=("intrinsics",))
-def _interpolate_one(attributes, points, triangle_id, triangles, intrinsics):
-  bary = _barycentrics_one(points, triangle_id, triangles, intrinsics)
-  vid = jnp.take(triangles, jnp.maximum(triangle_id, 0), axis=0)   # [H, W, 3]
-  values = jnp.take(attributes, vid, axis=0)                       # [H, W, 3, C]
-  return jnp.einsum("hwk,hwkc->hwc", bary, values, precision="highest")
+def _interpolate_batch(attributes, points, triangle_id, triangles, intrinsics):
+  bary, vid = _barycentrics_batch(points, triangle_id, triangles, intrinsics)
+  # Channel by channel on [B, H, W] arrays: XLA:CPU handles these much better
+  # than [..., C] blocks with a small minor dimension.
+  # Materialise the barycentrics once: otherwise XLA recomputes them inside
+  # every consumer fusion (each channel, and each scatter of the backward pass).
+  bary = jax.lax.optimization_barrier(bary)
+  channels = []
+  for c in range(attributes.shape[-1]):
+    get = lambda k: _gather(attributes[..., c], vid[k]).reshape(triangle_id.shape)
+    channels.append(bary[0] * get(0) + bary[1] * get(1) + bary[2] * get(2))
+  return jnp.stack(channels, -1)
 
 
 def interpolate(attributes, points, triangles, fragments: Fragments,
@@ -459,84 +546,250 @@ def interpolate(attributes, points, triangles, fragments: Fragments,
   if attributes.ndim == 2 and points.ndim == 3:
     attributes = jnp.broadcast_to(attributes, (points.shape[0],) + attributes.shape)
   if attributes.ndim == 2:
-    return _interpolate_one(attributes, points, fragments.triangle_id, triangles,
+    return _interpolate_batch(attributes[None], points[None], fragments.triangle_id[None],
+                              triangles, intrinsics=intrinsics)[0]
+  return _interpolate_batch(attributes, points, fragments.triangle_id, triangles,
                             intrinsics=intrinsics)
-  return jax.vmap(functools.partial(_interpolate_one, intrinsics=intrinsics),
-                  in_axes=(0, 0, 0, None))(
-      attributes, points, fragments.triangle_id, triangles)
 
 
 # ----------------------------------------------------------------------------
 # antialias
 
 
-@functools.partial(jax.jit, static_argnames=("intrinsics",))
-def _antialias_one(image, points, triangle_id, depth, triangles, intrinsics: Intrinsics):
-  height, width = triangle_id.shape
+def _pair_edges(pv, a_front, dxa, dya, step, axis):
+  """Silhouette-edge crossing of the segment between two adjacent pixel centres.
+
+  Args:
+    pv: 3-tuple (x, y, z) of 3-tuples of [...] camera-space vertex coordinates
+      of the front (occluding) triangle.
+    a_front: [...] bool, the first pixel of the pair (left / top) is in front.
+    dxa, dya: [...] viewing-ray slopes of the first pixel's centre.
+    step: ray-slope increment of one pixel (1 / focal).
+    axis: 1 for horizontal pairs, 0 for vertical ones (static), or a [...]
+      bool array, True where the pair is vertical.
+
+  Returns:
+    (t [...]: fraction of the segment, from the inner pixel centre, at which it
+     leaves the front triangle (inf if it does not); edge [...] int32 that edge
+     (0, 1, 2 = opposite vertex 0, 1, 2); ok [...] bool: the edge is crossed and
+     is the one this axis handles).
+  """
+  sign_step = jnp.where(a_front, 1.0, -1.0)
+  mixed = not isinstance(axis, int)
+  if mixed:
+    # Mixed list: ``axis`` is a [...] bool array, True for vertical pairs; the
+    # offsets below are exactly those of the two static cases.
+    hx = jnp.where(axis, 0.0, step)
+    hy = jnp.where(axis, step, 0.0)
+    dx_in = dxa + jnp.where(a_front, 0.0, hx)
+    dy_in = dya + jnp.where(a_front, 0.0, hy)
+    e_out = _edges_soa(*pv, dx_in + sign_step * hx, dy_in + sign_step * hy)
+    e_perp = _edges_soa(*pv, dx_in + hy, dy_in + hx)
+  elif axis == 1:
+    dx_in = dxa + jnp.where(a_front, 0.0, step)
+    dy_in = dya
+    e_out = _edges_soa(*pv, dx_in + sign_step * step, dy_in)
+    e_perp = _edges_soa(*pv, dx_in, dy_in + step)
+  elif axis == 0:
+    dx_in = dxa
+    dy_in = dya + jnp.where(a_front, 0.0, step)
+    e_out = _edges_soa(*pv, dx_in, dy_in + sign_step * step)
+    e_perp = _edges_soa(*pv, dx_in + step, dy_in)
+  e_in = _edges_soa(*pv, dx_in, dy_in)
+  orient = jax.lax.stop_gradient(jnp.where(e_in[0] + e_in[1] + e_in[2] < 0, -1.0, 1.0))
+  ei = [e * orient for e in e_in]
+  eo = [e * orient for e in e_out]
+  ep = [e * orient for e in e_perp]
+  t_all = []
+  for k in range(3):
+    exits = (eo[k] < 0) & (ei[k] >= 0)
+    t_all.append(jnp.where(exits, ei[k] / jnp.where(exits, ei[k] - eo[k], 1.0), jnp.inf))
+  # First minimum wins, as argmin.
+  first01 = t_all[1] < t_all[0]
+  t01 = jnp.where(first01, t_all[1], t_all[0])
+  second = t_all[2] < t01
+  t = jnp.where(second, t_all[2], t01)
+  edge = jnp.where(second, 2, jnp.where(first01, 1, 0))
+  pick = lambda v: jnp.where(second, v[2], jnp.where(first01, v[1], v[0]))
+  along = jnp.abs(pick(eo) - pick(ei))
+  across = jnp.abs(pick(ep) - pick(ei))
+  if mixed:
+    ok = jnp.where(axis, along > across, along >= across)
+  elif axis == 1:
+    ok = along >= across
+  else:
+    ok = along > across
+  return t, edge, ok & jnp.isfinite(t)
+
+
+
+def _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, axis):
+  """Which adjacent pixel pairs straddle a silhouette edge (no gradient).
+
+  Args:
+    points: [B, V, 3] camera-space vertices; triangle_id, depth: [B, H, W];
+    tri_vertices: [B, H, W, 3] int32 vertex ids of the visible triangles.
+
+  Returns:
+    [B, H', W'] bool for the pairs ((i, j), (i, j + 1)) (axis 1, W' = W - 1) or
+    ((i, j), (i + 1, j)) (axis 0, H' = H - 1).
+  """
+  n = triangle_id.shape[axis + 1]
+  sl = lambda x, lo, hi: jax.lax.slice_in_dim(x, lo, hi, axis=axis + 1)
+  ta, tb = sl(triangle_id, 0, n - 1), sl(triangle_id, 1, n)
+  za, zb = sl(depth, 0, n - 1), sl(depth, 1, n)
+  a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
+  other = jnp.where(a_front, tb, ta)
+  valid = (ta != tb) & (jnp.where(a_front, ta, tb) >= 0)
+  occ_vid = jnp.where(a_front[..., None], sl(tri_vertices, 0, n - 1), sl(tri_vertices, 1, n))
+  oth_vid = jnp.where(a_front[..., None], sl(tri_vertices, 1, n), sl(tri_vertices, 0, n - 1))
+  rows = occ_vid + (jnp.arange(points.shape[0], dtype=jnp.int32)
+                   * points.shape[1])[:, None, None, None]
+  pv = tuple(tuple(_gather(points[..., c], rows[..., k].reshape(-1)).reshape(rows.shape[:-1])
+                   for k in range(3)) for c in range(3))
   dx_all, dy_all = _pixel_rays(intrinsics)
-  step = 1.0 / intrinsics.focal
-  tri_vertices = jnp.take(triangles, jnp.maximum(triangle_id, 0), axis=0)   # [H, W, 3]
+  dxa = sl(dx_all[None], 0, n - 1)
+  dya = sl(dy_all[None], 0, n - 1)
+  _, edge, ok = _pair_edges(pv, a_front, dxa, dya, 1.0 / intrinsics.focal,
+                            axis)
+  valid &= ok
+  # Edges shared with the triangle on the other side are not silhouettes; edge
+  # k joins vertices k + 1 and k + 2.
+  occ = [occ_vid[..., k] for k in range(3)]
+  oth = [oth_vid[..., k] for k in range(3)]
+  v1 = jnp.where(edge == 0, occ[1], jnp.where(edge == 1, occ[2], occ[0]))
+  v2 = jnp.where(edge == 0, occ[2], jnp.where(edge == 1, occ[0], occ[1]))
+  has = lambda v: (oth[0] == v) | (oth[1] == v) | (oth[2] == v)
+  shared = has(v1) & has(v2) & (other >= 0)
+  return valid & ~shared
 
-  def pairs(axis):
-    """Blending deltas for the pixel pairs (a, b) adjacent along ``axis``."""
-    n = triangle_id.shape[axis]
-    sl = lambda x, lo, hi: jax.lax.slice_in_dim(x, lo, hi, axis=axis)
-    ta, tb = sl(triangle_id, 0, n - 1), sl(triangle_id, 1, n)
-    za, zb = sl(depth, 0, n - 1), sl(depth, 1, n)
-    ca, cb = sl(image, 0, n - 1), sl(image, 1, n)
-    a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
-    occluder = jnp.where(a_front, ta, tb)
-    other = jnp.where(a_front, tb, ta)
-    valid = (ta != tb) & (occluder >= 0)
-    occ_vid = jnp.where(a_front[..., None], sl(tri_vertices, 0, n - 1), sl(tri_vertices, 1, n))
-    oth_vid = jnp.where(a_front[..., None], sl(tri_vertices, 1, n), sl(tri_vertices, 0, n - 1))
-    pv = jnp.take(points, occ_vid, axis=0)                       # [.., 3, 3]
-    # Rays through the inner (occluder's) and outer pixel centres, and through
-    # the inner centre moved one pixel across the pair axis.
-    dxa, dya = sl(dx_all, 0, n - 1), sl(dy_all, 0, n - 1)
-    sign_step = jnp.where(a_front, 1.0, -1.0)
-    if axis == 1:
-      dx_in = dxa + jnp.where(a_front, 0.0, step)
-      dy_in = dya
-      e_out = _edge_functions(pv, dx_in + sign_step * step, dy_in)
-      e_perp = _edge_functions(pv, dx_in, dy_in + step)
-    else:
-      dx_in = dxa
-      dy_in = dya + jnp.where(a_front, 0.0, step)
-      e_out = _edge_functions(pv, dx_in, dy_in + sign_step * step)
-      e_perp = _edge_functions(pv, dx_in + step, dy_in)
-    e_in = _edge_functions(pv, dx_in, dy_in)
-    orient = jax.lax.stop_gradient(jnp.where(jnp.sum(e_in, -1) < 0, -1.0, 1.0))[..., None]
-    ei, eo, ep = e_in * orient, e_out * orient, e_perp * orient
-    exits = (eo < 0) & (ei >= 0)
-    t_all = jnp.where(exits, ei / jnp.where(exits, ei - eo, 1.0), jnp.inf)
-    edge = jnp.argmin(t_all, axis=-1)                             # [..]
-    t = jnp.min(t_all, axis=-1)
-    valid &= jnp.isfinite(t)
-    pick = lambda x: jnp.take_along_axis(x, edge[..., None], axis=-1)[..., 0]
-    along = jnp.abs(pick(eo) - pick(ei))
-    across = jnp.abs(pick(ep) - pick(ei))
-    valid &= (along >= across) if axis == 1 else (along > across)
-    # Edges shared with the triangle on the other side are not silhouettes.
-    v1 = pick(jnp.roll(occ_vid, -1, axis=-1))
-    v2 = pick(jnp.roll(occ_vid, -2, axis=-1))
-    shared = (jnp.any(oth_vid == v1[..., None], -1) & jnp.any(oth_vid == v2[..., None], -1)
-              & (other >= 0))
-    valid &= ~shared
-    t = jnp.where(valid, t, 0.5)
-    c_in = jnp.where(a_front[..., None], ca, cb)
-    c_out = jnp.where(a_front[..., None], cb, ca)
-    grow = jnp.maximum(t - 0.5, 0.0)[..., None] * (c_in - c_out)    # onto the outer pixel
-    shrink = jnp.maximum(0.5 - t, 0.0)[..., None] * (c_out - c_in)  # onto the inner pixel
-    delta_a = jnp.where(a_front[..., None], shrink, grow)
-    delta_b = jnp.where(a_front[..., None], grow, shrink)
-    pad_a = [(0, 0)] * image.ndim
-    pad_b = [(0, 0)] * image.ndim
-    pad_a[axis] = (0, 1)
-    pad_b[axis] = (1, 0)
-    return jnp.pad(delta_a, pad_a) + jnp.pad(delta_b, pad_b)
 
-  return image + pairs(1) + pairs(0)
+def _antialias_pairs(image, points, triangle_id, depth, triangles, pair_index,
+                     intrinsics: Intrinsics):
+  """Blending of a compact list of silhouette pairs (differentiable).
+
+  Args:
+    image: [B, H, W, C]; points: [B, V, 3]; triangle_id, depth: [B, H, W].
+    pair_index: [K] int32 indices into the horizontal pairs [B, H, W - 1]
+      followed by the vertical pairs [B, H - 1, W], flattened; entries >= the
+      number of pairs are padding.
+
+  Returns:
+    [B, H, W, C] the image plus the blending deltas.
+  """
+  batch, height, width, channels = image.shape
+  num_vertices = points.shape[1]
+  num_h = batch * height * (width - 1)
+  num_pairs = num_h + batch * (height - 1) * width
+  used = pair_index < num_pairs
+  index = jnp.where(used, pair_index, 0)
+  vertical = index >= num_h
+  # (b, i, j) of the first pixel and the flat index of both pixels.
+  loc = jnp.where(vertical, index - num_h, index)
+  pair_w = jnp.where(vertical, width, width - 1)
+  pair_hw = jnp.where(vertical, (height - 1) * width, height * (width - 1))
+  b = loc // pair_hw
+  rest = loc - b * pair_hw
+  i = rest // pair_w
+  j = rest - i * pair_w
+  pix_a = (b * height + i) * width + j
+  pix_b = pix_a + jnp.where(vertical, width, 1)
+  tid = triangle_id.reshape(-1)
+  dep = depth.reshape(-1)
+  get = lambda x, i: x.at[i].get(mode="promise_in_bounds")
+  ta, tb = get(tid, pix_a), get(tid, pix_b)
+  za, zb = get(dep, pix_a), get(dep, pix_b)
+  a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
+  occ = jnp.maximum(jnp.where(a_front, ta, tb), 0)
+  vid = get(triangles, occ) + (b * num_vertices)[:, None]   # [K, 3]
+  # Scalar gathers per coordinate: their transposes are cheap scatters, unlike
+  # slices of a gathered [K, 3, 3] block.
+  pv = tuple(tuple(get(points[..., c].reshape(-1), vid[:, k]) for k in range(3))
+             for c in range(3))
+  f = intrinsics.focal
+  dxa = (j.astype(jnp.float32) + 0.5 - intrinsics.cx) / f
+  dya = (i.astype(jnp.float32) + 0.5 - intrinsics.cy) / f
+  t, _, _ = _pair_edges(pv, a_front, dxa, dya, 1.0 / f, vertical)
+  t = jnp.where(used & jnp.isfinite(t), t, 0.5)
+  flat = image.reshape(-1, channels)
+  ca, cb = get(flat, pix_a), get(flat, pix_b)
+  c_in = jnp.where(a_front[:, None], ca, cb)
+  c_out = jnp.where(a_front[:, None], cb, ca)
+  grow = jnp.maximum(t - 0.5, 0.0)[:, None] * (c_in - c_out)    # onto the outer pixel
+  shrink = jnp.maximum(0.5 - t, 0.0)[:, None] * (c_out - c_in)  # onto the inner pixel
+  delta_a = jnp.where(a_front[:, None], shrink, grow)
+  delta_b = jnp.where(a_front[:, None], grow, shrink)
+  out = flat.at[jnp.concatenate([pix_a, pix_b])].add(
+      jnp.concatenate([delta_a, delta_b]), mode="promise_in_bounds")
+  return out.reshape(image.shape)
+
+
+def _silhouette_pairs(points, triangle_id, depth, triangles, intrinsics: Intrinsics):
+  """[P] bool over all pairs (horizontal, then vertical; see :func:`_antialias_pairs`)."""
+  tri_vertices = jnp.take(triangles, jnp.maximum(triangle_id, 0), axis=0)   # [B, H, W, 3]
+  points = jax.lax.stop_gradient(points)
+  return jnp.concatenate([
+      _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, 1).reshape(-1),
+      _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, 0).reshape(-1)])
+
+
+def _max_pairs(batch, height, width):
+  """Static size of the compact pair list. Small triangles (~1 px) make many
+  interior pairs qualify too, about 0.3 H W per image on a dense face mesh."""
+  return batch * max(1024, 3 * height * width // 8)
+
+
+def _on_pair_list(valid, fn):
+  """Calls ``fn(index)`` with the [K] indices of the True entries of ``valid``,
+  K static: the compact size when they fit, else all entries (lax.cond)."""
+  num_pairs = valid.shape[0]
+  count = jnp.sum(valid.astype(jnp.int32))
+
+  def branch(size):
+    return lambda: fn(jnp.nonzero(valid, size=size, fill_value=num_pairs)[0].astype(jnp.int32))
+
+  return branch, count, num_pairs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _antialias_core(image, points, triangle_id, depth, triangles, intrinsics):
+  return _antialias_fwd(image, points, triangle_id, depth, triangles, intrinsics)[0]
+
+
+def _antialias_fwd(image, points, triangle_id, depth, triangles, intrinsics):
+  batch, height, width, _ = image.shape
+  valid = _silhouette_pairs(points, triangle_id, depth, triangles, intrinsics)
+  run = lambda idx: _antialias_pairs(image, points, triangle_id, depth, triangles, idx,
+                                     intrinsics)
+  branch, count, num_pairs = _on_pair_list(valid, run)
+  small = min(num_pairs, _max_pairs(batch, height, width))
+  out = jax.lax.cond(count <= small, branch(small), branch(num_pairs))
+  return out, (image, points, triangle_id, depth, triangles, valid)
+
+
+def _antialias_bwd(intrinsics, res, g):
+  # The blending is recomputed on the pair list inside each branch, so neither
+  # branch keeps residuals of the full-size fallback.
+  image, points, triangle_id, depth, triangles, valid = res
+  batch, height, width, _ = image.shape
+
+  def grads(idx):
+    _, vjp = jax.vjp(lambda im, p: _antialias_pairs(im, p, triangle_id, depth, triangles, idx,
+                                                    intrinsics), image, points)
+    return vjp(g)
+
+  branch, count, num_pairs = _on_pair_list(valid, grads)
+  small = min(num_pairs, _max_pairs(batch, height, width))
+  d_image, d_points = jax.lax.cond(count <= small, branch(small), branch(num_pairs))
+  return d_image, d_points, None, None, None
+
+
+_antialias_core.defvjp(_antialias_fwd, _antialias_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("intrinsics",))
+def _antialias_batch(image, points, triangle_id, depth, triangles, intrinsics: Intrinsics):
+  return _antialias_core(image, points, triangle_id, depth, triangles, intrinsics)
 
 
 def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrinsics):
@@ -550,6 +803,11 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
   edge, as nvdiffrast does). The result is continuous in the vertex positions,
   so silhouettes and occlusion boundaries get gradients.
 
+  The silhouette pairs are found without gradients over the whole image, then
+  blended on a compact list (static size, a full-size fallback when a frame has
+  more), so the cost of the differentiable part and of its backward pass scales
+  with the silhouette length rather than the image area.
+
   Args:
     image: [(B,) H, W, C] shaded image including the background (append the
       coverage mask as a channel to antialias it too).
@@ -562,11 +820,10 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
     [(B,) H, W, C] antialiased image.
   """
   if image.ndim == 3:
-    return _antialias_one(image, points, fragments.triangle_id, fragments.depth, triangles,
+    return _antialias_batch(image[None], points[None], fragments.triangle_id[None],
+                            fragments.depth[None], triangles, intrinsics=intrinsics)[0]
+  return _antialias_batch(image, points, fragments.triangle_id, fragments.depth, triangles,
                           intrinsics=intrinsics)
-  return jax.vmap(functools.partial(_antialias_one, intrinsics=intrinsics),
-                  in_axes=(0, 0, 0, 0, None))(
-      image, points, fragments.triangle_id, fragments.depth, triangles)
 
 
 # ----------------------------------------------------------------------------
@@ -779,5 +1036,11 @@ def soft_rasterize(points, triangles, attributes, intrinsics: Intrinsics, *,
     return core(points, attributes, background, triangles)
   if attributes.ndim == 2:
     attributes = jnp.broadcast_to(attributes, (points.shape[0],) + attributes.shape)
-  bg_axis = 0 if background.ndim == 4 else None
-  return jax.vmap(core, in_axes=(0, 0, bg_axis, None))(points, attributes, background, triangles)
+  if background.ndim != 4:
+    background = jnp.broadcast_to(background, points.shape[:1] + (
+        intrinsics.height, intrinsics.width, attributes.shape[-1]))
+  # One image at a time, rematerialised in the backward pass: the per-fragment
+  # residuals of a whole batch would not fit in memory at 100k triangles, and
+  # the unbatched code is faster on XLA:CPU than its vmap.
+  one = jax.checkpoint(lambda args: core(args[0], args[1], args[2], triangles))
+  return jax.lax.map(one, (points, attributes, background))

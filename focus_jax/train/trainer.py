@@ -99,10 +99,11 @@ def _check_compatible(config: TrainConfig, other: TrainConfig, source: str):
 
 
 def initial_state(config: TrainConfig, nets: state_lib.Networks,
-                  init_from: Optional[str] = None) -> state_lib.TrainState:
-  """A fresh host state; with ``init_from``, networks taken from that run's newest
-  checkpoint (stage 'unet' takes only the encoder, 'em'/'adapt' both)."""
-  state = state_lib.to_host(state_lib.init_state(config, nets, jax.process_count()))
+                  init_from: Optional[str] = None, fresh=None) -> state_lib.TrainState:
+  """A fresh host state (``fresh`` if given); with ``init_from``, networks taken from
+  that run's newest checkpoint (stage 'unet' takes only the encoder, 'em'/'adapt' both)."""
+  state = fresh if fresh is not None else state_lib.to_host(
+      state_lib.init_state(config, nets, jax.process_count()))
   if init_from:
     enc, unet, other, step = ckpt_lib.load_networks(init_from)
     _check_compatible(config, other, init_from)
@@ -189,7 +190,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
     if pid == 0:
       print(f"resuming {workdir} from step {resumed_from}", flush=True)
   else:
-    state = initial_state(config, nets, init_from)
+    state = initial_state(config, nets, init_from, fresh=template)
   step = int(state.step)
 
   pipe = data_lib.make_pipeline(source, config, host_bs, state=data_state)
@@ -273,7 +274,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
         if skipped and pid == 0 and streak:
           warnings.warn(f"step {step}: {skipped} step(s) skipped so far (non-finite loss or "
                         "gradient)", stacklevel=2)
-      if step % config.image_every == 0 or end:
+      if step % config.image_every == 0 or (end and config.image_every <= config.num_steps):
         _write_tile(log, step, predict, rstate, last_batch, model)
       if stop_after is not None and step - start >= stop_after:
         return TrainResult(parallel.unreplicate(rstate), step, workdir, resumed_from,
