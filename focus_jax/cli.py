@@ -65,6 +65,12 @@ def run():
   """Console-script entry point."""
   from focus_jax import errors  # pylint: disable=import-outside-toplevel
 
+  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
+    # absl's --help lists the flags of __main__, which is the console-script shim here.
+    print(_usage().replace("Run `focus-jax --helpfull` for every flag.", "flags:"))
+    print(FLAGS.module_help(sys.modules[__name__]))
+    return
+
   def main(argv):
     try:
       _main(argv)

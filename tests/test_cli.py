@@ -44,6 +44,13 @@ def test_unknown_command_and_bad_model_fail_cleanly(tmp_path):
   assert not (tmp_path / "d").exists()
 
 
+def test_help_explains_commands_and_flags():
+  r = _run("-m", "focus_jax.cli", "--help")
+  assert r.returncode == 0
+  for word in ("demo", "info", "--out", "--size", "--samples", "--seed", "--model"):
+    assert word in r.stdout, word
+
+
 def test_info_describes_a_model(tmp_path):
   path = tmp_path / "m.npz"
   morphable.save(tiny_model(), path)
