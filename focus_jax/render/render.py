@@ -102,7 +102,7 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
   cam = camera_lib.to_camera(verts, angles, translation)
   safe = cam.at[..., 2].set(jnp.where(cam[..., 2] > 0, cam[..., 2], 1.0))
   vimg = camera_lib.project(safe, intrinsics)
-  normals = camera_lib.rotate_to_camera(_vertex_normals(verts, tri), angles)
+  normals = camera_lib.rotate_to_camera(shading_lib.vertex_normals(verts, tri), angles)
   colors = shading_lib.shade(albedo, normals, light)
   lm_cam = model_lib.landmark_positions(model, cam)
   lm_safe = lm_cam.at[..., 2].set(jnp.where(lm_cam[..., 2] > 0, lm_cam[..., 2], 1.0))
@@ -143,21 +143,6 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
       depth=None if frags is None else frags.depth,
       normals=normal_buf, albedo=albedo_buf, vertices_camera=cam, vertices_image=vimg,
       vertex_colors=colors)
-
-
-def _vertex_normals(verts, triangles, eps: float = 1e-12):
-  """:func:`~focus_jax.render.shading.vertex_normals` for a batch [B, V, 3] ->
-  [B, V, 3], computed vertex-major ([V, B, 3]) so that its gathers and
-  scatter-adds move whole rows of B x 3 values (much faster on XLA:CPU than the
-  strided [B, 1, 3] windows of the batch-major layout)."""
-  x = jnp.transpose(verts, (1, 0, 2))                              # [V, B, 3]
-  p = [jnp.take(x, triangles[:, k], axis=0, mode="clip") for k in range(3)]
-  face = jnp.cross(p[1] - p[0], p[2] - p[0])                       # [F, B, 3]
-  summed = jnp.zeros_like(x)
-  for k in range(3):
-    summed = summed.at[triangles[:, k]].add(face, mode="promise_in_bounds")
-  summed = summed / jnp.sqrt(jnp.sum(summed * summed, axis=-1, keepdims=True) + eps)
-  return jnp.transpose(summed, (1, 0, 2))
 
 
 def photometric_loss(image, target, mask=None):

@@ -56,14 +56,19 @@ def vertex_normals(verts, triangles, eps: float = 1e-12) -> jnp.ndarray:
 
   Each vertex gets the sum of the unnormalised normals of its triangles (so larger
   triangles weigh more), normalised. Vertices in no triangle get a zero normal.
-  Uses a scatter-add over faces (no Python loop), so it is linear in F.
+  Scatter-adds over faces (no Python loop over faces), computed vertex-major
+  ([V, batch, 3]) so that gathers and scatters move whole rows of batch x 3 values,
+  which is much faster on XLA:CPU than strided batch-major windows.
   """
-  fn = face_normals(verts, triangles)                            # [..., F, 3]
-  summed = jnp.zeros(verts.shape, fn.dtype)
+  flat = jnp.reshape(verts, (-1,) + verts.shape[-2:])              # [N, V, 3]
+  x = jnp.transpose(flat, (1, 0, 2))                               # [V, N, 3]
+  p = [jnp.take(x, triangles[:, k], axis=0, mode="clip") for k in range(3)]
+  face = jnp.cross(p[1] - p[0], p[2] - p[0])                       # [F, N, 3]
+  summed = jnp.zeros_like(x)
   for corner in range(3):  # three static scatter-adds, not a loop over faces.
-    summed = summed.at[..., triangles[:, corner], :].add(fn)
-  norm = jnp.sqrt(jnp.sum(summed * summed, axis=-1, keepdims=True) + eps)
-  return summed / norm
+    summed = summed.at[triangles[:, corner]].add(face, mode="promise_in_bounds")
+  summed = summed / jnp.sqrt(jnp.sum(summed * summed, axis=-1, keepdims=True) + eps)
+  return jnp.reshape(jnp.transpose(summed, (1, 0, 2)), verts.shape)
 
 
 def sh_basis(normals) -> jnp.ndarray:
