@@ -2,83 +2,90 @@
 
 Usage::
 
-    focus-jax demo [--out DIR] [--size PX]      # the main job on the built-in default
-    focus-jax info MODEL_FILE                    # load a 3DMM file and describe it
-    focus-jax --help                             # every flag
+    focus-jax COMMAND [ARGS...] [--flags]
+    focus-jax --help                 # the commands and every flag
+    focus-jax COMMAND --help         # one command's synopsis and flags
 
-Sub-commands are the first positional argument; flags are absl flags.
+The sub-commands are the modules of :mod:`focus_jax.commands`; flags are absl flags
+(``--flag=value`` or ``--flag value``, ``--flagfile=FILE``).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from absl import app, flags
 
+from focus_jax.commands import NAMES, common
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "out/demo", "Folder the command writes its results to (created if "
-                    "missing).")
-flags.DEFINE_integer("size", 224, "Image width and height in pixels.", lower_bound=16)
-flags.DEFINE_integer("samples", 8, "demo: number of random faces drawn from the model.",
-                     lower_bound=0)
-flags.DEFINE_integer("seed", 0, "Random seed for everything the command draws.")
-flags.DEFINE_string("model", None, "Morphable model file (BFM 2017 .h5, BFM 2009 / Deep3D .mat, "
-                    "eos .bin, focus-jax .npz). Default: the built-in face model.")
-
-_COMMANDS = {
-    "demo": "Render the built-in face model (mean face, poses, random samples) to PNGs.",
-    "info": "Load a morphable model file and print what it holds.",
-}
 
 
-def _usage() -> str:
-  lines = ["usage: focus-jax COMMAND [flags]", "", "commands:"]
-  lines += [f"  {name:6s} {text}" for name, text in _COMMANDS.items()]
-  lines += ["", "Run `focus-jax --helpfull` for every flag."]
+def _commands() -> dict:
+  """name -> module, for every sub-command that exists (importing defines its flags)."""
+  found = {}
+  for name in NAMES:
+    try:
+      found[name] = importlib.import_module(f"focus_jax.commands.{name}")
+    except ModuleNotFoundError as e:
+      if e.name != f"focus_jax.commands.{name}":
+        raise
+  return found
+
+
+def _usage(commands: dict) -> str:
+  lines = ["usage: focus-jax COMMAND [ARGS...] [--flags]", "", "commands:"]
+  lines += [f"  {name:6s} {module.SUMMARY}" for name, module in commands.items()]
+  lines += ["", "`focus-jax COMMAND --help` shows one command's flags."]
   return "\n".join(lines)
 
 
-def _load_model(path):
-  from focus_jax import morphable  # pylint: disable=import-outside-toplevel
-  return morphable.builtin() if path is None else morphable.load(path)
+def _help(commands: dict, command: str | None) -> str:
+  if command is None:
+    parts = [_usage(commands), "", "shared flags:", FLAGS.module_help(common)]
+    for name, module in commands.items():
+      text = FLAGS.module_help(module)
+      if text:
+        parts += ["", f"{name} flags:", text]
+    return "\n".join(parts)
+  module = commands[command]
+  parts = [f"usage: {module.USAGE}", "", module.SUMMARY]
+  if module.__doc__:
+    body = module.__doc__.strip().split("\n", 1)
+    if len(body) > 1:
+      parts += ["", body[1].strip()]
+  parts += ["", "flags:", FLAGS.module_help(module), FLAGS.module_help(common)]
+  return "\n".join(p for p in parts if p is not None)
 
 
-def _main(argv):
-  if len(argv) < 2 or argv[1] not in _COMMANDS:
-    given = argv[1] if len(argv) > 1 else None
-    raise app.UsageError((f"unknown command {given!r}\n\n" if given else "") + _usage())
-  command, args = argv[1], argv[2:]
-  if command == "demo":
-    if args:
-      raise app.UsageError(f"demo takes no positional arguments, got {args}")
-    from focus_jax import demo  # pylint: disable=import-outside-toplevel
-    demo.run_demo(out_dir=FLAGS.out, size=FLAGS.size, num_samples=FLAGS.samples,
-                  seed=FLAGS.seed, model=_load_model(FLAGS.model))
-  elif command == "info":
-    if len(args) != 1:
-      raise app.UsageError("usage: focus-jax info MODEL_FILE")
-    from focus_jax import morphable  # pylint: disable=import-outside-toplevel
-    print(morphable.load(args[0]))
-
-
-def run():
+def run(argv=None):
   """Console-script entry point."""
   from focus_jax import errors  # pylint: disable=import-outside-toplevel
 
-  if any(arg in ("-h", "--help", "--helpshort") for arg in sys.argv[1:]):
-    # absl's --help lists the flags of __main__, which is the console-script shim here.
-    print(_usage().replace("Run `focus-jax --helpfull` for every flag.", "flags:"))
-    print(FLAGS.module_help(sys.modules[__name__]))
+  argv = list(sys.argv if argv is None else argv)
+  commands = _commands()
+  positional = [a for a in argv[1:] if not a.startswith("-")]
+  command = positional[0] if positional and positional[0] in commands else None
+  if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):
+    # absl's own --help lists the flags of __main__, which is the console-script shim.
+    print(_help(commands, command))
     return
 
-  def main(argv):
+  def main(args):
+    if len(args) < 2 or args[1] not in commands:
+      given = args[1] if len(args) > 1 else None
+      raise app.UsageError((f"unknown command {given!r}\n\n" if given else "") +
+                           _usage(commands))
     try:
-      _main(argv)
+      commands[args[1]].main(args[2:])
+    except flags.Error as e:
+      raise app.UsageError(str(e)) from e
     except errors.FocusError as e:
-      print(f"focus-jax: error: {e}", file=sys.stderr)
+      print(f"focus-jax {args[1]}: error: {e}", file=sys.stderr)
       sys.exit(1)
 
-  app.run(main)
+  app.run(main, argv=argv)
 
 
 if __name__ == "__main__":
