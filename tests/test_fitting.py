@@ -99,7 +99,10 @@ def test_robust_fit_finds_pasted_occluder(model):
 
 def test_batch_equals_single_and_vmaps(model):
   a, b = _scene(model, 0), _scene(model, 2)
-  cfg = fitting.FitConfig(rounds=1, steps=5, max_vertices=0)
+  # A minimal robust EM (every stage present, each at its smallest size) keeps the
+  # three compilations cheap; equality does not depend on the sizes.
+  cfg = fitting.FitConfig(rounds=1, steps=3, max_vertices=0, smoothing_iterations=1,
+                          neighbour_window=1, light_iterations=1)
   batch = fitting.fit(model, np.stack([a["image"], b["image"]]),
                       np.stack([a["landmarks"], b["landmarks"]]), config=cfg)
   single = fitting.fit(model, b["image"], b["landmarks"], config=cfg)
@@ -119,3 +122,45 @@ def test_fit_rejects_bad_landmarks(model):
 def test_prior_of_wrong_size_is_rejected(model):
   with pytest.raises(ValueError, match="vertices"):
     fitting.fit(model, np.zeros((SIZE, SIZE, 3)), np.zeros((68, 2)), prior=np.ones(7))
+
+
+def test_fit_landmarks_recovers_shape_and_pose(model):
+  rng = np.random.default_rng(3)
+  intr = camera.Intrinsics.reference(224)
+  shape = jnp.asarray(rng.normal(0, 1.0, (2, model.num_shape)), jnp.float32)
+  expr = jnp.zeros((2, model.num_expression))
+  angles = jnp.array([[0.1, 0.5, -0.05], [-0.15, -0.3, 0.1]])
+  trans = jnp.array([[4.0, -3.0, 20.0], [-6.0, 2.0, -30.0]])
+  verts = fj.morphable.vertices(model, shape, expr)
+  lm2, _ = camera.model_to_image(fj.morphable.landmark_positions(model, verts), angles, trans,
+                                 intr)
+  lm2 = np.where(np.asarray(fj.morphable.landmark_mask(model))[None, :, None], lm2, np.nan)
+  res = fitting.fit_landmarks(model, lm2, intrinsics=intr,
+                              config=fitting.LandmarkFitConfig(landmark_sigma=0.1))
+  assert res.vertices.shape == (2, model.num_vertices, 3)
+  ok = np.isfinite(lm2[..., 0])
+  assert np.abs(np.asarray(res.landmarks) - lm2)[ok].max() < 0.3   # px
+  np.testing.assert_allclose(res.angles, angles, atol=0.03)
+  cost = np.asarray(res.cost)
+  assert (np.diff(cost, axis=1) <= 1e-3 * cost[:, :1]).all() and (cost[:, -1] < 0.01 * cost[:, 0]).all()
+  for i in range(2):
+    fit_err = _aligned_error(res.vertices[i], np.asarray(verts[i]))
+    assert fit_err < 0.7 * _aligned_error(model.mean, np.asarray(verts[i])), i
+  single = fitting.fit_landmarks(model, lm2[1], intrinsics=intr,
+                                 config=fitting.LandmarkFitConfig(landmark_sigma=0.1))
+  np.testing.assert_allclose(single.shape, res.shape[1], atol=1e-3)
+  with pytest.raises(ValueError, match="landmarks"):
+    fitting.fit_landmarks(model, np.zeros((5, 2)), intrinsics=intr)
+
+
+def test_fit_landmarks_nonnegative_expressions(model):
+  intr = camera.Intrinsics.reference(224)
+  expr = -np.ones((1, model.num_expression), np.float32)   # outside the allowed set
+  verts = fj.morphable.vertices(model, jnp.zeros((1, model.num_shape)), jnp.asarray(expr))
+  lm2, _ = camera.model_to_image(fj.morphable.landmark_positions(model, verts),
+                                 jnp.zeros((1, 3)), jnp.zeros((1, 3)), intr)
+  cfg = fitting.LandmarkFitConfig(expression_nonnegative=True)
+  res = fitting.fit_landmarks(model, np.asarray(lm2), intrinsics=intr, config=cfg)
+  assert (np.asarray(res.expression) >= 0).all()
+  free = fitting.fit_landmarks(model, np.asarray(lm2), intrinsics=intr)
+  assert (np.asarray(free.expression) < 0).any()

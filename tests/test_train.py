@@ -85,7 +85,7 @@ def test_config_validation_and_em_schedule():
   assert [cfg.em_phase(s) for s in range(6)] == ["unet"] * 2 + ["encoder"] * 3 + ["unet"]
   # Run-length fields may change on resume, network fields may not.
   assert cfg.mismatches(cfg.replace(num_steps=999, log_every=7)) == []
-  assert [d[0] for d in cfg.mismatches(cfg.replace(unet_width=8))] == ["unet_width"]
+  assert [d[0] for d in cfg.mismatches(cfg.replace(unet_width=12))] == ["unet_width"]
   assert config_lib.TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from typing import Optional
 
 import flax.struct
@@ -146,6 +147,11 @@ def _edges_soa(x, y, z, dx, dy):
 def _gather(table, index):
   """table.reshape(-1)[index] for in-bounds flat indices."""
   return table.reshape(-1).at[index].get(mode="promise_in_bounds")
+
+
+def _columns(x):
+  """The last axis of ``x`` [..., K] as K flat [N] arrays."""
+  return tuple(x[..., k].reshape(-1) for k in range(x.shape[-1]))
 
 
 def _coverage(e, z_vertices, near):
@@ -467,11 +473,12 @@ def _vertex_coordinates(points, triangle_id, triangles):
   vid = jnp.take(triangles, jnp.maximum(triangle_id, 0).reshape(-1), axis=0, mode="clip")
   vid = vid + jnp.repeat(jnp.arange(batch, dtype=jnp.int32) * num_vertices,
                          vid.shape[0] // batch)[:, None]
-  vid = tuple(vid[:, k] for k in range(3))
+  vid = _columns(vid)
   # One scalar gather per coordinate and vertex with flat indices (rather than
   # a [.., 3, 3] block): XLA:CPU runs those fastest, and their transposes in
   # the backward pass are cheap scalar scatter-adds.
-  coords = tuple(tuple(_gather(points[..., c], vid[k]).reshape(shape) for k in range(3))
+  tables = _columns(points)
+  coords = tuple(tuple(_gather(tables[c], vid[k]).reshape(shape) for k in range(3))
                  for c in range(3))
   return coords, vid
 
@@ -510,19 +517,84 @@ def barycentrics(points, triangles, fragments: Fragments, intrinsics: Intrinsics
   return _barycentrics_jit(points, fragments.triangle_id, triangles, intrinsics=intrinsics)
 
 
-@functools.partial(jax.jit, static_argnames=("intrinsics",))
-def _interpolate_batch(attributes, points, triangle_id, triangles, intrinsics):
-  bary, vid = _barycentrics_batch(points, triangle_id, triangles, intrinsics)
+def _interpolate_forward(attributes, points, triangle_id, triangles, intrinsics):
+  """Interpolated channels and what the backward pass needs.
+
+  Returns:
+    (C-list of [B, H, W] channels, (vid, coords, bary, total, gathered attributes)).
+  """
+  shape = triangle_id.shape
+  coords, vid = _vertex_coordinates(points, triangle_id, triangles)
+  dx, dy = _pixel_rays(intrinsics)
+  e = _edges_soa(*coords, dx, dy)
+  total = e[0] + e[1] + e[2]
+  ok = (triangle_id >= 0) & (total != 0)
+  total = jnp.where(ok, total, jnp.inf)
+  # A division (not a multiplication by 1 / total): XLA:CPU does not duplicate
+  # divisions into their consumers, so the barycentrics are computed once
+  # instead of inside every channel's fusion.
+  bary = tuple(ek / total for ek in e)
   # Channel by channel on [B, H, W] arrays: XLA:CPU handles these much better
   # than [..., C] blocks with a small minor dimension.
-  # Materialise the barycentrics once: otherwise XLA recomputes them inside
-  # every consumer fusion (each channel, and each scatter of the backward pass).
-  bary = jax.lax.optimization_barrier(bary)
-  channels = []
-  for c in range(attributes.shape[-1]):
-    get = lambda k: _gather(attributes[..., c], vid[k]).reshape(triangle_id.shape)
-    channels.append(bary[0] * get(0) + bary[1] * get(1) + bary[2] * get(2))
+  values = [tuple(_gather(table, vid[k]).reshape(shape) for k in range(3))
+            for table in _columns(attributes)]
+  channels = [bary[0] * v[0] + bary[1] * v[1] + bary[2] * v[2] for v in values]
+  return channels, (vid, coords, bary, total, values)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _interpolate_core(attributes, points, triangle_id, triangles, intrinsics):
+  channels, _ = _interpolate_forward(attributes, points, triangle_id, triangles, intrinsics)
   return jnp.stack(channels, -1)
+
+
+def _interpolate_fwd(attributes, points, triangle_id, triangles, intrinsics):
+  channels, res = _interpolate_forward(attributes, points, triangle_id, triangles, intrinsics)
+  # The inputs themselves (alive anyway) carry the shapes and dtypes.
+  return jnp.stack(channels, -1), (res, attributes, points)
+
+
+def _interpolate_bwd(intrinsics, saved, g):
+  """Hand-written transpose: the per-pixel gradients of the 9 vertex coordinates
+  and 3 C attribute values are formed elementwise and materialised, then each
+  goes through one scalar scatter-add. (Left to autodiff, XLA:CPU fuses the
+  whole edge-function chain into a dozen serial scatter loops, ~10x slower.)"""
+  (vid, coords, bary, total, values), attr_spec, point_spec = saved
+  num_rows = attr_spec.shape[0] * attr_spec.shape[1]
+  dx, dy = _pixel_rays(intrinsics)
+  gc = [g[..., c] for c in range(g.shape[-1])]
+  d_bary = [sum(gc[c] * values[c][k] for c in range(len(gc))) for k in range(3)]
+  mean = d_bary[0] * bary[0] + d_bary[1] * bary[1] + d_bary[2] * bary[2]
+  # Divisions again keep XLA from recomputing this in all 9 scatter inputs.
+  de = [(d_bary[k] - mean) / total for k in range(3)]
+  x, y, z = coords
+  ax = [x[k] - z[k] * dx for k in range(3)]
+  ay = [y[k] - z[k] * dy for k in range(3)]
+  # e_i = ax_{i+1} ay_{i+2} - ay_{i+1} ax_{i+2}
+  dax = [de[2] * ay[1] - de[1] * ay[2], de[0] * ay[2] - de[2] * ay[0],
+         de[1] * ay[0] - de[0] * ay[1]]
+  day = [de[1] * ax[2] - de[2] * ax[1], de[2] * ax[0] - de[0] * ax[2],
+         de[0] * ax[1] - de[1] * ax[0]]
+  dz = [-(dax[k] * dx + day[k] * dy) for k in range(3)]
+  d_attr = [[bary[k] * gc[c] for k in range(3)] for c in range(len(gc))]
+
+  def scatter(parts, dtype):
+    out = jnp.zeros((num_rows,), dtype)
+    for k in range(3):
+      out = out.at[vid[k]].add(parts[k].reshape(-1), mode="promise_in_bounds")
+    return out
+
+  d_points = jnp.stack([scatter(d, point_spec.dtype) for d in (dax, day, dz)], -1)
+  d_attributes = jnp.stack([scatter(d, attr_spec.dtype) for d in d_attr], -1)
+  return (d_attributes.reshape(attr_spec.shape), d_points.reshape(point_spec.shape), None, None)
+
+
+_interpolate_core.defvjp(_interpolate_fwd, _interpolate_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("intrinsics",))
+def _interpolate_batch(attributes, points, triangle_id, triangles, intrinsics):
+  return _interpolate_core(attributes, points, triangle_id, triangles, intrinsics)
 
 
 def interpolate(attributes, points, triangles, fragments: Fragments,
@@ -623,53 +695,131 @@ def _pair_edges(pv, a_front, dxa, dya, step, axis):
 
 
 
-def _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, axis):
-  """Which adjacent pixel pairs straddle a silhouette edge (no gradient).
+def _edge_neighbours_numpy(triangles: np.ndarray) -> np.ndarray:
+  """[F, 3] int32: the triangle across edge k of each triangle, or -1.
+
+  Edge k joins vertices k + 1 and k + 2 (it is opposite vertex k). Edges with
+  one triangle (the mesh boundary), with more than two, or with repeated
+  vertices get -1, so they always count as silhouettes (as in nvdiffrast).
+  """
+  tri = np.asarray(triangles, np.int64).reshape(-1, 3)
+  num = tri.shape[0]
+  if num == 0:
+    return np.zeros((0, 3), np.int32)
+  a = tri[:, [1, 2, 0]].reshape(-1)
+  b = tri[:, [2, 0, 1]].reshape(-1)
+  lo, hi = np.minimum(a, b), np.maximum(a, b)
+  key = lo * (int(max(tri.max(), 0)) + 1) + hi
+  order = np.argsort(key, kind="stable")
+  ks = key[order]
+  same = ks[1:] == ks[:-1]                                   # [3F - 1]
+  before = np.concatenate([[False], same[:-1]])
+  after = np.concatenate([same[1:], [False]])
+  pair = same & ~before & ~after & (lo[order[:-1]] != hi[order[:-1]])
+  i = np.nonzero(pair)[0]
+  out = np.full(3 * num, -1, np.int64)
+  out[order[i]] = order[i + 1] // 3
+  out[order[i + 1]] = order[i] // 3
+  return out.reshape(num, 3).astype(np.int32)
+
+
+# Host-side cache of edge neighbours: the mesh topology is fixed while the
+# geometry changes, so it is computed once per distinct triangle array.
+_NEIGHBOUR_CACHE = {}
+
+
+def _cached_neighbours(triangles) -> np.ndarray:
+  tri = np.ascontiguousarray(np.asarray(triangles, np.int32))
+  key = (tri.shape, zlib.crc32(tri.data))
+  hit = _NEIGHBOUR_CACHE.get(key)
+  if hit is None or not np.array_equal(hit[0], tri):
+    if len(_NEIGHBOUR_CACHE) > 16:
+      _NEIGHBOUR_CACHE.clear()
+    hit = (tri.copy(), _edge_neighbours_numpy(tri))
+    _NEIGHBOUR_CACHE[key] = hit
+  return hit[1]
+
+
+def edge_neighbours(triangles):
+  """The triangle across each edge: [F, 3] int32 -> [F, 3] int32 (-1: none).
+
+  Edge k of a triangle joins its vertices k + 1 and k + 2. Computed with NumPy
+  when ``triangles`` is concrete (constant-folded into a jitted caller), else
+  by a host callback with a cache (so a traced mesh costs a copy and a checksum
+  per call, not a sort).
+  """
+  if not isinstance(triangles, jax.core.Tracer):
+    return jnp.asarray(_cached_neighbours(triangles))
+  return jax.pure_callback(_cached_neighbours,
+                           jax.ShapeDtypeStruct(triangles.shape, jnp.int32), triangles)
+
+
+def _silhouette_bits(points, triangles, neighbours):
+  """Which edges of each triangle are silhouette edges in each image.
+
+  An edge is a silhouette when it has no neighbouring triangle or when the
+  neighbour faces the other way (nvdiffrast's topological test; facing is the
+  sign of ``det[P0, P1, P2]`` in camera space, exact under perspective).
 
   Args:
-    points: [B, V, 3] camera-space vertices; triangle_id, depth: [B, H, W];
-    tri_vertices: [B, H, W, 3] int32 vertex ids of the visible triangles.
+    points: [B, V, 3] camera-space vertices (no gradient needed).
+    triangles, neighbours: [F, 3] int32.
 
   Returns:
-    [B, H', W'] bool for the pairs ((i, j), (i, j + 1)) (axis 1, W' = W - 1) or
-    ((i, j), (i + 1, j)) (axis 0, H' = H - 1).
+    [B * F] int32, bit k set when edge k of triangle ``f`` (row ``b * F + f``) is
+    a silhouette edge of image b.
   """
-  n = triangle_id.shape[axis + 1]
-  sl = lambda x, lo, hi: jax.lax.slice_in_dim(x, lo, hi, axis=axis + 1)
-  ta, tb = sl(triangle_id, 0, n - 1), sl(triangle_id, 1, n)
-  za, zb = sl(depth, 0, n - 1), sl(depth, 1, n)
-  a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
-  other = jnp.where(a_front, tb, ta)
-  valid = (ta != tb) & (jnp.where(a_front, ta, tb) >= 0)
-  occ_vid = jnp.where(a_front[..., None], sl(tri_vertices, 0, n - 1), sl(tri_vertices, 1, n))
-  oth_vid = jnp.where(a_front[..., None], sl(tri_vertices, 1, n), sl(tri_vertices, 0, n - 1))
-  rows = occ_vid + (jnp.arange(points.shape[0], dtype=jnp.int32)
-                   * points.shape[1])[:, None, None, None]
-  pv = tuple(tuple(_gather(points[..., c], rows[..., k].reshape(-1)).reshape(rows.shape[:-1])
-                   for k in range(3)) for c in range(3))
-  dx_all, dy_all = _pixel_rays(intrinsics)
-  dxa = sl(dx_all[None], 0, n - 1)
-  dya = sl(dy_all[None], 0, n - 1)
-  _, edge, ok = _pair_edges(pv, a_front, dxa, dya, 1.0 / intrinsics.focal,
-                            axis)
-  valid &= ok
-  # Edges shared with the triangle on the other side are not silhouettes; edge
-  # k joins vertices k + 1 and k + 2.
-  occ = [occ_vid[..., k] for k in range(3)]
-  oth = [oth_vid[..., k] for k in range(3)]
-  v1 = jnp.where(edge == 0, occ[1], jnp.where(edge == 1, occ[2], occ[0]))
-  v2 = jnp.where(edge == 0, occ[2], jnp.where(edge == 1, occ[0], occ[1]))
-  has = lambda v: (oth[0] == v) | (oth[1] == v) | (oth[2] == v)
-  shared = has(v1) & has(v2) & (other >= 0)
-  return valid & ~shared
+  # Vertex-major rows of B x 3 values: row gathers are fast on XLA:CPU.
+  x = jnp.transpose(points, (1, 0, 2))                               # [V, B, 3]
+  p = [jnp.take(x, triangles[:, k], axis=0, mode="clip") for k in range(3)]
+  cross = jnp.cross(p[1], p[2])
+  det = jnp.sum(p[0] * cross, axis=-1)                               # [F, B]
+  facing = jnp.sign(det).astype(jnp.int8)
+  bits = jnp.zeros(det.shape, jnp.int32)
+  for k in range(3):
+    nb = neighbours[:, k]
+    wing = jnp.take(facing, jnp.maximum(nb, 0), axis=0, mode="clip")  # [F, B]
+    sil = (nb[:, None] < 0) | (wing != facing)
+    bits = bits | (sil.astype(jnp.int32) << k)
+  return jnp.transpose(bits).reshape(-1)
 
 
-def _antialias_pairs(image, points, triangle_id, depth, triangles, pair_index,
+def _pixel_bits(triangle_id, tri_bits):
+  """[B * H * W] silhouette bits of the triangle seen at each pixel (0 on
+  background)."""
+  batch, num_pixels = triangle_id.shape[0], triangle_id[0].size
+  num_faces = tri_bits.shape[0] // batch
+  tid = triangle_id.reshape(-1)
+  row = jnp.maximum(tid, 0) + jnp.repeat(jnp.arange(batch, dtype=jnp.int32) * num_faces,
+                                         num_pixels)
+  return jnp.where(tid >= 0, _gather(tri_bits, row), 0)
+
+
+def _candidate_pairs(triangle_id, depth, pixel_bits):
+  """[P] bool over all pairs (horizontal [B, H, W - 1], then vertical
+  [B, H - 1, W], flattened): the two pixels show different triangles and the
+  front one has a silhouette edge. :func:`_antialias_pairs` checks that the
+  edge crossed between them is one of those."""
+  bits = pixel_bits.reshape(triangle_id.shape)
+  out = []
+  for axis in (2, 1):
+    n = triangle_id.shape[axis]
+    sl = lambda x, lo, hi: jax.lax.slice_in_dim(x, lo, hi, axis=axis)
+    ta, tb = sl(triangle_id, 0, n - 1), sl(triangle_id, 1, n)
+    za, zb = sl(depth, 0, n - 1), sl(depth, 1, n)
+    a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
+    front_bits = jnp.where(a_front, sl(bits, 0, n - 1), sl(bits, 1, n))
+    out.append(((ta != tb) & (front_bits != 0)).reshape(-1))
+  return jnp.concatenate(out)
+
+
+def _antialias_pairs(image, points, triangle_id, depth, triangles, pixel_bits, pair_index,
                      intrinsics: Intrinsics):
-  """Blending of a compact list of silhouette pairs (differentiable).
+  """Blending of a compact list of candidate pairs (differentiable).
 
   Args:
     image: [B, H, W, C]; points: [B, V, 3]; triangle_id, depth: [B, H, W].
+    pixel_bits: [B * H * W] int32 from :func:`_pixel_bits`.
     pair_index: [K] int32 indices into the horizontal pairs [B, H, W - 1]
       followed by the vertical pairs [B, H - 1, W], flattened; entries >= the
       number of pairs are padding.
@@ -701,6 +851,7 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, pair_index,
   za, zb = get(dep, pix_a), get(dep, pix_b)
   a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
   occ = jnp.maximum(jnp.where(a_front, ta, tb), 0)
+  occ_bits = get(pixel_bits, jnp.where(a_front, pix_a, pix_b))
   vid = get(triangles, occ) + (b * num_vertices)[:, None]   # [K, 3]
   # Scalar gathers per coordinate: their transposes are cheap scatters, unlike
   # slices of a gathered [K, 3, 3] block.
@@ -709,8 +860,12 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, pair_index,
   f = intrinsics.focal
   dxa = (j.astype(jnp.float32) + 0.5 - intrinsics.cx) / f
   dya = (i.astype(jnp.float32) + 0.5 - intrinsics.cy) / f
-  t, _, _ = _pair_edges(pv, a_front, dxa, dya, 1.0 / f, vertical)
-  t = jnp.where(used & jnp.isfinite(t), t, 0.5)
+  t, edge, ok = _pair_edges(pv, a_front, dxa, dya, 1.0 / f, vertical)
+  # Only the front triangle's first edge on the way to the other pixel counts,
+  # and only if it is a silhouette edge (nvdiffrast's rule).
+  silhouette = ((occ_bits >> edge) & 1) == 1
+  valid = jax.lax.stop_gradient(used & (ta != tb) & ok & silhouette & jnp.isfinite(t))
+  t = jnp.where(valid, t, 0.5)
   flat = image.reshape(-1, channels)
   ca, cb = get(flat, pix_a), get(flat, pix_b)
   c_in = jnp.where(a_front[:, None], ca, cb)
@@ -724,20 +879,11 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, pair_index,
   return out.reshape(image.shape)
 
 
-def _silhouette_pairs(points, triangle_id, depth, triangles, intrinsics: Intrinsics):
-  """[P] bool over all pairs (horizontal, then vertical; see :func:`_antialias_pairs`)."""
-  tri_vertices = jnp.take(triangles, jnp.maximum(triangle_id, 0), axis=0)   # [B, H, W, 3]
-  points = jax.lax.stop_gradient(points)
-  return jnp.concatenate([
-      _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, 1).reshape(-1),
-      _pairs_valid(points, triangle_id, depth, tri_vertices, intrinsics, 0).reshape(-1)])
-
-
 def _max_pairs(batch, height, width):
-  """Static size of the compact pair list. Small triangles make many interior
-  pairs qualify too: about 0.3 H W per image for a 27k-triangle face at 224 px
-  and 0.5 H W at 108k; beyond the budget the full-size fallback runs."""
-  return batch * max(1024, 5 * height * width // 8)
+  """Static size of the compact pair list. Candidates are the pixel pairs
+  around triangles that have a silhouette edge: a few times the silhouette
+  length; beyond the budget the full-size fallback runs."""
+  return batch * max(1024, height * width // 8)
 
 
 def _on_pair_list(valid, fn):
@@ -752,79 +898,94 @@ def _on_pair_list(valid, fn):
   return branch, count, num_pairs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _antialias_core(image, points, triangle_id, depth, triangles, intrinsics):
-  return _antialias_fwd(image, points, triangle_id, depth, triangles, intrinsics)[0]
+def _antialias_setup(points, triangle_id, depth, triangles, neighbours):
+  """(per-pixel silhouette bits [B * H * W], candidate pairs [P] bool)."""
+  tri_bits = _silhouette_bits(jax.lax.stop_gradient(points), triangles, neighbours)
+  bits = _pixel_bits(triangle_id, tri_bits)
+  return bits, _candidate_pairs(triangle_id, depth, bits)
 
 
-def _antialias_fwd(image, points, triangle_id, depth, triangles, intrinsics):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _antialias_core(image, points, triangle_id, depth, triangles, neighbours, intrinsics):
+  return _antialias_fwd(image, points, triangle_id, depth, triangles, neighbours,
+                        intrinsics)[0]
+
+
+def _antialias_fwd(image, points, triangle_id, depth, triangles, neighbours, intrinsics):
   batch, height, width, _ = image.shape
-  valid = _silhouette_pairs(points, triangle_id, depth, triangles, intrinsics)
-  run = lambda idx: _antialias_pairs(image, points, triangle_id, depth, triangles, idx,
+  bits, valid = _antialias_setup(points, triangle_id, depth, triangles, neighbours)
+  run = lambda idx: _antialias_pairs(image, points, triangle_id, depth, triangles, bits, idx,
                                      intrinsics)
   branch, count, num_pairs = _on_pair_list(valid, run)
   small = min(num_pairs, _max_pairs(batch, height, width))
   out = jax.lax.cond(count <= small, branch(small), branch(num_pairs))
-  return out, (image, points, triangle_id, depth, triangles, valid)
+  return out, (image, points, triangle_id, depth, triangles, neighbours, bits, valid)
 
 
 def _antialias_bwd(intrinsics, res, g):
   # The blending is recomputed on the pair list inside each branch, so neither
   # branch keeps residuals of the full-size fallback.
-  image, points, triangle_id, depth, triangles, valid = res
+  image, points, triangle_id, depth, triangles, neighbours, bits, valid = res
   batch, height, width, _ = image.shape
 
   def grads(idx):
-    _, vjp = jax.vjp(lambda im, p: _antialias_pairs(im, p, triangle_id, depth, triangles, idx,
-                                                    intrinsics), image, points)
+    _, vjp = jax.vjp(lambda im, p: _antialias_pairs(im, p, triangle_id, depth, triangles, bits,
+                                                    idx, intrinsics), image, points)
     return vjp(g)
 
   branch, count, num_pairs = _on_pair_list(valid, grads)
   small = min(num_pairs, _max_pairs(batch, height, width))
   d_image, d_points = jax.lax.cond(count <= small, branch(small), branch(num_pairs))
-  return d_image, d_points, None, None, None
+  return d_image, d_points, None, None, None, None
 
 
 _antialias_core.defvjp(_antialias_fwd, _antialias_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("intrinsics",))
-def _antialias_batch(image, points, triangle_id, depth, triangles, intrinsics: Intrinsics):
-  return _antialias_core(image, points, triangle_id, depth, triangles, intrinsics)
+def _antialias_batch(image, points, triangle_id, depth, triangles, neighbours,
+                     intrinsics: Intrinsics):
+  return _antialias_core(image, points, triangle_id, depth, triangles, neighbours, intrinsics)
 
 
 def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrinsics):
   """Analytic silhouette antialiasing with gradients w.r.t. vertex positions.
 
-  For every pair of horizontally or vertically adjacent pixels showing different
-  triangles, the front one's edge that separates them is found; unless the
-  triangle on the other side shares that edge (an interior edge of the surface),
-  the two colours are blended in proportion to where the edge crosses the segment
-  between the pixel centres (only along the axis most perpendicular to the
-  edge, as nvdiffrast does). The result is continuous in the vertex positions,
-  so silhouettes and occlusion boundaries get gradients.
+  As nvdiffrast's ``antialias`` (Laine et al. 2020): for every pair of
+  horizontally or vertically adjacent pixels showing different triangles, take
+  the front one and the first of its edges that the segment between the two
+  pixel centres crosses. If that edge is a *silhouette* edge — by the mesh
+  topology, a boundary edge or one whose neighbouring triangle faces the other
+  way — and it is handled by this axis (the one most perpendicular to the
+  edge), the two colours are blended in proportion to where the edge crosses
+  the segment. Interior edges between triangles facing the same way are never
+  blended. The result is continuous in the vertex positions, so silhouettes and
+  occlusion boundaries get gradients.
 
-  The silhouette pairs are found without gradients over the whole image, then
-  blended on a compact list (static size, a full-size fallback when a frame has
-  more), so the cost of the differentiable part and of its backward pass scales
-  with the silhouette length rather than the image area.
+  Pairs around triangles with a silhouette edge are found without gradients
+  over the whole image, then blended on a compact list (static size, a
+  full-size fallback when a frame has more), so the cost of the differentiable
+  part and of its backward pass scales with the silhouette length.
 
   Args:
     image: [(B,) H, W, C] shaded image including the background (append the
       coverage mask as a channel to antialias it too).
     points: [(B,) V, 3] camera-space vertices (mm), as given to :func:`rasterize`.
-    triangles: [F, 3] int32.
+    triangles: [F, 3] int32, the mesh (its edge topology is derived from it,
+      see :func:`edge_neighbours`).
     fragments: from :func:`rasterize`.
     intrinsics: the camera.
 
   Returns:
     [(B,) H, W, C] antialiased image.
   """
+  neighbours = edge_neighbours(triangles)
   if image.ndim == 3:
     return _antialias_batch(image[None], points[None], fragments.triangle_id[None],
-                            fragments.depth[None], triangles, intrinsics=intrinsics)[0]
+                            fragments.depth[None], triangles, neighbours,
+                            intrinsics=intrinsics)[0]
   return _antialias_batch(image, points, fragments.triangle_id, fragments.depth, triangles,
-                          intrinsics=intrinsics)
+                          neighbours, intrinsics=intrinsics)
 
 
 # ----------------------------------------------------------------------------

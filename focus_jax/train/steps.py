@@ -84,10 +84,18 @@ def encode(config: TrainConfig, nets: Networks, variables, images, train: bool):
 
 
 def segment(config: TrainConfig, nets: Networks, variables, render_image, images, train: bool,
-            rng=None):
-  """UNet forward on render ⊕ target: -> (mask [b, S, S] in (0, 1), logits, new stats)."""
+            rng=None, face=None):
+  """UNet forward on render ⊕ target: -> (mask [b, S, S] in (0, 1), logits, new stats).
+
+  ``face``: [b, S, S] render coverage F. Given, the render channels are ``R·F`` (black
+  outside the face, as the reference's raster image) rather than the render composited
+  over the target: composited, a background pixel (R = I exactly) looks like a perfect
+  inlier to the UNet, so it cannot tell face from background by the residual.
+  """
   dt = _dtype(config)
   v = {"params": _cast(variables["params"], dt), "batch_stats": variables["batch_stats"]}
+  if face is not None:
+    render_image = render_image * face[..., None]
   x = jnp.concatenate([render_image, images], axis=-1).astype(dt)
   if train:
     logits, upd = nets.unet.apply(v, x, train=True, return_logits=True,
@@ -165,10 +173,17 @@ def _loss_unet(config, nets, params, state, batch, model, identity, rng):
   r = _frozen_render(config, nets, state, batch, model)
   _, logits, stats = segment(config, nets, {"params": params,
                                             "batch_stats": state.unet["batch_stats"]},
-                             r.image, images, train=True, rng=rng)
+                             r.image, images, train=True, rng=rng, face=r.mask)
   target = batch["pseudo"].astype(jnp.float32)
-  bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
-  return bce, dict(bce=bce, pseudo_fraction=jnp.mean(target)), dict(unet=stats)
+  # The pseudo masks label the face region only (F·[robust inlier]); outside F the
+  # mask is multiplied by F in every use, so the cross-entropy counts face pixels
+  # (a ratio of global sums, exact under pmap like the masked reconstruction).
+  f = r.mask
+  ce = optax.sigmoid_binary_cross_entropy(logits, target)
+  den = jnp.sum(f)
+  bce = global_ratio(jnp.sum(f * ce), den)
+  frac = global_ratio(jax.lax.stop_gradient(jnp.sum(f * target)), den)
+  return bce, dict(bce=bce, pseudo_fraction=frac), dict(unet=stats)
 
 
 def _loss_em_unet(config, nets, params, state, batch, model, identity, rng):
@@ -176,7 +191,7 @@ def _loss_em_unet(config, nets, params, state, batch, model, identity, rng):
   r = _frozen_render(config, nets, state, batch, model)
   m, _, stats = segment(config, nets, {"params": params,
                                        "batch_stats": state.unet["batch_stats"]},
-                        r.image, images, train=True, rng=rng)
+                        r.image, images, train=True, rng=rng, face=r.mask)
   f = r.mask
   terms = dict(area=losses.area_loss(f, m), binary=losses.binary_loss(f, m),
                neighbour=losses.neighbour_loss(r.image, images, m * f))
@@ -203,7 +218,7 @@ def _loss_em_encoder(config, nets, params, state, batch, model, identity, rng):
                           images, train=True)
   r = render_faces(config, nets, model, out, images)
   m, _, _ = segment(config, nets, state.unet, jax.lax.stop_gradient(r.image), images,
-                    train=False)
+                    train=False, face=jax.lax.stop_gradient(r.mask))
   m = jax.lax.stop_gradient(m)
   w = r.mask * m
   den = jnp.sum(w)
@@ -302,7 +317,7 @@ def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True, pr
                                                  frags, nets.intrinsics)
     inlier = losses.robust_inliers(r.image, images, r.mask, sigma)
     if with_unet:
-      m, _, _ = segment(config, nets, unet_vars, r.image, images, train=False)
+      m, _, _ = segment(config, nets, unet_vars, r.image, images, train=False, face=r.mask)
     else:
       m = inlier
     verts = model_lib.vertices(model, out.shape, out.expression)

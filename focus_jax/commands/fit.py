@@ -1,0 +1,199 @@
+"""``focus-jax fit``: reconstruct the faces in photos.
+
+For each photo (files, or every image in the folders given, recursively):
+
+  NAME.obj              the mesh in camera space, mm (with vt when the model has uv)
+  NAME_params.npz       coefficients, pose, light, landmarks, crop <-> photo maps
+  NAME_render.png       the rendered face over the photo
+  NAME_mask.png         255 = face pixel the model explains, 0 = outlier or background
+  NAME_landmarks.csv    the fitted 68 landmarks (reference CSV layout, photo pixels)
+
+NAME is the file name without extension (for folders: its path inside the folder).
+Landmarks come from --landmarks (rows matched by the name relative to the folder
+given, or by the file name) or else from dlib (the `detect` extra). Without
+--checkpoint each photo gets the per-image robust fit; with it, the trained
+encoder + UNet of that training run.
+
+Each photo's files appear together or not at all. A photo that cannot be used
+(unreadable, no face found and no landmarks) is reported on one line and skipped;
+the others are still written, and the command then exits with status 1. A missing
+path or a malformed --landmarks file stops the command before any work.
+"""
+
+from absl import flags
+
+from focus_jax.commands import common
+
+SUMMARY = "Reconstruct the faces in photos: mesh, render, inlier mask, landmarks per image."
+USAGE = ("focus-jax fit IMAGE_OR_FOLDER... [--out DIR] [--model PATH] [--landmarks CSV] "
+         "[--checkpoint DIR] [--iterations N] [--fit_batch N]")
+
+LANDMARKS = flags.DEFINE_string(
+    "landmarks", None, "fit: landmark CSV in the reference layout (image name, then 68 x, y "
+    "pairs; dlib pixel convention). Photos without a row are detected with dlib.")
+CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "fit, now: a training run's --workdir (or its checkpoints folder): use "
+    "its encoder + UNet instead of the per-image robust fit. The run's model and image size "
+    "are used unless --model is given.")
+ITERATIONS = flags.DEFINE_integer(
+    "iterations", 200, "fit, now: optimiser iterations of the per-image fit (spread over its EM "
+    "rounds).", lower_bound=1)
+FIT_BATCH = flags.DEFINE_integer(
+    "fit_batch", 4, "fit, now: photos reconstructed together in one compiled call (the run "
+    "compiles once, ~30-60 s on a CPU, for this batch size).", lower_bound=1)
+MISFIT_PRIOR = flags.DEFINE_string(
+    "misfit_prior", None, "fit, now: misfit prior .npz (experiments/build_prior.py) for the "
+    "robust inlier masks; none by default.")
+CROP_FALLBACK = flags.DEFINE_bool(
+    "crop_fallback", False, "fit: the photos are aligned face crops; where dlib finds no face, "
+    "place the landmarks on the whole crop instead of skipping the photo.")
+NON_ROBUST = flags.DEFINE_bool(
+    "non_robust", False, "fit, now: per-image fit without outlier estimation (every visible "
+    "face pixel counts as an inlier); the baseline the robust fit is compared with.")
+
+
+def fit_config():
+  """The FitConfig of the flags (--iterations, --non_robust)."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from focus_jax import fitting  # pylint: disable=import-outside-toplevel
+  base = fitting.FitConfig()
+  steps = max(1, -(-ITERATIONS.value // max(base.rounds, 1)))
+  return dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value)
+
+
+def make_reconstructor(model_path=None):
+  """A :class:`focus_jax.inference.Reconstructor` for the shared and fit flags."""
+  from focus_jax import inference  # pylint: disable=import-outside-toplevel
+  from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
+  path = common.MODEL.value if model_path is None else model_path
+  checkpoint = CHECKPOINT.value
+  if checkpoint:
+    ckpt = inference.load_checkpoint(checkpoint)
+    model = common.load_model(path) if path else None
+    rec = inference.Reconstructor(model, checkpoint=ckpt, batch_size=FIT_BATCH.value)
+  else:
+    rec = inference.Reconstructor(common.load_model(path), config=fit_config(),
+                                  size=common.SIZE.value, batch_size=FIT_BATCH.value)
+  if MISFIT_PRIOR.value:
+    rec.prior = prior_lib.load(MISFIT_PRIOR.value, rec.model)
+    if rec.checkpoint is not None:   # the prior is baked into the jitted predict function
+      rec = inference.Reconstructor(rec.model, checkpoint=rec.checkpoint, prior=rec.prior,
+                                    batch_size=FIT_BATCH.value)
+  return rec
+
+
+def collect_images(paths):
+  """[(image path, output name, CSV keys)] for files and folders (recursive).
+
+  Raises:
+    DataError: a path does not exist, a folder holds no images, or two photos
+      would write the same output name.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  items = []
+  for p in paths:
+    if os.path.isdir(p):
+      names = dataset.list_images(p, recursive=True)
+      if not names:
+        raise DataError(f"{p}: no images found (extensions "
+                        f"{', '.join(dataset.IMAGE_EXTENSIONS)})")
+      for n in names:
+        items.append((os.path.join(p, n), os.path.splitext(n)[0], (n, os.path.basename(n))))
+    elif os.path.exists(p):
+      base = os.path.basename(p)
+      items.append((p, os.path.splitext(base)[0], (p, base)))
+    else:
+      raise DataError(f"not found: {p}")
+  seen = {}
+  for path, name, _ in items:
+    if name in seen:
+      raise DataError(f"{seen[name]} and {path} would both write {name}.obj; fit them into "
+                      "different --out folders")
+    seen[name] = path
+  return items
+
+
+def read_photo(path):
+  """The photo at ``path`` ([H, W, 3] float in [0, 1]); a one-line DataError when unreadable."""
+  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from focus_jax.errors import DataError, ImageReadError  # pylint: disable=import-outside-toplevel
+  try:
+    return dataset.read_image(path)
+  except ImageReadError as e:
+    cause = e.__cause__
+    why = str(cause).splitlines()[0].strip() if cause is not None and str(cause) else ""
+    why = why if len(why) <= 100 else why[:97] + "..."
+    reason = f"{type(cause).__name__}: {why}" if cause is not None else str(e)
+    raise DataError(f"{path}: cannot read the image, is it a photo? ({reason})") from e
+
+
+def main(args):
+  if not args:
+    raise flags.Error(f"fit needs at least one image or folder\nusage: {USAGE}")
+  import os  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from focus_jax import inference  # pylint: disable=import-outside-toplevel
+  from focus_jax.data import landmarks as lm_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.errors import DataError, FocusError  # pylint: disable=import-outside-toplevel
+
+  items = collect_images(args)
+  table = lm_lib.read_landmarks_csv(LANDMARKS.value).as_dict() if LANDMARKS.value else {}
+  lookup = [next((table[k] for k in keys if k in table), None) for _, _, keys in items]
+  detectors = []    # built on first need (dlib is optional)
+
+  def detector(path):
+    if not detectors:
+      try:
+        detectors.append(inference.default_detector(crop_fallback=CROP_FALLBACK.value))
+      except DataError as e:
+        detectors.append(e)
+    if isinstance(detectors[0], DataError):
+      raise DataError(f"{path}: no landmarks given (--landmarks) and no automatic detection "
+                      f"({detectors[0]})")
+    return detectors[0]
+
+  rec = make_reconstructor()
+  out_dir = common.out_dir("fit")
+  many = len(items) > 1
+  failures, written, pending = [], [], []
+
+  def fail(path, error):
+    failures.append((path, error))
+    if many:
+      tqdm.write(f"focus-jax fit: skipped {error}", file=sys.stderr)
+
+  def flush():
+    results = rec.run([p for p, _ in pending])
+    for (prep, item), result in zip(pending, results):
+      path, name, _ = item
+      inference.write_outputs(result, out_dir, name, image_path=path,
+                              csv_name=os.path.basename(path))
+      written.append(path)
+    pending.clear()
+
+  bar = tqdm(zip(items, lookup), total=len(items), desc="fit", unit="img", disable=not many)
+  for item, lm in bar:
+    path = item[0]
+    try:
+      photo = read_photo(path)
+      prep = inference.prepare(photo, landmarks=lm, detector=None if lm is not None
+                               else detector(path), size=rec.size, name=path)
+    except DataError as e:
+      fail(path, e)
+      continue
+    pending.append((prep, item))
+    if len(pending) == rec.batch_size:
+      flush()
+  if pending:
+    flush()
+  bar.close()
+  if failures:
+    if not many:
+      raise failures[0][1]
+    raise FocusError(f"{len(failures)} of {len(items)} images failed (listed above); the "
+                     f"other {len(written)} were written to {out_dir}")
+  print(f"focus-jax fit: wrote {len(written)} reconstruction{'s' * (len(written) != 1)} to "
+        f"{out_dir} ({rec.method})")
