@@ -77,7 +77,10 @@ def main():
   ap.add_argument("--unet_steps", type=int, default=100)
   ap.add_argument("--em_steps", type=int, default=240)
   ap.add_argument("--adapt_steps", type=int, default=24)
-  ap.add_argument("--no_paper", action="store_true", help="skip the paper-config timing")
+  ap.add_argument("--no_paper", action="store_true",
+                  help="skip the paper-config timing (the report keeps an earlier run's)")
+  ap.add_argument("--keep_runs", action="store_true",
+                  help="keep OUT/runs: finished stages are resumed (not retrained)")
   ap.add_argument("--report", default=os.path.join(REPO, "benchmarks", "results", "train.md"))
   args = ap.parse_args()
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
@@ -93,7 +96,8 @@ def main():
     synthetic.write_dataset(data, gen, args.num, progress=False, save_maps=False)
   print(f"data {time.perf_counter() - t0:.0f} s", flush=True)
   root = os.path.join(args.out, "runs")
-  shutil.rmtree(root, ignore_errors=True)
+  if not args.keep_runs:
+    shutil.rmtree(root, ignore_errors=True)
   d = lambda name: os.path.join(root, name)
   rows, timing = [], {}
 

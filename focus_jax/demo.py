@@ -199,12 +199,21 @@ def photo_case(size: int, seed: int):
       rng, photo, face, occluders.face_frame(clean_lm, face), 0.3,
       kinds=("hand", "mask", "shape"))
   note = f"occluder: {', '.join(described)} ({100 * coverage:.0f}% of the landmark hull)"
+  # dlib on the occluded photo; if it misses the face (or finds another "face"),
+  # the landmarks of the photo before the occluder.
+  lm, how = clean_lm, "dlib on the photo before the occluder (none found after)"
   try:
-    prep = inference.prepare(occluded, detector=detector, size=size, name="astronaut")
-    note += f"; landmarks: dlib ({prep.landmark_source}) on the occluded photo"
+    found, method = inference.find_landmarks(occluded, detector, "astronaut")
+    eyes = np.linalg.norm(clean_lm[36:42].mean(0) - clean_lm[42:48].mean(0))
+    if np.nanmean(np.linalg.norm(found - clean_lm, axis=1)) < 0.25 * eyes:
+      lm, how = found, f"dlib ({method}) on the occluded photo"
+    else:
+      how = "dlib on the photo before the occluder (after it, dlib found another face)"
   except DataError:
-    prep = inference.prepare(occluded, landmarks=clean_lm, size=size, name="astronaut")
-    note += "; landmarks: dlib on the photo before the occluder (none found after)"
+    pass
+  prep = inference.prepare(occluded, landmarks=lm, size=size, name="astronaut",
+                           landmark_source=how)
+  note += f"; landmarks: {how}"
   occ_crop = prep.alignment.crop(occ.astype(np.float32), order=0) > 0.5
   return Case(name="astronaut (real photo)", image=prep.crop, landmarks=prep.crop_landmarks,
               occluder=occ_crop, note=note), None
@@ -252,7 +261,7 @@ def panels(model, case: Case, fit, scores: dict) -> list:
   else:
     # No face ground truth: white = inlier, black = outlier, red = pasted occluder
     # taken for face; grey outside the rendered face.
-    mask_pic = np.where(pred[..., None], 1.0, 0.0).astype(np.float32)
+    mask_pic = np.repeat(pred[..., None], 3, axis=-1).astype(np.float32)
     mask_pic[pred & case.occluder] = (0.9, 0.1, 0.1)
     mask_pic[~(np.asarray(fit.mask) > 0.5)] = 0.5
   if "_distances" in scores:

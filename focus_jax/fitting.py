@@ -32,6 +32,11 @@ sum over images and Adam is elementwise) and the single-image function is
 vmappable. Non-robust fitting (``FitConfig(robust=False)``) keeps every visible
 vertex as an inlier.
 
+``fit_landmarks(model, landmarks, intrinsics=...)`` is the landmark-only fit (no
+image): the MAP shape, expression and perspective pose under Gaussian landmark
+noise, by Levenberg–Marquardt from the same closed-form pose (the peer of eos's
+``fit_shape_and_pose``; ``benchmarks/eos_peer.py``).
+
 Units: images [B, H, W, 3] in [0, 1]; landmarks [B, 68, 2] pixels (x right, y
 down, pixel centres at +0.5; NaN for points to ignore); vertices mm; angles rad.
 """
@@ -716,6 +721,7 @@ def _fit_landmarks_one(model, landmarks, config: LandmarkFitConfig, intr):
 
   cost = lambda theta: 0.5 * jnp.sum(jnp.square(residual(theta)))
   theta = jnp.concatenate([jnp.zeros(ks + ke), angles0, trans0])
+  cost0 = cost(theta)
 
   def step(carry, _):
     theta, mu = carry
@@ -739,8 +745,7 @@ def _fit_landmarks_one(model, landmarks, config: LandmarkFitConfig, intr):
   lms = camera_lib.project(model_lib.landmark_positions(model, cam), intr)
   return LandmarkFitResult(shape=s, expression=e, angles=a, translation=t, vertices=verts,
                            vertices_camera=cam, landmarks=lms,
-                           cost=jnp.concatenate([cost(clamp(jnp.concatenate(
-                               [jnp.zeros(ks + ke), angles0, trans0])))[None], costs]))
+                           cost=jnp.concatenate([cost0[None], costs]))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "intrinsics"))

@@ -261,7 +261,12 @@ def load_checkpoint(path: str) -> dict:
   from focus_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(path):
     raise checkpoint.CheckpointError(f"checkpoint folder not found: {path}")
-  enc, unet, config, step = checkpoint.load_networks(path)
+  try:
+    enc, unet, config, step = checkpoint.load_networks(path)
+  except checkpoint.CheckpointError as e:
+    raise checkpoint.CheckpointError(
+        f"{path}: no readable training checkpoint (expected a training run's --workdir, "
+        f"holding checkpoints/<step>/)") from e
   return dict(encoder=enc, unet=unet, config=config, step=step, path=path)
 
 

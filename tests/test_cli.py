@@ -1,5 +1,6 @@
 """The focus-jax command and the experiments scripts, run as a user runs them."""
 
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +21,12 @@ def _run(*args, cwd=None):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_demo_writes_pictures_of_the_builtin_face(tmp_path):
+def test_demo_writes_pictures_fits_and_summary(tmp_path):
   out = tmp_path / "demo"
-  r = _run("-m", "focus_jax.cli", "demo", f"--out={out}", "--size=64", "--samples=2")
+  r = _run("-m", "focus_jax.cli", "demo", f"--out={out}", "--size=64", "--samples=2",
+           "--faces=1", "--fit_size=64", "--rounds=2", "--steps=5")
   assert r.returncode == 0, r.stderr
-  for name in ("mean_face.png", "poses.png", "samples.png"):
+  for name in ("mean_face.png", "poses.png", "samples.png", "summary.png"):
     image = iio.imread(out / name)
     assert image.dtype == np.uint8 and image.shape[-1] == 3
   mean_face = iio.imread(out / "mean_face.png").astype(float) / 255
@@ -33,6 +35,25 @@ def test_demo_writes_pictures_of_the_builtin_face(tmp_path):
   assert 0.3 < skin.mean() < 0.9 and skin[16:48, 16:48].mean() > 0.8
   assert not skin[:3, :3].any() and not skin[:3, -3:].any()
   assert "render time" in r.stdout
+  metrics = json.loads((out / "metrics.json").read_text())
+  synthetic = [c for c in metrics["cases"] if c["name"].startswith("synthetic")]
+  assert len(synthetic) == 1
+  face = synthetic[0]
+  assert 0.0 <= face["f1"] <= 1.0 and 0.0 <= face["occluder_iou"] <= 1.0
+  assert 0.0 < face["error_median"] < 20.0          # mm: a fit, not a random face
+  assert metrics["fit"] == dict(size=64, rounds=2, steps=5, robust=True, batch=len(metrics["cases"]),
+                                seconds=metrics["fit"]["seconds"])
+  photo = [c for c in metrics["cases"] if c["name"].startswith("astronaut")]
+  if photo:     # dlib installed: the photo joined the batch, with its occluder scored
+    assert 0.0 <= photo[0]["occluder_recall"] <= 1.0 and metrics["photo_skipped"] is None
+  else:
+    assert metrics["photo_skipped"] and "astronaut photo skipped" in r.stdout
+  # One summary row (input | fit | mask | error map) per fitted image.
+  summary = iio.imread(out / "summary.png")
+  assert summary.shape[1] > summary.shape[0] * 4 / (len(metrics["cases"]) + 1)
+  page = (out / "index.html").read_text()
+  assert 'src="summary.png"' in page and f"{face['f1']:.3f}" in page
+  assert "F1" in r.stdout and "3D median" in r.stdout
 
 
 def test_unknown_command_and_bad_model_fail_cleanly(tmp_path):
@@ -47,7 +68,8 @@ def test_unknown_command_and_bad_model_fail_cleanly(tmp_path):
 def test_help_explains_commands_and_flags():
   r = _run("-m", "focus_jax.cli", "--help")
   assert r.returncode == 0
-  for word in ("demo", "info", "--out", "--size", "--samples", "--seed", "--model"):
+  for word in ("demo", "info", "eval", "synth", "train", "--out", "--size", "--samples",
+               "--faces", "--fit_size", "--seed", "--model", "--predictions", "--num"):
     assert word in r.stdout, word
 
 

@@ -119,6 +119,10 @@ def test_bad_inputs_stop_with_the_file_named(photos, model_file, tmp_path):
   bad_csv.write_text("face0.png," + ",".join(["1"] * 134) + "\n")
   with pytest.raises(DataError, match=f"{bad_csv}, line 1: expected .* 136 .* got 134"):
     run_fit([folder], out=str(out), model=model_file, landmarks=str(bad_csv))
+  empty = tmp_path / "run"
+  empty.mkdir()
+  with pytest.raises(FocusError, match=f"{empty}: no readable training checkpoint"):
+    run_fit([folder], out=str(out), landmarks=csv, checkpoint=str(empty))
   assert not out.exists()
 
 
@@ -150,3 +154,45 @@ def test_console_command_reports_one_line_and_exits_1(model_file, tmp_path):
   assert (rc, lines) == (1, [f"focus-jax fit: error: landmark file not found: "
                              f"{tmp_path / 'none.csv'}"])
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not detect.available(), reason="dlib / face-recognition-models not installed")
+def test_real_photos_astronaut_and_occluded_faces(shared_dir, tmp_path):
+  skimage_data = pytest.importorskip("skimage.data")
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  iio.imwrite(photos / "astronaut.png", skimage_data.astronaut())
+  occluded = shared_dir / "data" / "occluded_faces"
+  if occluded.is_dir():
+    for sub in ("id2", "id3", "id4"):
+      for f in sorted((occluded / sub).glob("*.jpg"))[:1]:
+        (photos / f"{sub}_{f.name}").write_bytes(f.read_bytes())
+  out = tmp_path / "out"
+  # The built-in model at the default 224-pixel crop, as a user runs it.
+  with flagsaver.flagsaver(out=str(out), size=224, iterations=200, fit_batch=4,
+                           crop_fallback=True, model=None, landmarks=None):
+    fit_cmd.main([str(photos)])
+  for photo in sorted(photos.iterdir()):
+    name = photo.stem
+    image = iio.imread(photo)[..., :3]
+    mask = iio.imread(out / f"{name}_mask.png") == 255
+    render = iio.imread(out / f"{name}_render.png")
+    with np.load(out / f"{name}_params.npz") as p:
+      detected = p["input_landmarks"]
+    fitted = lm_lib.read_landmarks_csv(out / f"{name}_landmarks.csv").landmarks[0]
+    eyes = np.linalg.norm(detected[36] - detected[45])
+    # The fitted landmarks follow the detected ones (median within 10 % of the eye
+    # distance), the mask lies on the face (inside the landmarks' box, grown by 25 %)
+    # and the render changed the photo only there.
+    assert np.nanmedian(np.linalg.norm(fitted - detected, axis=1)) < 0.1 * eyes, name
+    lo, hi = detected.min(0), detected.max(0)
+    grow = 0.25 * (hi - lo)
+    h, w = mask.shape
+    cols, rows = np.arange(w) + 0.5, np.arange(h) + 0.5
+    box = (((rows >= lo[1] - 2 * grow[1]) & (rows <= hi[1] + grow[1]))[:, None]
+           & ((cols >= lo[0] - grow[0]) & (cols <= hi[0] + grow[0]))[None, :])
+    assert mask.sum() > 0.2 * np.prod(hi - lo), name
+    assert not (mask & ~box).any(), name
+    np.testing.assert_array_equal(render[~box], image[~box])
+    assert (render[mask] != image[mask]).any(), name

@@ -136,3 +136,29 @@ def test_batched_reconstruction_equals_one_at_a_time(scene):
                                 config=fast_config(), size=SIZE)
     np.testing.assert_allclose(b.vertices, one.vertices, atol=1e-2)
     assert (b.inlier_mask != one.inlier_mask).mean() < 0.01
+
+
+@pytest.mark.slow
+def test_checkpoint_path_runs_the_trained_networks(scene, tmp_path):
+  from focus_jax.train import checkpoint as ckpt_lib
+  from focus_jax.train import config as config_lib
+  from focus_jax.train import state as state_lib
+  cfg = config_lib.tiny()
+  nets = state_lib.make_networks(cfg, axis_name=None)
+  saver = ckpt_lib.Checkpointer(str(tmp_path / "run" / "checkpoints"), cfg)
+  saver.save(0, state_lib.to_host(state_lib.init_state(cfg, nets)))
+  saver.close()
+  rec = inference.reconstruct(scene["image"], None, landmarks=scene["landmarks"],
+                              checkpoint=str(tmp_path / "run"))
+  assert rec.method == "checkpoint" and rec.crop.shape == (cfg.image_size,) * 2 + (3,)
+  assert rec.render.shape == scene["image"].shape and rec.inlier_mask.shape == scene["face"].shape
+  assert rec.vertices.shape == (nets.model.num_vertices, 3)
+  assert not (rec.inlier_mask & ~rec.face_mask).any()
+  # The pose recovered from the network's meshes reproduces its camera-space mesh.
+  cam = np.asarray(camera.to_camera(rec.vertices_model, rec.coefficients["angles"],
+                                    rec.coefficients["translation"]))
+  np.testing.assert_allclose(cam, rec.vertices, atol=1e-2)
+  # An untrained encoder has a zero head: the mean face, framed by the alignment
+  # where the photo's face is (the template is the mean face's five points).
+  iou = (rec.face_mask & scene["face"]).sum() / (rec.face_mask | scene["face"]).sum()
+  assert iou > 0.5, iou

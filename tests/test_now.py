@@ -11,6 +11,7 @@ from absl.testing import flagsaver
 
 from focus_jax import morphable, now as now_lib, obj_io
 from focus_jax.commands import now as now_cmd
+from focus_jax.data import detect
 from focus_jax.data import landmarks as lm_lib
 from focus_jax.errors import DataError
 from tests import face_scenes
@@ -151,3 +152,29 @@ def test_predict_then_evaluate_from_the_command_line(tmp_path, capsys):
   summary = json.loads((pred / "results" / "now_errors.json").read_text())
   assert np.isfinite(summary["all"]["median"]) and summary["all"]["median"] < 10.0
   assert (pred / "results" / "cumulative_error.png").exists()
+
+
+@pytest.mark.skipif(not detect.available(), reason="dlib / face-recognition-models not installed")
+def test_predict_uses_the_datasets_face_boxes(tmp_path, monkeypatch):
+  layout, _ = make_now(tmp_path / "now")
+  model_file = tmp_path / "small.npz"
+  morphable.save(face_scenes.small_model(), model_file)
+  boxes = []
+  original = detect.LandmarkDetector.landmarks_in_box
+
+  def spy(self, image, box):
+    boxes.append(tuple(box))
+    return original(self, image, box)
+
+  def no_detection(self, image):
+    raise AssertionError("the detector ran although the dataset has a face box")
+
+  monkeypatch.setattr(detect.LandmarkDetector, "landmarks_in_box", spy)
+  monkeypatch.setattr(detect.LandmarkDetector, "find_face", no_detection)
+  pred = tmp_path / "pred"
+  with flagsaver.flagsaver(now_dir=layout.root, out=str(pred), model=str(model_file),
+                           landmarks=None, size=64, iterations=10, fit_batch=1):
+    now_cmd.main(["predict"])
+  assert boxes == [(10, 8, 54, 60)] * len(ENTRIES)
+  for entry, _ in ENTRIES:
+    assert all(os.path.exists(p) for p in now_lib.prediction_paths(str(pred), entry))

@@ -28,8 +28,8 @@ USAGE = ("focus-jax eval DATA_DIR --predictions DIR[,DIR...] [--out DIR] [--labe
 # Shared with `focus-jax now evaluate` (focus_jax/commands/now.py uses this flag).
 PREDICTIONS = flags.DEFINE_list(
     "predictions", [], "Prediction folder(s), comma separated. eval: `focus-jax fit --out` "
-    "folders, one table row and one curve each (also accepted as positional arguments after "
-    "DATA_DIR); now evaluate: the `now predict` folder.")
+    "folders, one table row and one curve each (more may follow DATA_DIR as positional "
+    "arguments; they come after these); now evaluate: the `now predict` folder.")
 LABELS = flags.DEFINE_list(
     "labels", [], "eval: a name per PRED_DIR for the table and the plot (default: the "
     "folder names).")
@@ -41,7 +41,7 @@ MAX_ERROR = flags.DEFINE_float(
 def main(args):
   if not args:
     raise flags.Error(f"usage: {USAGE}")
-  data_dir, predictions = args[0], list(args[1:]) + list(PREDICTIONS.value)
+  data_dir, predictions = args[0], list(PREDICTIONS.value) + list(args[1:])
   if not predictions:
     raise flags.Error("eval: give at least one prediction folder (--predictions DIR)")
   if LABELS.value and len(LABELS.value) != len(predictions):

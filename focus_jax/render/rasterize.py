@@ -723,6 +723,10 @@ def _edge_neighbours_numpy(triangles: np.ndarray) -> np.ndarray:
   return out.reshape(num, 3).astype(np.int32)
 
 
+# Edge-steps the antialiasing walk may take beyond the front triangle to reach
+# a silhouette edge between two pixel centres (0 = nvdiffrast's rule).
+_WALK_STEPS = 2
+
 # Host-side cache of edge neighbours: the mesh topology is fixed while the
 # geometry changes, so it is computed once per distinct triangle array.
 _NEIGHBOUR_CACHE = {}
@@ -784,8 +788,22 @@ def _silhouette_bits(points, triangles, neighbours):
   return jnp.transpose(bits).reshape(-1)
 
 
+def _near_silhouette(tri_bits, neighbours):
+  """[B * F] int32, nonzero for triangles within ``_WALK_STEPS`` edge-steps of
+  a silhouette edge (the ones :func:`_antialias_pairs` can reach one from)."""
+  num_faces = neighbours.shape[0]
+  near = tri_bits.reshape(-1, num_faces)                             # [B, F]
+  for _ in range(_WALK_STEPS):
+    ring = near
+    for k in range(3):
+      nb = neighbours[:, k]
+      ring = ring | jnp.where(nb >= 0, jnp.take(near, jnp.maximum(nb, 0), axis=1), 0)
+    near = ring
+  return near.reshape(-1)
+
+
 def _pixel_bits(triangle_id, tri_bits):
-  """[B * H * W] silhouette bits of the triangle seen at each pixel (0 on
+  """[B * H * W] per-triangle bits of the triangle seen at each pixel (0 on
   background)."""
   batch, num_pixels = triangle_id.shape[0], triangle_id[0].size
   num_faces = tri_bits.shape[0] // batch
@@ -813,13 +831,14 @@ def _candidate_pairs(triangle_id, depth, pixel_bits):
   return jnp.concatenate(out)
 
 
-def _antialias_pairs(image, points, triangle_id, depth, triangles, pixel_bits, pair_index,
-                     intrinsics: Intrinsics):
+def _antialias_pairs(image, points, triangle_id, depth, triangles, neighbours, tri_bits,
+                     pair_index, intrinsics: Intrinsics):
   """Blending of a compact list of candidate pairs (differentiable).
 
   Args:
     image: [B, H, W, C]; points: [B, V, 3]; triangle_id, depth: [B, H, W].
-    pixel_bits: [B * H * W] int32 from :func:`_pixel_bits`.
+    triangles, neighbours: [F, 3] int32; tri_bits: [B * F] int32 from
+      :func:`_silhouette_bits`.
     pair_index: [K] int32 indices into the horizontal pairs [B, H, W - 1]
       followed by the vertical pairs [B, H - 1, W], flattened; entries >= the
       number of pairs are padding.
@@ -829,6 +848,7 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, pixel_bits, p
   """
   batch, height, width, channels = image.shape
   num_vertices = points.shape[1]
+  num_faces = triangles.shape[0]
   num_h = batch * height * (width - 1)
   num_pairs = num_h + batch * (height - 1) * width
   used = pair_index < num_pairs
@@ -850,22 +870,44 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, pixel_bits, p
   ta, tb = get(tid, pix_a), get(tid, pix_b)
   za, zb = get(dep, pix_a), get(dep, pix_b)
   a_front = (ta >= 0) & ((tb < 0) | (za <= zb))
-  occ = jnp.maximum(jnp.where(a_front, ta, tb), 0)
-  occ_bits = get(pixel_bits, jnp.where(a_front, pix_a, pix_b))
-  vid = get(triangles, occ) + (b * num_vertices)[:, None]   # [K, 3]
-  # Scalar gathers per coordinate: their transposes are cheap scatters, unlike
-  # slices of a gathered [K, 3, 3] block.
-  pv = tuple(tuple(get(points[..., c].reshape(-1), vid[:, k]) for k in range(3))
-             for c in range(3))
   f = intrinsics.focal
   dxa = (j.astype(jnp.float32) + 0.5 - intrinsics.cx) / f
   dya = (i.astype(jnp.float32) + 0.5 - intrinsics.cy) / f
-  t, edge, ok = _pair_edges(pv, a_front, dxa, dya, 1.0 / f, vertical)
-  # Only the front triangle's first edge on the way to the other pixel counts,
-  # and only if it is a silhouette edge (nvdiffrast's rule).
-  silhouette = ((occ_bits >> edge) & 1) == 1
-  valid = jax.lax.stop_gradient(used & (ta != tb) & ok & silhouette & jnp.isfinite(t))
-  t = jnp.where(valid, t, 0.5)
+  tables = [points[..., c].reshape(-1) for c in range(3)]
+  flat_nb = neighbours.reshape(-1)
+
+  def crossing(tri):
+    """Where the segment leaves triangle ``tri`` [K], and through which edge."""
+    vid = get(triangles, tri) + (b * num_vertices)[:, None]   # [K, 3]
+    # Scalar gathers per coordinate: their transposes are cheap scatters,
+    # unlike slices of a gathered [K, 3, 3] block.
+    pv = tuple(tuple(get(tables[c], vid[:, k]) for k in range(3)) for c in range(3))
+    t, edge, ok = _pair_edges(pv, a_front, dxa, dya, 1.0 / f, vertical)
+    bits = get(tri_bits, b * num_faces + tri)
+    silhouette = ((bits >> edge) & 1) == 1
+    return t, edge, ok & jnp.isfinite(t), silhouette
+
+  # The front triangle's edge crossed first on the way to the other pixel
+  # (nvdiffrast's rule); if that edge is interior, the walk continues through
+  # the neighbouring triangle(s), which sub-pixel triangles at a silhouette
+  # need (they cover no pixel centre of the pair).
+  tri = jnp.maximum(jnp.where(a_front, ta, tb), 0)
+  t, edge, ok, silhouette = crossing(tri)
+  alive = used & (ta != tb) & ok
+  done = alive & silhouette
+  t_hit = t
+  for _ in range(_WALK_STEPS):
+    nxt = get(flat_nb, tri * 3 + edge)
+    alive = jax.lax.stop_gradient(alive & ~done & (nxt >= 0))
+    tri = jnp.where(alive, nxt, tri)
+    t_next, edge, ok, silhouette = crossing(tri)
+    alive &= ok & (t_next >= t)
+    hit = alive & silhouette
+    t_hit = jnp.where(hit, t_next, t_hit)
+    done |= hit
+    t = t_next
+  done = jax.lax.stop_gradient(done)
+  t = jnp.where(done, t_hit, 0.5)
   flat = image.reshape(-1, channels)
   ca, cb = get(flat, pix_a), get(flat, pix_b)
   c_in = jnp.where(a_front[:, None], ca, cb)
@@ -899,10 +941,10 @@ def _on_pair_list(valid, fn):
 
 
 def _antialias_setup(points, triangle_id, depth, triangles, neighbours):
-  """(per-pixel silhouette bits [B * H * W], candidate pairs [P] bool)."""
+  """(per-triangle silhouette bits [B * F], candidate pairs [P] bool)."""
   tri_bits = _silhouette_bits(jax.lax.stop_gradient(points), triangles, neighbours)
-  bits = _pixel_bits(triangle_id, tri_bits)
-  return bits, _candidate_pairs(triangle_id, depth, bits)
+  near = _pixel_bits(triangle_id, _near_silhouette(tri_bits, neighbours))
+  return tri_bits, _candidate_pairs(triangle_id, depth, near)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -914,8 +956,8 @@ def _antialias_core(image, points, triangle_id, depth, triangles, neighbours, in
 def _antialias_fwd(image, points, triangle_id, depth, triangles, neighbours, intrinsics):
   batch, height, width, _ = image.shape
   bits, valid = _antialias_setup(points, triangle_id, depth, triangles, neighbours)
-  run = lambda idx: _antialias_pairs(image, points, triangle_id, depth, triangles, bits, idx,
-                                     intrinsics)
+  run = lambda idx: _antialias_pairs(image, points, triangle_id, depth, triangles, neighbours,
+                                     bits, idx, intrinsics)
   branch, count, num_pairs = _on_pair_list(valid, run)
   small = min(num_pairs, _max_pairs(batch, height, width))
   out = jax.lax.cond(count <= small, branch(small), branch(num_pairs))
@@ -929,8 +971,9 @@ def _antialias_bwd(intrinsics, res, g):
   batch, height, width, _ = image.shape
 
   def grads(idx):
-    _, vjp = jax.vjp(lambda im, p: _antialias_pairs(im, p, triangle_id, depth, triangles, bits,
-                                                    idx, intrinsics), image, points)
+    _, vjp = jax.vjp(lambda im, p: _antialias_pairs(im, p, triangle_id, depth, triangles,
+                                                    neighbours, bits, idx, intrinsics),
+                     image, points)
     return vjp(g)
 
   branch, count, num_pairs = _on_pair_list(valid, grads)
