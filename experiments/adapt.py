@@ -27,20 +27,15 @@ train_flags.flags.adopt_module_key_flags(train_flags)
 FLAGS = train_flags.flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train_flags.setup_runtime()
-  config = train_flags.config_from_flags("adapt")
+def run(config):
+  trainer.train(config, FLAGS.workdir, FLAGS.data_dir, split=FLAGS.split,
+                init_from=FLAGS.init_from)
+  print(json.dumps(stages.export_predictions(config, FLAGS.workdir, FLAGS.data_dir,
+                                             os.path.join(FLAGS.workdir, "export"),
+                                             split=FLAGS.split), indent=1))
 
-  def run():
-    trainer.train(config, FLAGS.workdir, FLAGS.data_dir, split=FLAGS.split,
-                  init_from=FLAGS.init_from)
-    print(json.dumps(stages.export_predictions(config, FLAGS.workdir, FLAGS.data_dir,
-                                               os.path.join(FLAGS.workdir, "export"),
-                                               split=FLAGS.split), indent=1))
 
-  train_flags.run_main(run)
+main = train_flags.main_for("adapt", run)
 
 
 if __name__ == "__main__":

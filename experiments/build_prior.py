@@ -31,14 +31,12 @@ flags.adopt_module_key_flags(train_flags)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train_flags.setup_runtime()
-  config = train_flags.config_from_flags("pretrain")
-  train_flags.run_main(lambda: print(json.dumps(stages.build_prior(
-      config, FLAGS.out, num_faces=FLAGS.num_faces, size=FLAGS.fit_size,
-      seed=FLAGS.prior_seed), indent=1)))
+def run(config):
+  print(json.dumps(stages.build_prior(config, FLAGS.out, num_faces=FLAGS.num_faces,
+                                      size=FLAGS.fit_size, seed=FLAGS.prior_seed), indent=1))
+
+
+main = train_flags.main_for("pretrain", run)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ flags.adopt_module_key_flags(train_flags)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train_flags.setup_runtime()
-  config = train_flags.config_from_flags("pretrain")
-  train_flags.run_main(lambda: print(json.dumps(stages.make_pseudo_masks(
-      config, FLAGS.workdir, FLAGS.data_dir, FLAGS.init_from, split=FLAGS.split,
-      prior_path=FLAGS.prior), indent=1)))
+def run(config):
+  print(json.dumps(stages.make_pseudo_masks(config, FLAGS.workdir, FLAGS.data_dir,
+                                            FLAGS.init_from, split=FLAGS.split,
+                                            prior_path=FLAGS.prior), indent=1))
+
+
+main = train_flags.main_for("pretrain", run)
 
 
 if __name__ == "__main__":

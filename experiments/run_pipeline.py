@@ -35,16 +35,16 @@ flags.adopt_module_key_flags(train_flags)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train_flags.setup_runtime()
-  config = train_flags.config_from_flags("pretrain")
+def run(config):
   steps = dict(pretrain=FLAGS.pretrain_steps, unet=FLAGS.unet_steps, em=FLAGS.em_steps,
                adapt=FLAGS.adapt_steps)
-  train_flags.run_main(lambda: print(json.dumps(stages.run_pipeline(
-      config, FLAGS.workdir, FLAGS.data_dir, steps=steps, target_dir=FLAGS.target_dir,
-      prior_faces=FLAGS.prior_faces, split=FLAGS.split), indent=1, default=str)))
+  print(json.dumps(stages.run_pipeline(config, FLAGS.workdir, FLAGS.data_dir, steps=steps,
+                                       target_dir=FLAGS.target_dir,
+                                       prior_faces=FLAGS.prior_faces, split=FLAGS.split),
+                   indent=1, default=str))
+
+
+main = train_flags.main_for("pretrain", run)
 
 
 if __name__ == "__main__":

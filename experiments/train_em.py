@@ -24,14 +24,12 @@ train_flags.flags.adopt_module_key_flags(train_flags)
 FLAGS = train_flags.flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train_flags.setup_runtime()
-  config = train_flags.config_from_flags("em")
-  train_flags.run_main(lambda: print(trainer.train(
-      config, FLAGS.workdir, FLAGS.data_dir, split=FLAGS.split,
-      init_from=FLAGS.init_from).step, "steps done"))
+def run(config):
+  print(trainer.train(config, FLAGS.workdir, FLAGS.data_dir, split=FLAGS.split,
+                      init_from=FLAGS.init_from).step, "steps done")
+
+
+main = train_flags.main_for("em", run)
 
 
 if __name__ == "__main__":

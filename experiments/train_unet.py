@@ -1,7 +1,8 @@
 r"""Stage 3 of FOCUS: pre-train the segmentation UNet on the pseudo masks.
 
-The UNet sees render ⊕ target (the frozen stage-1 encoder's render over the image)
-and learns the pseudo masks of make_pseudo_masks.py with binary cross-entropy.
+The UNet sees render ⊕ target (the frozen stage-1 encoder's render, black outside
+the rendered face) and learns the pseudo masks of make_pseudo_masks.py with binary
+cross-entropy over the face pixels (the pseudo masks label only the face region).
 The encoder is taken from --init_from (the stage-1 run) and kept frozen.
 
 Example::
@@ -22,14 +23,13 @@ train_flags.flags.adopt_module_key_flags(train_flags)
 FLAGS = train_flags.flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  train_flags.setup_runtime()
-  config = train_flags.config_from_flags("unet")
-  train_flags.run_main(lambda: print(trainer.train(
-      config, FLAGS.workdir, FLAGS.data_dir, split=FLAGS.split, init_from=FLAGS.init_from,
-      pseudo_dir=FLAGS.pseudo_dir).step, "steps done"))
+def run(config):
+  print(trainer.train(config, FLAGS.workdir, FLAGS.data_dir, split=FLAGS.split,
+                      init_from=FLAGS.init_from, pseudo_dir=FLAGS.pseudo_dir).step,
+        "steps done")
+
+
+main = train_flags.main_for("unet", run)
 
 
 if __name__ == "__main__":

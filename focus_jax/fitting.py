@@ -102,6 +102,9 @@ class FitConfig:
       light; non-robust fits use plain least squares.
     dynamic_gate: robust M-steps also drop vertices whose current residual
       exceeds the outlier threshold (the reference's robust loss).
+    light_warm_start: robust light solves start their IRLS from the current
+      light (the ambient default before the first round) instead of an
+      unweighted least-squares solve (see :func:`solve_light`).
     max_vertices: the M-step compares colours at about this many vertices (every
       k-th vertex plus the landmark vertices); 0 = all.
   """
@@ -135,6 +138,7 @@ class FitConfig:
   albedo_start_round: int = 1
   light_iterations: int = 6
   dynamic_gate: bool = True
+  light_warm_start: bool = False
 
   @property
   def iterations(self) -> int:
@@ -358,7 +362,7 @@ def light_from_factors(sh, tint):
 
 
 def solve_light(albedo, normals, target_colors, weight, ridge: float,
-                robust_scale: float = 0.0, iterations: int = 0):
+                robust_scale: float = 0.0, iterations: int = 0, init=None):
   """Weighted least-squares rank-1 SH light ``γ[k, c] = g[k]·t[c]``.
 
   One spatial SH distribution ``g`` [9] shared by the colour channels, times an
@@ -371,6 +375,10 @@ def solve_light(albedo, normals, target_colors, weight, ridge: float,
   occluder does not bias it.
 
   albedo, normals, target_colors: [V, 3]; weight: [V].
+  init: optional (g [9], t [3]) current light estimate. With ``iterations > 0``
+    the first solve is then already weighted by its Cauchy weights (IRLS warm
+    start), so that a large occluder cannot drag the unweighted first solve — and
+    with it the whole IRLS — into the occluder's colour.
   Returns (g [9], t [3]); the light is :func:`light_from_factors` (g, t).
   """
   basis = shading_lib.sh_basis(normals)                          # [V, 9]
@@ -389,8 +397,13 @@ def solve_light(albedo, normals, target_colors, weight, ridge: float,
     scale = jnp.mean(tint)
     return g * scale, tint / scale
 
-  g, tint = solve(weight, jnp.ones(3))
-  g, tint = solve(weight, tint)
+  cauchy = lambda g, tint: weight / (1.0 + jnp.sum(jnp.square(
+      shading_lib.shade(albedo, normals, light_from_factors(g, tint)) - target_colors), -1)
+                                     / robust_scale ** 2)
+  w0 = weight if init is None or iterations == 0 else cauchy(*init)
+  t0 = jnp.ones(3) if init is None else init[1]
+  g, tint = solve(w0, t0)
+  g, tint = solve(w0, tint)
   for _ in range(iterations):
     r2 = jnp.sum(jnp.square(shading_lib.shade(albedo, normals, light_from_factors(g, tint))
                             - target_colors), -1)
@@ -508,9 +521,10 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
     def one(p, img, w):
       _, cam, normals, alb = _geometry(model, p)
       sampled = bilinear_sample(img, camera_lib.project(cam, intrinsics))
+      init = (p["light_sh"], p["light_tint"]) if config.light_warm_start else None
       return solve_light(alb, normals, sampled, w, config.light_ridge,
                          config.sigma * config.outlier_sigmas,
-                         config.light_iterations if robust else 0)
+                         config.light_iterations if robust else 0, init=init)
     return jax.vmap(one)(params, images, weight)
 
   sub = _submodel(model, sub_idx, lm_sub)

@@ -23,8 +23,11 @@ def _run(*args, cwd=None):
 
 def test_demo_writes_pictures_fits_and_summary(tmp_path):
   out = tmp_path / "demo"
+  # A coarser built-in face (same shape space, 1/12 of the vertices) keeps it quick.
+  model = tmp_path / "small.npz"
+  morphable.save(morphable.builtin(resolution=25), model)
   r = _run("-m", "focus_jax.cli", "demo", f"--out={out}", "--size=64", "--samples=2",
-           "--faces=1", "--fit_size=64", "--rounds=2", "--steps=5")
+           "--faces=1", "--fit_size=64", "--rounds=2", "--steps=5", f"--model={model}")
   assert r.returncode == 0, r.stderr
   for name in ("mean_face.png", "poses.png", "samples.png", "summary.png"):
     image = iio.imread(out / name)

@@ -1,5 +1,6 @@
 """Robust per-image fitting on small synthetic renders (37-resolution model, 64²)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -159,8 +160,9 @@ def test_fit_landmarks_nonnegative_expressions(model):
   verts = fj.morphable.vertices(model, jnp.zeros((1, model.num_shape)), jnp.asarray(expr))
   lm2, _ = camera.model_to_image(fj.morphable.landmark_positions(model, verts),
                                  jnp.zeros((1, 3)), jnp.zeros((1, 3)), intr)
-  cfg = fitting.LandmarkFitConfig(expression_nonnegative=True)
-  res = fitting.fit_landmarks(model, np.asarray(lm2), intrinsics=intr, config=cfg)
+  free_cfg = fitting.LandmarkFitConfig(landmark_sigma=0.1)   # compiled by the test above
+  cfg = dataclasses.replace(free_cfg, expression_nonnegative=True)
+  res = fitting.fit_landmarks(model, np.asarray(lm2[0]), intrinsics=intr, config=cfg)
   assert (np.asarray(res.expression) >= 0).all()
-  free = fitting.fit_landmarks(model, np.asarray(lm2), intrinsics=intr)
+  free = fitting.fit_landmarks(model, np.asarray(lm2[0]), intrinsics=intr, config=free_cfg)
   assert (np.asarray(free.expression) < 0).any()

@@ -87,6 +87,69 @@ def test_config_validation_and_em_schedule():
   assert cfg.mismatches(cfg.replace(num_steps=999, log_every=7)) == []
   assert [d[0] for d in cfg.mismatches(cfg.replace(unet_width=12))] == ["unet_width"]
   assert config_lib.TrainConfig.from_dict(cfg.to_dict()) == cfg
+  # A checkpoint config written before em_encoder_lr existed counts as its default (0).
+  old = {k: v for k, v in cfg.to_dict().items() if k != "em_encoder_lr"}
+  assert cfg.replace(em_encoder_lr=0.0).mismatches(old) == []
+  assert [d[0] for d in cfg.mismatches(old)] == ["em_encoder_lr"]
+
+
+def test_em_stages_use_the_em_encoder_learning_rate():
+  from focus_jax.train import state as state_lib
+  params = dict(w=np.ones((3,), np.float32))
+  grads = dict(w=np.asarray([1.0, -2.0, 0.5], np.float32))
+  cfg = config_lib.tiny(encoder_lr=2e-3, em_encoder_lr=5e-4)
+  for stage, lr in (("pretrain", 2e-3), ("unet", 2e-3), ("em", 5e-4), ("adapt", 5e-4)):
+    tx = state_lib.make_networks(cfg.replace(stage=stage), axis_name=None).encoder_tx
+    upd, _ = tx.update(grads, tx.init(params), params)
+    # Adam's first step moves every parameter by the learning rate.
+    np.testing.assert_allclose(np.abs(upd["w"]), lr, rtol=1e-3)
+  tx = state_lib.make_networks(cfg.replace(stage="em", em_encoder_lr=0.0),
+                               axis_name=None).encoder_tx
+  upd, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(np.abs(upd["w"]), 2e-3, rtol=1e-3)
+
+
+def test_unet_sees_the_render_only_inside_the_face_and_learns_only_there():
+  """Stage 3: outside the rendered face F the UNet input's render channels are black
+  (a composited render equals the target there) and the pseudo label does not count."""
+  import jax.numpy as jnp
+  from focus_jax.train import state as state_lib, steps as steps_lib
+  cfg = config_lib.tiny(image_size=32, batch_size=2, stage="unet")
+  nets = state_lib.make_networks(cfg, axis_name=None)
+  st = state_lib.init_state(cfg, nets)
+  rng = np.random.default_rng(0)
+  render = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  target = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  face = np.zeros((2, 32, 32), np.float32)
+  face[:, 8:24, 6:26] = 1.0
+  seg = jax.jit(lambda r, f: steps_lib.segment(cfg, nets, st.unet, r, jnp.asarray(target),
+                                               train=False, face=f)[1])
+  other = np.where(face[..., None] > 0, render, rng.uniform(size=render.shape))
+  np.testing.assert_array_equal(seg(render, face), seg(other.astype(np.float32), face))
+  # Without F the background of the render does reach the UNet.
+  assert np.abs(np.asarray(seg(render, None)) - np.asarray(seg(other.astype(np.float32),
+                                                               None))).max() > 1e-4
+
+  class FakeRender:  # the frozen encoder's render, fixed
+    image, mask = jnp.asarray(render), jnp.asarray(face)
+
+  def loss(pseudo):
+    orig = steps_lib._frozen_render
+    steps_lib._frozen_render = lambda *a: FakeRender
+    try:
+      fn = jax.pmap(lambda b: steps_lib._loss_unet(cfg, nets, st.unet["params"], st, b,
+                                                    nets.model, None, jax.random.PRNGKey(0))[1],
+                    axis_name=steps_lib.AXIS)
+      return jax.device_get(fn(dict(image=target[None], pseudo=pseudo[None])))
+    finally:
+      steps_lib._frozen_render = orig
+
+  pseudo = (rng.uniform(size=face.shape) > 0.5).astype(np.float32) * face
+  a, b = loss(pseudo), loss(np.where(face > 0, pseudo, 1.0 - pseudo))
+  np.testing.assert_allclose(a["bce"], b["bce"], rtol=1e-6)
+  np.testing.assert_allclose(a["pseudo_fraction"], pseudo.sum() / face.sum(), rtol=1e-5)
+  c = loss(np.where(face > 0, 1.0 - pseudo, pseudo))
+  assert abs(float(c["bce"][0]) - float(a["bce"][0])) > 1e-4
 
 
 # ----------------------------------------------------------------------- checkpoints

@@ -27,6 +27,7 @@ from absl import flags
 
 from focus_jax.commands import common
 from focus_jax.commands import eval as _eval_cmd  # pylint: disable=unused-import  (--predictions)
+from focus_jax.commands import fit as fit_cmd  # its flags: --checkpoint, --iterations, ...
 
 SUMMARY = "NoW challenge: write predictions in the submission layout; evaluate them locally."
 USAGE = ("focus-jax now predict --now_dir DIR [--image_list FILE] --out DIR | "
@@ -93,7 +94,6 @@ def predict():
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from focus_jax import inference  # pylint: disable=import-outside-toplevel
   from focus_jax import now as now_lib  # pylint: disable=import-outside-toplevel
-  from focus_jax.commands import fit as fit_cmd  # pylint: disable=import-outside-toplevel
   from focus_jax.data import landmarks as lm_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError, FocusError  # pylint: disable=import-outside-toplevel
 

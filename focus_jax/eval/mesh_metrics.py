@@ -220,9 +220,10 @@ def now_error(pred_vertices, triangles, scan_points, pred_landmarks=None,
      NaN are dropped).
   2. ICP refinement: the closest surface point of every scan point, then the
      similarity transform that maps those surface points onto the scan points;
-     until the mean distance improves by less than ``tolerance`` (relative) or
-     ``icp_iterations`` are done. Each step never increases the mean squared
-     distance, as in NoW's own refinement.
+     until the mean distance improves by less than ``tolerance`` (relative), it
+     would grow, or ``icp_iterations`` are done. The iterations use the fast
+     candidate-triangle distances (:meth:`MeshDistance.query` with
+     ``exact=False``); each step never increases their mean square.
   3. Exact point-to-triangle distances from every scan point to the aligned mesh.
 
   Args:

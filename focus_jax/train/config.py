@@ -28,6 +28,8 @@ RUN_FIELDS = frozenset({
 })
 
 STAGES = ("pretrain", "unet", "em", "adapt")
+# Fields added after the first checkpoints were written: absent = default.
+_ADDED = frozenset({"em_encoder_lr"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,9 @@ class TrainConfig:
       (moves much faster in the few dozen steps of the tiny configuration).
     encoder_lr, unet_lr: learning rates; × lr_decay every lr_decay_steps
       (staircase) for both.
+    em_encoder_lr: the encoder's learning rate in stages 'em' and 'adapt' (0 = encoder_lr,
+      the reference); fine-tuning with the UNet's masks at the pre-training rate undoes
+      part of stage 1 in the tiny configuration.
     w_*: loss weights (pretrain: photo, landmark, perceptual, reg; EM encoder:
       rec, perceptual, reg, landmark, enc_area; UNet: area, binary, preserve, dist,
       neighbour).
@@ -89,6 +94,7 @@ class TrainConfig:
   optimizer: str = "adadelta"
   encoder_lr: float = 0.1
   unet_lr: float = 0.03
+  em_encoder_lr: float = 0.0
   lr_decay: float = 0.99
   lr_decay_steps: int = 5000
   w_photo: float = 0.5
@@ -135,6 +141,8 @@ class TrainConfig:
     if self.image_size % factor:
       problems.append(f"image_size {self.image_size} must be divisible by {factor} "
                       f"(UNet depth {self.unet_depth})")
+    if self.em_encoder_lr < 0:
+      problems.append(f"em_encoder_lr must be >= 0 (0 = encoder_lr), got {self.em_encoder_lr}")
     for name in ("batch_size", "num_steps", "log_every", "image_every", "checkpoint_every",
                  "keep_checkpoints", "max_bad_steps", "lr_decay_steps"):
       if getattr(self, name) < 1:
@@ -170,6 +178,12 @@ class TrainConfig:
       d["encoder_stages"] = tuple(int(s) for s in d["encoder_stages"])
     return cls(**d)
 
+  def encoder_lr_of_stage(self) -> float:
+    """The encoder's learning rate in this config's stage (em_encoder_lr in EM/adapt)."""
+    if self.stage in ("em", "adapt") and self.em_encoder_lr > 0:
+      return self.em_encoder_lr
+    return self.encoder_lr
+
   def em_phase(self, step: int) -> str:
     """'unet' or 'encoder': which network an EM step ``step`` (0-based) trains."""
     cycle = self.em_unet_steps + self.em_encoder_steps
@@ -179,6 +193,8 @@ class TrainConfig:
     """[(field, self value, other value)] for fields that must agree to resume."""
     a = self.to_dict()
     b = other.to_dict() if isinstance(other, TrainConfig) else dict(other)
+    # A field newer than the other config counts as its default (e.g. em_encoder_lr).
+    b = {**{k: v for k, v in TrainConfig().to_dict().items() if k in _ADDED}, **b}
     return [(k, b.get(k, "<missing>"), a[k]) for k in sorted(a)
             if k not in RUN_FIELDS and _norm(a[k]) != _norm(b.get(k, "<missing>"))]
 
@@ -205,12 +221,15 @@ def tiny(**changes) -> TrainConfig:
   pixel to the majority class through the output bias: the mask collapses to all
   outlier within 20 steps. With area 1.0 a face pixel's break-even residual for the
   neighbour term (15) is about the robust likelihood's 3σ, and binary 2.0 no longer
-  outweighs area in the bias direction (benchmarks/results/train.md)."""
+  outweighs area in the bias direction. EM fine-tunes the encoder at lr 5e-4: at 2e-3 the
+  encoder's fits (3D error, robust-likelihood masks) get worse than stage 1's
+  (benchmarks/results/train.md)."""
   base = TrainConfig(
       image_size=64, model_resolution=37, num_shape=20, num_expression=10, num_albedo=20,
       encoder_depth=18, encoder_width=8, encoder_stages=(1, 1), unet_width=8, unet_depth=3,
-      antialias=False, identity="none", batch_size=4, optimizer="adam", encoder_lr=2e-3, unet_lr=2e-3,
-      lr_decay_steps=50, w_area=1.0, w_binary=2.0, em_unet_steps=3, em_encoder_steps=5,
+      antialias=False, identity="none", batch_size=4, optimizer="adam", encoder_lr=2e-3,
+      unet_lr=2e-3, em_encoder_lr=5e-4, lr_decay_steps=50, w_area=1.0, w_binary=2.0,
+      em_unet_steps=3, em_encoder_steps=5,
       num_steps=20, log_every=1, image_every=10, checkpoint_every=10, keep_checkpoints=3,
       max_bad_steps=5, num_threads=2)
   return base.replace(**changes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 from absl import flags
 
@@ -36,6 +37,8 @@ HELP = dict(
     optimizer="adadelta (the reference's) or adam.",
     encoder_lr="Encoder learning rate (reference Adadelta 0.1).",
     unet_lr="UNet learning rate (reference Adadelta 0.03).",
+    em_encoder_lr="Encoder learning rate of the EM and adaptation stages (0 = --encoder_lr, "
+                  "the reference).",
     lr_decay="Learning-rate factor applied every --lr_decay_steps (reference 0.99).",
     lr_decay_steps="Steps between learning-rate decays (staircase; reference 5000).",
     w_photo="Stage 1: weight of the robust photometric likelihood (0.5).",
@@ -151,6 +154,25 @@ def setup_runtime() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   parallel.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
                       flags.FLAGS.process_id)
+
+
+def main_for(stage: str, body: Callable[[TrainConfig], object]) -> Callable[[list], None]:
+  """The ``main(argv)`` of an ``experiments/`` entry point, for ``absl.app.run``.
+
+  It refuses positional arguments, calls :func:`setup_runtime`, builds the
+  TrainConfig of ``stage`` from the parsed flags and runs ``body(config)`` under
+  :func:`run_main` (focus-jax errors end the process with their one-line message).
+  """
+
+  def main(argv):
+    from absl import app  # pylint: disable=import-outside-toplevel
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    setup_runtime()
+    config = config_from_flags(stage)
+    run_main(lambda: body(config))
+
+  return main
 
 
 def run_main(fn) -> None:

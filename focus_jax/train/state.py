@@ -88,7 +88,7 @@ def make_networks(config: TrainConfig, axis_name: str | None = "batch",
       stage_sizes=config.encoder_stages, bn_axis_name=axis_name)
   net = unet_lib.UNet(base_width=config.unet_width, depth=config.unet_depth,
                       bn_axis_name=axis_name)
-  return Networks(enc, net, make_optimizer(config, config.encoder_lr),
+  return Networks(enc, net, make_optimizer(config, config.encoder_lr_of_stage()),
                   make_optimizer(config, config.unet_lr), model,
                   camera.Intrinsics.reference(config.image_size))
 
