@@ -138,7 +138,7 @@ class FitConfig:
   albedo_start_round: int = 1
   light_iterations: int = 6
   dynamic_gate: bool = True
-  light_warm_start: bool = False
+  light_warm_start: bool = True
 
   @property
   def iterations(self) -> int:
@@ -401,7 +401,7 @@ def solve_light(albedo, normals, target_colors, weight, ridge: float,
       shading_lib.shade(albedo, normals, light_from_factors(g, tint)) - target_colors), -1)
                                      / robust_scale ** 2)
   w0 = weight if init is None or iterations == 0 else cauchy(*init)
-  t0 = jnp.ones(3) if init is None else init[1]
+  t0 = jnp.ones(3) if init is None or iterations == 0 else init[1]
   g, tint = solve(w0, t0)
   g, tint = solve(w0, tint)
   for _ in range(iterations):

@@ -44,8 +44,8 @@ def test_demo_writes_pictures_fits_and_summary(tmp_path):
   face = synthetic[0]
   assert 0.0 <= face["f1"] <= 1.0 and 0.0 <= face["occluder_iou"] <= 1.0
   assert 0.0 < face["error_median"] < 20.0          # mm: a fit, not a random face
-  assert metrics["fit"] == dict(size=64, rounds=2, steps=5, robust=True, batch=len(metrics["cases"]),
-                                seconds=metrics["fit"]["seconds"])
+  assert metrics["fit"] == dict(size=64, rounds=2, steps=5, robust=True,
+                                batch=len(metrics["cases"]), seconds=metrics["fit"]["seconds"])
   photo = [c for c in metrics["cases"] if c["name"].startswith("astronaut")]
   if photo:     # dlib installed: the photo joined the batch, with its occluder scored
     assert 0.0 <= photo[0]["occluder_recall"] <= 1.0 and metrics["photo_skipped"] is None

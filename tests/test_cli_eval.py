@@ -75,7 +75,7 @@ def test_eval_perfect_and_corrupted_predictions(synth):
   pm = perfect["summary"]["mask"]
   assert pm["f1"] == 1.0 and pm["accuracy"] == 1.0 and pm["occluder_iou"] == 1.0
   assert perfect["summary"]["mesh"]["mean"] < 1e-3         # OBJ keeps 6 decimals
-  assert report["region"] == "ground-truth face mask"
+  assert report["region"] == "ground-truth face mask" and report["align_landmarks"] == "now"
 
   # The corrupted scores, computed here from the ground truth.
   precision, f1, iou = [], [], []
@@ -93,8 +93,8 @@ def test_eval_perfect_and_corrupted_predictions(synth):
   assert cm["occluder_iou"] == pytest.approx(np.mean(iou), abs=1e-9)
   params = np.load(data / "params.npz")
   v, tri = params["vertices"].astype(np.float64), params["triangles"]
-  lm = np.asarray(model.landmarks)
-  lm = lm[lm >= 0]
+  # NoW's seven points (0-based iBUG eye corners, nose tip, mouth corners).
+  lm = np.asarray(model.landmarks)[[36, 39, 42, 45, 33, 48, 54]]
   dist = np.concatenate([mesh_metrics.now_error(v[(i + 1) % NUM], tri, v[i], v[(i + 1) % NUM][lm],
                                                 v[i][lm])["distances"] for i in range(NUM)])
   mesh = corrupt["summary"]["mesh"]

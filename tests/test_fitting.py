@@ -166,3 +166,29 @@ def test_fit_landmarks_nonnegative_expressions(model):
   assert (np.asarray(res.expression) >= 0).all()
   free = fitting.fit_landmarks(model, np.asarray(lm2[0]), intrinsics=intr, config=free_cfg)
   assert (np.asarray(free.expression) < 0).any()
+
+
+def test_solve_light_warm_start_resists_large_bright_occluder():
+  rng = np.random.default_rng(0)
+  n = 600
+  normals = rng.normal(size=(n, 3)) * np.array([1.0, 1.0, 0.3]) + np.array([0.0, 0.0, -1.0])
+  normals = jnp.asarray(normals / np.linalg.norm(normals, axis=1, keepdims=True), jnp.float32)
+  albedo = jnp.asarray(np.tile([0.7, 0.5, 0.4], (n, 1)) + rng.normal(0, 0.02, (n, 3)),
+                       jnp.float32)
+  true_light = shading.default_light() * 0.9
+  target = np.array(shading.shade(albedo, normals, true_light))
+  occluded = np.arange(n) < int(0.42 * n)          # a white mask over 42 % of the face
+  target[occluded] = 0.97
+  weight = jnp.ones(n)
+  skin = ~occluded
+
+  def skin_error(init):
+    g, t = fitting.solve_light(albedo, normals, jnp.asarray(target), weight, 1e-3, 0.13, 6,
+                               init=init)
+    pred = np.asarray(shading.shade(albedo, normals, fitting.light_from_factors(g, t)))
+    return np.abs(pred - target)[skin].mean()
+
+  default = (shading.default_light()[:, 0], jnp.ones(3))
+  cold, warm = skin_error(None), skin_error(default)
+  assert warm < 0.01, warm                          # the skin is explained
+  assert cold > 3 * warm, (cold, warm)              # the unweighted start is dragged away

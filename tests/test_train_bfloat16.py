@@ -22,14 +22,16 @@ _SCRIPT = textwrap.dedent("""
     base = config.tiny(image_size=32, batch_size=2)
     nets32 = state_lib.make_networks(base)
     st = state_lib.to_host(state_lib.init_state(base, nets32))
-    # A non-zero encoder head and a trained-looking UNet bias are not needed: every
-    # term is non-trivial at initialisation (random UNet ~ 0.5 masks).
+    # A non-zero encoder head, so that the encoder's (bf16) activations reach the render.
+    head = st.encoder["params"]["resnet"]["fc"]
+    head["kernel"] = np.asarray(0.01 * np.sin(np.arange(head["kernel"].size)).reshape(
+        head["kernel"].shape), np.float32)
     gen = synthetic.SyntheticFaces(nets32.model, synthetic.SyntheticConfig(size=32), seed=3,
                                    batch_size=2)
     samples = gen.generate(range(2))
     batch = dict(image=np.stack([s.image for s in samples]).astype(np.float32),
                  landmarks=np.stack([s.landmarks for s in samples]).astype(np.float32),
-                 pseudo=np.stack([s.mask > 0.5 for s in samples]).astype(np.float32))
+                 pseudo=np.stack([s.visible_mask for s in samples]).astype(np.float32))
     rep = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], st)
     for phase in steps.PHASES:
       res = {}

@@ -160,22 +160,27 @@ def main(args):
   many = len(items) > 1
   failures, written, pending = [], [], []
 
+  # The bar counts finished photos (written or skipped); the first batch also
+  # waits for the compilation.
+  bar = tqdm(total=len(items), desc="fit", unit="img", disable=not many)
+
   def fail(path, error):
     failures.append((path, error))
+    bar.update(1)
     if many:
       tqdm.write(f"focus-jax fit: skipped {error}", file=sys.stderr)
 
   def flush():
     results = rec.run([p for p, _ in pending])
-    for (prep, item), result in zip(pending, results):
+    for (_, item), result in zip(pending, results):
       path, name, _ = item
       inference.write_outputs(result, out_dir, name, image_path=path,
                               csv_name=os.path.basename(path))
       written.append(path)
+      bar.update(1)
     pending.clear()
 
-  bar = tqdm(zip(items, lookup), total=len(items), desc="fit", unit="img", disable=not many)
-  for item, lm in bar:
+  for item, lm in zip(items, lookup):
     path = item[0]
     try:
       photo = read_photo(path)

@@ -106,19 +106,20 @@ def predict():
   triangles = rec.model.triangles
   detector = None
   failures, written, pending = [], [], []
+  bar = tqdm(total=len(entries), desc="NoW predict", unit="img", disable=len(entries) < 2)
 
   def flush():
-    for (prep, entry), result in zip(pending, rec.run([p for p, _ in pending])):
+    for (_, entry), result in zip(pending, rec.run([p for p, _ in pending])):
       if WITH_EXPRESSION.value:
         verts = result.vertices_model
       else:
         verts = now_lib.neutral_vertices(rec.model, result.coefficients["shape"])
       now_lib.write_prediction(out_dir, entry, verts, triangles, verts[lm_idx])
       written.append(entry)
+      bar.update(1)
     pending.clear()
 
-  bar = tqdm(entries, desc="NoW predict", unit="img", disable=len(entries) < 2)
-  for entry in bar:
+  for entry in entries:
     subject, challenge, name = now_lib.split_entry(entry)
     path = os.path.join(layout.images, subject, challenge, name)
     try:
@@ -130,6 +131,7 @@ def predict():
                                landmark_source=source)
     except DataError as e:
       failures.append(e)
+      bar.update(1)
       tqdm.write(f"focus-jax now: skipped {e}", file=sys.stderr)
       continue
     pending.append((prep, entry))

@@ -22,7 +22,8 @@ import os
 
 from absl import flags
 
-from focus_jax.commands import common  # pylint: disable=unused-import  (defines --seed, --model first)
+# common defines --seed and --model first, so the training flags reuse them.
+from focus_jax.commands import common  # pylint: disable=unused-import
 # The training flags are the TrainConfig fields (one source of truth). This import
 # pulls in the training package (flax/optax/orbax, ~0.5 s of `focus-jax --help`).
 from focus_jax.train import flags as train_flags

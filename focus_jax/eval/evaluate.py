@@ -18,8 +18,8 @@ image ``images/000123.png``, ``000123_mask.png`` (255 = inlier) and ``000123.obj
 Metrics: per image, :func:`~focus_jax.eval.mask_metrics.mask_scores` inside the
 face region and the NoW-style scan-to-mesh error
 (:func:`~focus_jax.eval.mesh_metrics.now_error`; the initial similarity comes from
-the morphable model's landmark vertices, so predicted and ground-truth meshes must
-share the model's topology). Summaries: mask scores averaged over images (and
+the morphable model's vertices of NoW's seven landmarks, so predicted and
+ground-truth meshes must share the model's topology). Summaries: mask scores averaged over images (and
 pooled), 3D median / mean / std of all scan points pooled, the median of the
 per-image medians, and the cumulative-error curve.
 """
@@ -203,8 +203,29 @@ def summarize(rows: Sequence[dict], thresholds=None) -> dict:
   return out
 
 
+def alignment_vertices(model, landmarks: str = "now") -> np.ndarray:
+  """Vertex indices whose positions start the 3D alignment.
+
+  ``'now'``: the seven NoW points (eye corners, nose tip, mouth corners;
+  :data:`focus_jax.now.IBUG_OF_NOW`) as the model defines them; ``'all'``: every
+  landmark vertex of the model.
+  """
+  idx = np.asarray(model.landmarks)
+  if landmarks == "now":
+    from focus_jax.now import IBUG_OF_NOW  # pylint: disable=import-outside-toplevel
+    idx = idx[np.asarray(IBUG_OF_NOW) - 1]
+  elif landmarks != "all":
+    raise ValueError(f"alignment landmarks must be 'now' or 'all', got {landmarks!r}")
+  idx = idx[idx >= 0]
+  if len(idx) < 3:
+    raise DataError(f"the model {model.name!r} defines only {len(idx)} of the {landmarks!r} "
+                    "alignment landmarks (need 3)")
+  return idx
+
+
 def evaluate(data_dir: str, predictions: Sequence[str], *, labels: Optional[Sequence[str]] = None,
-             model=None, max_error: Optional[float] = None, progress: bool = True) -> dict:
+             model=None, max_error: Optional[float] = None, align_landmarks: str = "now",
+             progress: bool = True) -> dict:
   """Scores every prediction folder against the dataset.
 
   Args:
@@ -214,6 +235,7 @@ def evaluate(data_dir: str, predictions: Sequence[str], *, labels: Optional[Sequ
     model: the morphable model whose landmark vertices start the 3D alignment
       (needed only when meshes are scored; default the built-in model).
     max_error: end of the cumulative-error curve (mm); default from the data.
+    align_landmarks: ``'now'`` or ``'all'`` (see :func:`alignment_vertices`).
 
   Returns:
     dict: dataset, region, methods: [{label, folder, missing, summary, rows}],
@@ -245,8 +267,7 @@ def evaluate(data_dir: str, predictions: Sequence[str], *, labels: Optional[Sequ
     if model is None:
       from focus_jax import morphable  # pylint: disable=import-outside-toplevel
       model = morphable.builtin()
-    landmark_index = np.asarray(model.landmarks)
-    landmark_index = landmark_index[landmark_index >= 0]
+    landmark_index = alignment_vertices(model, align_landmarks)
     num_v = len(next(s.vertices for s in gt.samples if s.vertices is not None))
     if model.num_vertices != num_v:
       raise DataError(f"{gt.root}/params.npz: the ground-truth meshes have {num_v} vertices "
@@ -276,7 +297,7 @@ def evaluate(data_dir: str, predictions: Sequence[str], *, labels: Optional[Sequ
   has_face = any(s.face_mask_path for s in gt.samples)
   return dict(dataset=gt.root, images=len(gt.samples),
               region="ground-truth face mask" if has_face else "whole image",
-              methods=methods)
+              align_landmarks=align_landmarks, methods=methods)
 
 
 def _fmt(v, digits=3):
@@ -288,8 +309,10 @@ def markdown(report: dict) -> str:
   lines = [f"# Evaluation of {len(report['methods'])} method(s) on {report['dataset']}", "",
            f"{report['images']} ground-truth images. Mask metrics: inlier (visible face) class, "
            f"inside the {report['region']}, averaged over images. 3D: NoW-style scan-to-mesh "
-           "error (similarity alignment from the landmark vertices, ICP refinement, exact "
-           "point-to-triangle distances), all scan points pooled, mm.", "",
+           "error (similarity alignment from the "
+           f"{'7 NoW' if report.get('align_landmarks') == 'now' else 'model'} landmark "
+           "vertices, ICP refinement, exact point-to-triangle distances), all scan points "
+           "pooled, mm.", "",
            "| method | images | accuracy | precision | recall | F1 | occluder IoU | "
            "3D median | 3D mean | 3D std | missing |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

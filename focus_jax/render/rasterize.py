@@ -925,9 +925,10 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, neighbours, t
 def _max_pairs(batch, height, width):
   """Static size of the compact pair list. Candidates are the pixel pairs
   around triangles near a silhouette edge: a few times the silhouette length
-  (about H W / 70 per image for a frontal 27k-triangle face at 224 px, H W / 25
-  at 108k); beyond the budget the full-size fallback runs."""
-  return batch * max(1024, height * width // 12)
+  (with two walk steps about H W / 70 per image for a frontal 27k-triangle face
+  at 224 px, H W / 120 at 108k); beyond the budget the full-size fallback
+  runs."""
+  return batch * max(1024, height * width // 16)
 
 
 def _on_pair_list(valid, fn):
