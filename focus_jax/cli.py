@@ -69,7 +69,10 @@ def run(argv=None):
   command = positional[0] if positional and positional[0] in commands else None
   if any(arg in ("-h", "--help", "--helpshort") for arg in argv[1:]):
     # absl's own --help lists the flags of __main__, which is the console-script shim.
-    print(_help(commands, command))
+    try:
+      print(_help(commands, command), flush=True)
+    except BrokenPipeError:  # `focus-jax --help | head`
+      sys.stdout = None
     return
 
   def main(args):

@@ -181,6 +181,8 @@ def photo_case(size: int, seed: int):
   import skimage.data  # pylint: disable=import-outside-toplevel
   from scipy import spatial  # pylint: disable=import-outside-toplevel
   from focus_jax import inference  # pylint: disable=import-outside-toplevel
+  if not all(hasattr(inference, f) for f in ("prepare", "find_landmarks", "default_detector")):
+    return None, "focus_jax.inference lacks prepare/find_landmarks/default_detector"
   from focus_jax.data import occluders  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   photo = skimage.data.astronaut().astype(np.float32) / 255.0

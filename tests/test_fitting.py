@@ -172,23 +172,22 @@ def test_solve_light_warm_start_resists_large_bright_occluder():
   rng = np.random.default_rng(0)
   n = 600
   normals = rng.normal(size=(n, 3)) * np.array([1.0, 1.0, 0.3]) + np.array([0.0, 0.0, -1.0])
-  normals = jnp.asarray(normals / np.linalg.norm(normals, axis=1, keepdims=True), jnp.float32)
+  normals = normals / np.linalg.norm(normals, axis=1, keepdims=True)
   albedo = jnp.asarray(np.tile([0.7, 0.5, 0.4], (n, 1)) + rng.normal(0, 0.02, (n, 3)),
                        jnp.float32)
-  true_light = shading.default_light() * 0.9
-  target = np.array(shading.shade(albedo, normals, true_light))
-  occluded = np.arange(n) < int(0.42 * n)          # a white mask over 42 % of the face
+  normals_j = jnp.asarray(normals, jnp.float32)
+  target = np.array(shading.shade(albedo, normals_j, shading.default_light() * 0.9))
+  # A white mask over the lower 45 % of the face (one side of the normals).
+  occluded = normals[:, 1] > np.quantile(normals[:, 1], 0.55)
   target[occluded] = 0.97
-  weight = jnp.ones(n)
-  skin = ~occluded
 
   def skin_error(init):
-    g, t = fitting.solve_light(albedo, normals, jnp.asarray(target), weight, 1e-3, 0.13, 6,
-                               init=init)
-    pred = np.asarray(shading.shade(albedo, normals, fitting.light_from_factors(g, t)))
-    return np.abs(pred - target)[skin].mean()
+    g, t = fitting.solve_light(albedo, normals_j, jnp.asarray(target), jnp.ones(n), 1e-3,
+                               0.13, 6, init=init)
+    pred = np.asarray(shading.shade(albedo, normals_j, fitting.light_from_factors(g, t)))
+    return np.abs(pred - target)[~occluded].mean()
 
-  default = (shading.default_light()[:, 0], jnp.ones(3))
-  cold, warm = skin_error(None), skin_error(default)
-  assert warm < 0.01, warm                          # the skin is explained
-  assert cold > 3 * warm, (cold, warm)              # the unweighted start is dragged away
+  cold = skin_error(None)
+  warm = skin_error((shading.default_light()[:, 0], jnp.ones(3)))
+  # The unweighted first solve is dragged towards the mask; the warm start is not.
+  assert warm < 0.6 * cold, (cold, warm)
