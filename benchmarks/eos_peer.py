@@ -101,12 +101,13 @@ def fit_ours(model, landmarks, intr, sigma, batch, timing=True):
   verts = [np.asarray(run(landmarks[i:i + batch]).vertices) for i in range(0, n, batch)]
   t_batch = (time.perf_counter() - t) / max(n, 1)
   verts += [np.asarray(run(landmarks[i]).vertices)[None] for i in range(n, len(landmarks))]
-  singles = [np.nan]
+  singles = []
   for i in range(min(10, len(landmarks)) if timing else 0):
     t = time.perf_counter()
     run(landmarks[i])
     singles.append(time.perf_counter() - t)
-  return np.concatenate(verts), float(np.median(singles)), t_batch
+  return (np.concatenate(verts), float(np.median(singles)) if singles else float("nan"),
+          t_batch)
 
 
 def errors(model, pred, truth, now=True):

@@ -89,7 +89,11 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int):
       albedo_coeffs=jnp.zeros((batch, model.num_albedo), jnp.float32),
       angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
       translation=jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32),
-      light=shading.default_light((batch,)))
+      # A non-ambient light, so that the colours vary over the mesh and the
+      # geometry gets meaningful gradients (the SFM shape model has a constant
+      # albedo); the cost does not depend on it.
+      light=shading.default_light((batch,)) + jnp.asarray(
+          rng.normal(size=(batch, 9, 3)) * 0.3, jnp.float32))
   target = jnp.full((batch, 224, 224, 3), 0.5, jnp.float32)
 
   def loss(p):

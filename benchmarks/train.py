@@ -114,8 +114,9 @@ def main():
   run("pretrain", args.pretrain_steps)
   ev = stages.evaluate(cfg, d("pretrain"), data, "test", with_unet=False)
   rows.append(("1: encoder (robust loss), robust-likelihood mask", ev))
-  rows.append(("(baseline: every face pixel inlier, stage-1 face region)",
-               all_inlier_scores(cfg, d("pretrain"), data)))
+  rows.append(("(baselines: every face pixel inlier; 3D: the mean face)",
+               dict(all_inlier_scores(cfg, d("pretrain"), data),
+                    median_3d_mm=mean_face_error(cfg, data))))
   t = time.perf_counter()
   stages.make_pseudo_masks(cfg.replace(stage="pretrain"), d("pseudo"), data, d("pretrain"))
   timing["pseudo"] = dict(total_s=time.perf_counter() - t)
@@ -164,6 +165,28 @@ def all_inlier_scores(cfg, run_dir, data) -> dict:
   region = p["face"] > 0.5
   s = mask_metrics.mask_scores(np.ones_like(truth), truth, region)
   return dict(s, median_3d_mm=float("nan"), examples=len(truth))
+
+
+def mean_face_error(cfg, data) -> float:
+  """Median 3D error (mm) of the model's mean face (all coefficients 0), test split:
+  the 3D error a shape regressor must beat."""
+  import jax.numpy as jnp
+  from focus_jax.eval import mesh_metrics
+  from focus_jax.morphable import model as model_lib
+  from focus_jax.train import data as data_lib, state as state_lib
+  m = state_lib.load_model(cfg)
+  v = np.asarray(model_lib.vertices(m, jnp.zeros((m.num_shape,)),
+                                    jnp.zeros((m.num_expression,))))
+  with np.load(os.path.join(data, "params.npz")) as z:
+    row = {str(n): i for i, n in enumerate(z["names"])}
+    gt = z["vertices"]
+  ds = data_lib.open_data(data, "test")
+  errors = []
+  for i in range(len(ds)):
+    g = gt[row[ds[i].name]]
+    t = mesh_metrics.similarity_transform(v, g)
+    errors.append(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g, axis=-1)))
+  return float(np.median(errors))
 
 
 def previous_paper(report: str):

@@ -88,6 +88,8 @@ def run(argv=None):
       print(f"focus-jax {args[1]}: error: {e}", file=sys.stderr)
       sys.exit(1)
 
+  # Quiet by default (jax logs backend probing at INFO); --verbosity=0 brings it back.
+  FLAGS.set_default("verbosity", -1)
   app.run(main, argv=argv)
 
 

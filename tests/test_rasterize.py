@@ -262,6 +262,53 @@ def test_interior_edges_are_not_blurred():
   np.testing.assert_allclose(np.asarray(out)[inner], 1.0, atol=1e-6)
 
 
+def test_edge_neighbours_of_grid_and_traced_path():
+  points, triangles = grid(3)
+  nb = np.asarray(R.edge_neighbours(jnp.asarray(triangles)))
+  # A 3 x 3-quad grid: 12 boundary edges, every other edge shared by two.
+  assert np.sum(nb < 0) == 12
+  for f, k in zip(*np.nonzero(nb >= 0)):
+    edge = {triangles[f][(k + 1) % 3], triangles[f][(k + 2) % 3]}
+    g = nb[f, k]
+    assert len(edge & set(triangles[g])) == 2 and g != f
+    assert f in nb[g]
+  # Traced triangles (a jit argument) go through the host callback.
+  traced = jax.jit(R.edge_neighbours)(jnp.asarray(triangles))
+  np.testing.assert_array_equal(np.asarray(traced), nb)
+
+
+def _two_triangle_aa(triangles):
+  """Antialiased one-hot triangle image of a quad split along its diagonal
+  0-2, and the gradient of the antialiased image near that diagonal (away from
+  the quad's outline) w.r.t. the vertices."""
+  corners = np.array([[-30, -25, 1000], [35, -30, 1000], [30, 35, 1000], [-35, 30, 1000]],
+                     np.float32)
+  pts, tri = padded(corners, triangles)
+  frags = R.rasterize(pts, tri, WIDE)
+  img = jnp.stack([frags.triangle_id == 0, frags.triangle_id == 1], -1).astype(jnp.float32)
+  # The quad shrunk by 20 % about its centre: pixels >= 2 px from the outline.
+  inner = np.asarray(R.rasterize(pts * jnp.array([0.8, 0.8, 1.0]), tri, WIDE).mask)
+  weights = jnp.asarray(inner[..., None] * np.array([1.0, -1.0]), jnp.float32)
+  loss = lambda p: jnp.sum(R.antialias(img, p, tri, frags, WIDE) * weights)
+  out = R.antialias(img, pts, tri, frags, WIDE)
+  return np.asarray(out - img), inner, np.asarray(jax.grad(loss)(pts))[:4]
+
+
+def test_antialias_skips_interior_edges_and_blends_silhouettes():
+  # Both triangles front-facing (clockwise on the y-down image) and sharing
+  # the edge 0-2: an interior edge, no blending and no gradient along it.
+  delta, inner, grad = _two_triangle_aa(np.array([[0, 2, 1], [0, 3, 2]], np.int32))
+  assert np.any(delta != 0)                       # the outline is antialiased
+  np.testing.assert_array_equal(delta[inner], 0.0)
+  np.testing.assert_array_equal(grad, 0.0)
+  # The second triangle wound the other way (seen from the back): the same
+  # screen-space edge is now a silhouette, blended, with a gradient.
+  delta, inner, grad = _two_triangle_aa(np.array([[0, 2, 1], [0, 2, 3]], np.int32))
+  assert np.sum(delta[inner] != 0) >= 10
+  assert np.abs(grad).max() > 0
+  assert np.abs(grad[[0, 2]]).max() > 0           # the diagonal's vertices
+
+
 def test_soft_rasterize_approaches_hard_and_has_gradients():
   points, triangles = sphere(subdivisions=2, radius=60.0)
   rng = np.random.default_rng(4)
