@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from focus_jax.commands import NAMES, common
 
@@ -76,6 +76,8 @@ def run(argv=None):
     return
 
   def main(args):
+    if not FLAGS["verbosity"].present:  # jax logs backend probing at INFO; --verbosity=0 shows it
+      logging.set_verbosity(logging.WARNING)
     if len(args) < 2 or args[1] not in commands:
       given = args[1] if len(args) > 1 else None
       raise app.UsageError((f"unknown command {given!r}\n\n" if given else "") +
@@ -88,8 +90,6 @@ def run(argv=None):
       print(f"focus-jax {args[1]}: error: {e}", file=sys.stderr)
       sys.exit(1)
 
-  # Quiet by default (jax logs backend probing at INFO); --verbosity=0 brings it back.
-  FLAGS.set_default("verbosity", -1)
   app.run(main, argv=argv)
 
 
