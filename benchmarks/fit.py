@@ -10,7 +10,11 @@ the scan) and inlier-mask precision / recall / F1 / occluder IoU inside the
 ground-truth face region, and the speed of a 200-iteration fit.
 
   python benchmarks/fit.py --num_faces 100 --size 112
-writes benchmarks/results/fit.md.
+writes benchmarks/results/fit.md (after every variant, so a partial run leaves its rows).
+``--landmark_noise`` / ``--occluded_landmark_noise`` replace the ground-truth landmarks
+with detector-like ones (Gaussian noise, larger on landmarks under an occluder);
+``--variants`` runs a subset of a, b, c, d. The landmark-only peer comparison with eos
+is benchmarks/eos_peer.py.
 """
 
 from __future__ import annotations

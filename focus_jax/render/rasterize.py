@@ -8,8 +8,10 @@ The design follows nvdiffrast's split of rendering into small primitives:
   The barycentrics are recomputed from the vertex positions of the triangle that
   :func:`rasterize` chose, so gradients reach both attributes and positions.
 * :func:`antialias` — analytic silhouette antialiasing (nvdiffrast-style): pixels
-  next to a silhouette edge are blended according to where the edge crosses the
-  segment between pixel centres, which gives gradients w.r.t. silhouette vertices.
+  next to a silhouette edge (found from the mesh topology: a boundary edge, or
+  one between triangles facing opposite ways) are blended according to where
+  the edge crosses the segment between pixel centres, which gives gradients
+  w.r.t. silhouette vertices.
 * :func:`soft_rasterize` — SoftRas-style probabilistic aggregation of all nearby
   triangles (blur ``sigma``, depth temperature ``gamma``): smooth everywhere.
 
@@ -47,8 +49,10 @@ processed as one flat problem (B * F triangles into B * H * W pixels, vertex
 rows ``b * V + v``) rather than with ``vmap``, whose batched gathers compile to
 much slower code; per-triangle and per-pixel math is written on separate [N]
 components (x, y, z of each vertex) instead of trailing axes of size 3, which
-XLA:CPU does not vectorise; and :func:`antialias` differentiates only a compact
-list of the pixel pairs that straddle an edge.
+XLA:CPU does not vectorise; :func:`interpolate` has a hand-written backward pass
+(one scalar scatter-add per vertex coordinate and attribute channel, its inputs
+formed once); and :func:`antialias` differentiates only a compact list of the
+pixel pairs near silhouette edges.
 """
 
 from __future__ import annotations
@@ -816,8 +820,9 @@ def _pixel_bits(triangle_id, tri_bits):
 def _candidate_pairs(triangle_id, depth, pixel_bits):
   """[P] bool over all pairs (horizontal [B, H, W - 1], then vertical
   [B, H - 1, W], flattened): the two pixels show different triangles and the
-  front one has a silhouette edge. :func:`_antialias_pairs` checks that the
-  edge crossed between them is one of those."""
+  front one is near a silhouette edge (``pixel_bits`` nonzero, see
+  :func:`_near_silhouette`). :func:`_antialias_pairs` checks that a silhouette
+  edge is crossed between them."""
   bits = pixel_bits.reshape(triangle_id.shape)
   out = []
   for axis in (2, 1):
@@ -1008,7 +1013,12 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
   blended. The result is continuous in the vertex positions, so silhouettes and
   occlusion boundaries get gradients.
 
-  Pairs around triangles with a silhouette edge are found without gradients
+  Beyond nvdiffrast, when the front triangle's crossed edge is interior the
+  search continues through up to ``_WALK_STEPS`` neighbouring triangles along
+  the segment (sub-pixel triangles at a silhouette cover no pixel centre of the
+  pair, and nvdiffrast's rule alone skips most pairs of a dense mesh there).
+
+  Pairs around triangles near a silhouette edge are found without gradients
   over the whole image, then blended on a compact list (static size, a
   full-size fallback when a frame has more), so the cost of the differentiable
   part and of its backward pass scales with the silhouette length.

@@ -10,9 +10,15 @@
 * :mod:`~focus_jax.train.flags` — the absl flags shared by ``experiments/``.
 """
 
-from focus_jax.train.config import TrainConfig, paper, tiny
-from focus_jax.train.state import TrainState
-from focus_jax.train.trainer import TrainingDiverged, predict_dataset, train
+import importlib
 
-__all__ = ["TrainConfig", "TrainState", "TrainingDiverged", "paper", "predict_dataset",
-           "tiny", "train"]
+# Loaded on first use, so that importing focus_jax.train.flags (the CLI does) stays cheap.
+_LAZY = {"TrainConfig": "config", "paper": "config", "tiny": "config", "TrainState": "state",
+         "TrainingDiverged": "trainer", "predict_dataset": "trainer", "train": "trainer"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(f"focus_jax.train.{_LAZY[name]}"), name)
+  raise AttributeError(f"module 'focus_jax.train' has no attribute {name!r}")
