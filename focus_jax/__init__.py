@@ -2,7 +2,7 @@
 
 ``import focus_jax as fj`` is cheap: the sub-modules (and jax) load on first use,
 so ``focus-jax --help`` answers at once. ``fj.fit``, ``fj.FitConfig``,
-``fj.FitResult`` come from :mod:`focus_jax.fitting`.
+``fj.FitResult``, ``fj.fit_landmarks``, ``fj.LandmarkFitConfig`` come from :mod:`focus_jax.fitting`.
 """
 
 import importlib
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = ("errors", "morphable", "fitting", "losses", "prior", "render", "nets", "data",
                "eval", "train", "inference")
-_FROM_FITTING = ("FitConfig", "FitResult", "fit")
+_FROM_FITTING = ("FitConfig", "FitResult", "fit", "fit_landmarks", "LandmarkFitConfig")
 __all__ = list(_SUBMODULES + _FROM_FITTING)
 
 
