@@ -759,7 +759,8 @@ def edge_neighbours(triangles):
   if not isinstance(triangles, jax.core.Tracer):
     return jnp.asarray(_cached_neighbours(triangles))
   return jax.pure_callback(_cached_neighbours,
-                           jax.ShapeDtypeStruct(triangles.shape, jnp.int32), triangles)
+                           jax.ShapeDtypeStruct(triangles.shape, jnp.int32), triangles,
+                           vmap_method="sequential")
 
 
 def _silhouette_bits(points, triangles, neighbours):
