@@ -29,7 +29,8 @@ flags.DEFINE_integer("em_steps", 40, "Stage-4 EM steps (UNet and encoder blocks 
 flags.DEFINE_integer("adapt_steps", 16, "Test-time adaptation steps (with --target_dir).",
                      lower_bound=1)
 flags.DEFINE_string("target_dir", None, "Optional target set for test-time adaptation.")
-flags.DEFINE_integer("prior_faces", 0, "Synthetic fits for the misfit prior (0 = no prior).",
+flags.DEFINE_integer("prior_faces", 0, "Synthetic fits for the misfit prior (0 = no prior); "
+                     "it then shapes the pseudo masks and the EM UNet losses (--unet_prior).",
                      lower_bound=0)
 flags.adopt_module_key_flags(train_flags)
 FLAGS = flags.FLAGS

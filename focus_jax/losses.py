@@ -226,13 +226,21 @@ def neighbour_min_distance(image, target, window: int = 5):
   return best
 
 
-def neighbour_loss(image, target, inlier_mask, window: int = 5):
+def neighbour_loss(image, target, inlier_mask, window: int = 5, scale=None):
   """UNet neighbour term: ``mean_p min_δ ‖R·M(p) − I·M(p + δ)‖₂`` (interior pixels).
 
   image, target: [B, H, W, 3]; inlier_mask: [B, H, W] (the reference passes M·F).
+  scale: optional [B, H, W] per-pixel divisor of the distance (≥ 1), e.g. the misfit
+    prior's σ multiplier (:func:`focus_jax.prior.sigma_map`), so that systematically
+    hard-to-fit skin costs less when it is kept as inlier.
   """
   m = inlier_mask[..., None]
-  return jnp.mean(neighbour_min_distance(image * m, target * m, window))
+  d = neighbour_min_distance(image * m, target * m, window)
+  if scale is not None:
+    k = window // 2
+    h, w = scale.shape[-2], scale.shape[-1]
+    d = d / scale[..., k:h - k, k:w - k]
+  return jnp.mean(d)
 
 
 def check_finite(losses: dict, where: str = "loss"):

@@ -116,6 +116,19 @@ def test_neighbour_loss_tolerates_small_shifts_only():
   assert float(losses.neighbour_loss(a, b, jnp.ones((1, 6, 6)))) == pytest.approx(0.5, rel=1e-4)
 
 
+def test_neighbour_loss_divides_by_the_prior_scale_per_pixel():
+  # Constant images 0.5 apart: interior of 8x8 with a 5x5 window is 4x4 pixels.
+  a = jnp.zeros((1, 8, 8, 3))
+  b = a + jnp.array([0.3, 0.4, 0.0])
+  scale = np.ones((1, 8, 8), np.float32)
+  scale[:, :, :4] = 2.0          # interior columns 2, 3 halved; 4, 5 not
+  scale[:, 0, :] = 100.0         # border rows are outside the interior: no effect
+  got = float(losses.neighbour_loss(a, b, jnp.ones((1, 8, 8)), scale=jnp.asarray(scale)))
+  assert got == pytest.approx((0.25 + 0.5) / 2, rel=1e-4)
+  ones = float(losses.neighbour_loss(a, b, jnp.ones((1, 8, 8)), scale=jnp.ones((1, 8, 8))))
+  assert ones == pytest.approx(0.5, rel=1e-4)
+
+
 def test_losses_jit_and_grad():
   image = jnp.full((1, 4, 4, 3), 0.5)
   target = jnp.full((1, 4, 4, 3), 0.52)

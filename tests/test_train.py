@@ -152,6 +152,37 @@ def test_unet_sees_the_render_only_inside_the_face_and_learns_only_there():
   assert abs(float(c["bce"][0]) - float(a["bce"][0])) > 1e-4
 
 
+def test_em_unet_neighbour_term_is_divided_by_the_misfit_prior():
+  """The EM UNet loss with a misfit prior: σ multiplier 1 everywhere changes nothing,
+  2 everywhere halves the neighbour term (zero off the face) and leaves the others."""
+  from focus_jax import prior as prior_lib
+  from focus_jax.train import state as state_lib, steps as steps_lib
+  cfg = config_lib.tiny(image_size=32, batch_size=2, stage="em")
+  nets = state_lib.make_networks(cfg, axis_name=None)
+  st = state_lib.init_state(cfg, nets)
+  v = nets.model.num_vertices
+  rng = np.random.default_rng(0)
+  batch = dict(image=rng.uniform(size=(1, 2, 32, 32, 3)).astype(np.float32),
+               landmarks=np.full((1, 2, 68, 2), 16.0, np.float32))
+
+  def terms(prior):
+    fn = jax.pmap(lambda b: steps_lib._loss_em_unet(cfg, nets, st.unet["params"], st, b,
+                                                     nets.model, None, jax.random.PRNGKey(0),
+                                                     prior=prior)[1],
+                  axis_name=steps_lib.AXIS)
+    return jax.device_get(fn(batch))
+
+  make = lambda s: prior_lib.MisfitPrior(sigma_scale=np.full(v, s, np.float32),
+                                         rms=np.zeros(v, np.float32),
+                                         count=np.zeros(v, np.int32))
+  none, one, two = terms(None), terms(make(1.0)), terms(make(2.0))
+  assert float(none["neighbour"][0]) > 1e-3
+  np.testing.assert_allclose(one["neighbour"], none["neighbour"], rtol=1e-6)
+  np.testing.assert_allclose(two["neighbour"], 0.5 * none["neighbour"], rtol=1e-5)
+  for k in ("area", "binary"):
+    np.testing.assert_allclose(two[k], none[k], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------- checkpoints
 
 

@@ -58,7 +58,8 @@ ADAPT_STEPS = flags.DEFINE_integer("adapt_steps", 16, "train: test-time adaptati
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "train: print the resolved configuration and "
                             "the stage plan as JSON, then exit without training.")
 PRIOR_FACES = flags.DEFINE_integer("prior_faces", 0, "train: synthetic fits for the misfit "
-                                   "prior (0 = no prior).", lower_bound=0)
+                                   "prior (0 = no prior); the prior then shapes the pseudo "
+                                   "masks and the EM UNet losses (--unet_prior).", lower_bound=0)
 
 # One flag per TrainConfig field (--seed and --model are the shared ones), plus the
 # multi-host flags and --compilation_cache.

@@ -29,7 +29,7 @@ RUN_FIELDS = frozenset({
 
 STAGES = ("pretrain", "unet", "em", "adapt")
 # Fields added after the first checkpoints were written: absent = default.
-_ADDED = frozenset({"em_encoder_lr"})
+_ADDED = frozenset({"em_encoder_lr", "unet_prior"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,10 @@ class TrainConfig:
     w_*: loss weights (pretrain: photo, landmark, perceptual, reg; EM encoder:
       rec, perceptual, reg, landmark, enc_area; UNet: area, binary, preserve, dist,
       neighbour).
+    unet_prior: misfit prior .npz (focus_jax.prior, experiments/build_prior.py) used by
+      the EM UNet losses: the neighbour term's per-pixel residual is divided by the
+      prior's σ multiplier, so systematically hard-to-fit skin is not pushed to
+      'outlier' ('' = none).
     em_unet_steps, em_encoder_steps: EM cycle: this many UNet steps (encoder
       frozen) then this many encoder steps (UNet frozen).
     render_mode: 'hard' or 'soft' rasterisation for training renders.
@@ -108,6 +112,7 @@ class TrainConfig:
   w_preserve: float = 0.25
   w_dist: float = 3.0
   w_neighbour: float = 15.0
+  unet_prior: str = ""
   em_unet_steps: int = 5000
   em_encoder_steps: int = 25000
   render_mode: str = "hard"

@@ -52,6 +52,9 @@ HELP = dict(
     w_preserve="UNet: weight of the preserve term (0.25).",
     w_dist="UNet: weight of the dist term (3).",
     w_neighbour="UNet: weight of the neighbour term (15).",
+    unet_prior="Misfit prior .npz (experiments/build_prior.py) for the EM UNet losses: the "
+               "neighbour term divides each pixel's residual by the prior's sigma multiplier "
+               "('' = none).",
     em_unet_steps="EM cycle: UNet steps (encoder frozen) per cycle (reference 5000).",
     em_encoder_steps="EM cycle: encoder steps (UNet frozen) per cycle (reference 25000).",
     render_mode="Training renders: hard (exact visibility) or soft (SoftRas).",

@@ -167,9 +167,11 @@ def run_pipeline(config: TrainConfig, root: str, data_dir: str, *, steps: dict,
   out["pseudo"] = make_pseudo_masks(config.replace(stage="pretrain"), d("pseudo"), data_dir,
                                     d("pretrain"), split=split, prior_path=prior_path)
   out["unet"] = run("unet", init_from=d("pretrain"), pseudo_dir=d("pseudo")).step
-  out["em"] = run("em", init_from=d("unet")).step
+  em_config = config.replace(unet_prior=prior_path) if prior_path else config
+  out["em"] = trainer.train(em_config.replace(stage="em", num_steps=steps["em"]), d("em"),
+                            data_dir, split=split, init_from=d("unet")).step
   if target_dir:
-    out["adapt"] = trainer.train(config.replace(stage="adapt", num_steps=steps["adapt"]),
+    out["adapt"] = trainer.train(em_config.replace(stage="adapt", num_steps=steps["adapt"]),
                                  d("adapt"), target_dir, split=split, init_from=d("em")).step
     out["adapt_export"] = export_predictions(config, d("adapt"), target_dir,
                                              os.path.join(d("adapt"), "export"), split=split)

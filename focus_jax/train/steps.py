@@ -41,6 +41,7 @@ import optax
 
 from focus_jax import losses
 from focus_jax.morphable import model as model_lib
+from focus_jax.render import rasterize as raster_lib
 from focus_jax.render import render as render_lib
 from focus_jax.train.config import TrainConfig
 from focus_jax.train.state import RNG_IMPL, Networks, TrainState
@@ -186,15 +187,26 @@ def _loss_unet(config, nets, params, state, batch, model, identity, rng):
   return bce, dict(bce=bce, pseudo_fraction=frac), dict(unet=stats)
 
 
-def _loss_em_unet(config, nets, params, state, batch, model, identity, rng):
+def prior_sigma_map(prior, nets: Networks, model, vertices_camera):
+  """[b, S, S] σ multiplier (≥ 1; 1 on background) of a misfit prior at a render's
+  visible surface (a separate hard rasterization: no gradient flows through it)."""
+  from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
+  frags = raster_lib.rasterize(vertices_camera, model.triangles, nets.intrinsics,
+                               cull_backfaces=True)
+  return jax.lax.stop_gradient(prior_lib.sigma_map(prior, vertices_camera, model.triangles,
+                                                   frags, nets.intrinsics))
+
+
+def _loss_em_unet(config, nets, params, state, batch, model, identity, rng, prior=None):
   images, lms = batch["image"], batch["landmarks"]
   r = _frozen_render(config, nets, state, batch, model)
   m, _, stats = segment(config, nets, {"params": params,
                                        "batch_stats": state.unet["batch_stats"]},
                         r.image, images, train=True, rng=rng, face=r.mask)
   f = r.mask
+  scale = None if prior is None else prior_sigma_map(prior, nets, model, r.vertices_camera)
   terms = dict(area=losses.area_loss(f, m), binary=losses.binary_loss(f, m),
-               neighbour=losses.neighbour_loss(r.image, images, m * f))
+               neighbour=losses.neighbour_loss(r.image, images, m * f, scale=scale))
   total = (config.w_area * terms["area"] + config.w_binary * terms["binary"]
            + config.w_neighbour * terms["neighbour"])
   if identity is not None:
@@ -249,12 +261,18 @@ def _all_finite(tree):
                           jnp.bool_(True))
 
 
-def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = AXIS):
+def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = AXIS,
+              prior=None):
   """The (unmapped) step function of ``phase``; wrap it with ``jax.pmap(...,
-  axis_name=axis_name)`` (see :func:`focus_jax.train.parallel.pmap_step`)."""
+  axis_name=axis_name)`` (see :func:`focus_jax.train.parallel.pmap_step`).
+
+  ``prior``: optional :class:`focus_jax.prior.MisfitPrior` of the model, used by the
+  EM UNet losses (:func:`prior_sigma_map`); ignored by the other phases."""
   if phase not in PHASES:
     raise ValueError(f"unknown phase {phase!r}; one of {PHASES}")
   loss_impl = _LOSSES[phase]
+  if phase == "em_unet" and prior is not None:
+    loss_impl = functools.partial(loss_impl, prior=prior)
   which = trained_network(phase)
   tx = nets.encoder_tx if which == "encoder" else nets.unet_tx
 
@@ -309,12 +327,7 @@ def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True, pr
     r = render_faces(config, nets, model, out, images)
     sigma = losses.SIGMA
     if prior is not None:
-      from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
-      from focus_jax.render import rasterize  # pylint: disable=import-outside-toplevel
-      frags = rasterize.rasterize(r.vertices_camera, model.triangles, nets.intrinsics,
-                                  cull_backfaces=True)
-      sigma = losses.SIGMA * prior_lib.sigma_map(prior, r.vertices_camera, model.triangles,
-                                                 frags, nets.intrinsics)
+      sigma = losses.SIGMA * prior_sigma_map(prior, nets, model, r.vertices_camera)
     inlier = losses.robust_inliers(r.image, images, r.mask, sigma)
     if with_unet:
       m, _, _ = segment(config, nets, unet_vars, r.image, images, train=False, face=r.mask)

@@ -194,7 +194,12 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
   step = int(state.step)
 
   pipe = data_lib.make_pipeline(source, config, host_bs, state=data_state)
-  fns = {p: parallel.pmap_step(steps_lib.make_step(config, nets, p)) for p in phases_of(config)}
+  prior = None
+  if config.unet_prior:
+    from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
+    prior = prior_lib.load(config.unet_prior, nets.model)
+  fns = {p: parallel.pmap_step(steps_lib.make_step(config, nets, p, prior=prior))
+         for p in phases_of(config)}
   predict = jax.pmap(steps_lib.make_predict(config, nets, with_unet=config.stage != "pretrain"),
                      in_axes=(0, 0, 0, None))
   log = logs_lib.MetricsLog(workdir, columns_of(config), enabled=pid == 0)
