@@ -125,22 +125,13 @@ class Reconstruction:
 
 
 def as_photo(image, name: str = "image") -> np.ndarray:
-  """[H, W, 3] float32 in [0, 1] from uint8/uint16/float RGB(A) or grey input."""
-  img = np.asarray(image)
-  if img.ndim == 3 and img.shape[-1] == 1:
-    img = img[..., 0]
-  if img.ndim == 2:
-    img = np.repeat(img[..., None], 3, axis=-1)
-  if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 2:
-    raise DataError(f"{name}: expected an [H, W, 3] image, got shape {img.shape}")
-  img = img[..., :3]
-  if img.dtype == np.uint8:
-    return img.astype(np.float32) / 255.0
-  if img.dtype == np.uint16:
-    return img.astype(np.float32) / 65535.0
-  if img.dtype.kind in "fi":
-    return np.clip(img.astype(np.float32), 0.0, 1.0)
-  raise DataError(f"{name}: unsupported pixel type {img.dtype}")
+  """[H, W, 3] float32 in [0, 1] from uint8/uint16/float RGB(A) or grey input.
+
+  Raises:
+    DataError (an ImageReadError naming ``name``): not an image array.
+  """
+  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  return dataset.to_rgb_float(image, name)
 
 
 def default_detector(crop_fallback: bool = False):

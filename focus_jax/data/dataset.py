@@ -65,12 +65,26 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     img = np.asarray(iio.imread(path))
   except Exception as e:  # decoders raise anything: OSError, ValueError, SyntaxError...
     raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+  return to_rgb_float(img, path)
+
+
+def to_rgb_float(img, name: str = "image") -> np.ndarray:
+  """A decoded image as [H, W, 3] float32 in [0, 1].
+
+  Grey is repeated to three channels, alpha is dropped, uint8 / uint16 are
+  scaled by 1/255 / 1/65535, floats are clipped to [0, 1].
+
+  Raises:
+    ImageReadError: not an [H, W], [H, W, 1|3|4] image, or an unsupported pixel
+      type (the message starts with ``name``).
+  """
+  img = np.asarray(img)
   if img.ndim == 3 and img.shape[-1] == 1:
     img = img[..., 0]
   if img.ndim == 2:
     img = np.repeat(img[..., None], 3, axis=-1)
   if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 1:
-    raise ImageReadError(f"{path}: not an RGB image (array shape {img.shape})")
+    raise ImageReadError(f"{name}: not an RGB image (array shape {img.shape})")
   img = img[..., :3]
   if img.dtype == np.uint8:
     return img.astype(np.float32) / 255.0
@@ -78,7 +92,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return img.astype(np.float32) / 65535.0
   if img.dtype.kind == "f":
     return np.clip(img.astype(np.float32), 0.0, 1.0)
-  raise ImageReadError(f"{path}: unsupported pixel type {img.dtype}")
+  raise ImageReadError(f"{name}: unsupported pixel type {img.dtype}")
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
