@@ -138,13 +138,26 @@ def _landmark_term(model, predicted, target, size: int):
                               valid=model_lib.landmark_mask(model))
 
 
-def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
-  del rng
-  images, lms = batch["image"], batch["landmarks"]
+def _encode_and_render(config, nets, params, state, model, images):
+  """The encoder being trained (train mode) and its render: (out, RenderOutput, new stats)."""
   out, enc_stats = encode(config, nets, {"params": params,
                                          "batch_stats": state.encoder["batch_stats"]},
                           images, train=True)
-  r = render_faces(config, nets, model, out, images)
+  return out, render_faces(config, nets, model, out, images), enc_stats
+
+
+def _perceptual(identity, render_image, images, lms):
+  """Perceptual identity term of the encoder losses; 0 without an identity network."""
+  if identity is None:
+    return jnp.zeros(())
+  return losses.perceptual_loss(identity(render_image, lms).embedding,
+                                identity(images, lms).embedding)
+
+
+def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
+  del rng
+  images, lms = batch["image"], batch["landmarks"]
+  out, r, enc_stats = _encode_and_render(config, nets, params, state, model, images)
   photo, _ = losses.robust_photometric(r.image, images, r.mask)
   terms = dict(photometric=photo,
                landmark=_landmark_term(model, r.landmarks, lms, config.image_size),
@@ -152,12 +165,8 @@ def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
                                                                 out.albedo))
   total = (config.w_photo * photo + config.w_landmark * terms["landmark"]
            + config.w_reg * terms["regularization"])
-  if identity is not None:
-    terms["perceptual"] = losses.perceptual_loss(identity(r.image, lms).embedding,
-                                                 identity(images, lms).embedding)
-    total = total + config.w_perceptual * terms["perceptual"]
-  else:
-    terms["perceptual"] = jnp.zeros(())
+  terms["perceptual"] = _perceptual(identity, r.image, images, lms)
+  total = total + config.w_perceptual * terms["perceptual"]
   return total, terms, dict(encoder=enc_stats)
 
 
@@ -225,10 +234,7 @@ def _loss_em_unet(config, nets, params, state, batch, model, identity, rng, prio
 def _loss_em_encoder(config, nets, params, state, batch, model, identity, rng):
   del rng
   images, lms = batch["image"], batch["landmarks"]
-  out, enc_stats = encode(config, nets, {"params": params,
-                                         "batch_stats": state.encoder["batch_stats"]},
-                          images, train=True)
-  r = render_faces(config, nets, model, out, images)
+  out, r, enc_stats = _encode_and_render(config, nets, params, state, model, images)
   m, _, _ = segment(config, nets, state.unet, jax.lax.stop_gradient(r.image), images,
                     train=False, face=jax.lax.stop_gradient(r.mask))
   m = jax.lax.stop_gradient(m)
@@ -242,12 +248,8 @@ def _loss_em_encoder(config, nets, params, state, batch, model, identity, rng):
                area=losses.area_loss(r.mask, m))
   total = (config.w_rec * terms["reconstruction"] + config.w_reg * terms["regularization"]
            + config.w_landmark * terms["landmark"] + config.w_enc_area * terms["area"])
-  if identity is not None:
-    terms["perceptual"] = losses.perceptual_loss(identity(r.image, lms).embedding,
-                                                 identity(images, lms).embedding)
-    total = total + config.w_perceptual * terms["perceptual"]
-  else:
-    terms["perceptual"] = jnp.zeros(())
+  terms["perceptual"] = _perceptual(identity, r.image, images, lms)
+  total = total + config.w_perceptual * terms["perceptual"]
   return total, terms, dict(encoder=enc_stats)
 
 
