@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -191,3 +192,83 @@ def test_solve_light_warm_start_resists_large_bright_occluder():
   warm = skin_error((shading.default_light()[:, 0], jnp.ones(3)))
   # The unweighted first solve is dragged towards the mask; the warm start is not.
   assert warm < 0.6 * cold, (cold, warm)
+
+
+# ----------------------------------------------------------------------------- E-step pieces
+
+
+def test_colour_density_known_answer_and_uniform_without_weight():
+  bins = 8
+  colours = jnp.broadcast_to(jnp.array([0.3, 0.55, 0.8]), (4, 4, 3))   # cell (2, 4, 6)
+  # All weight in one interior cell, no pseudo-count: the [1, 2, 1]/4 blur keeps
+  # 1/2 per axis there, so the density is bins³ / 8 times the uniform one.
+  dense = fitting.colour_log_density(colours, jnp.ones((4, 4)), bins, 0.0)
+  np.testing.assert_allclose(dense, math.log(bins ** 3 / 8), rtol=1e-5)
+  # No class weight: the pseudo-count alone is the uniform density (log 0).
+  empty = fitting.colour_log_density(colours, jnp.zeros((4, 4)), bins, 10.0)
+  np.testing.assert_allclose(empty, 0.0, atol=1e-5)
+
+
+def test_colour_density_separates_two_populations():
+  rng = np.random.default_rng(0)
+  skin = np.array([0.8, 0.6, 0.5]) + rng.normal(0, 0.02, (16, 8, 3))
+  green = np.array([0.1, 0.7, 0.2]) + rng.normal(0, 0.02, (16, 8, 3))
+  colours = jnp.asarray(np.clip(np.concatenate([skin, green], 1), 0, 1), jnp.float32)
+  weight = jnp.concatenate([jnp.zeros((16, 8)), jnp.ones((16, 8))], 1)   # green = outlier
+  logd = np.asarray(fitting.colour_log_density(colours, weight, 8, 0.05 * 256))
+  assert logd[:, 8:].min() > math.log(5.0)      # the labelled colour is likely ...
+  assert logd[:, :8].max() < 0.0                # ... the other one less than uniform
+
+
+def test_colour_outlier_model_catches_absorbed_occluder_and_keeps_skin():
+  cfg = fitting.FitConfig(smoothing_iterations=0, outlier_model="uniform")
+  s = cfg.sigma
+  # Shaded skin (top to bottom) on the left, a flat green occluder on the right.
+  target = np.tile(np.array([0.8, 0.6, 0.5], np.float32), (16, 16, 1))
+  target *= np.linspace(0.6, 1.0, 16, dtype=np.float32)[:, None, None]
+  target[:, 8:] = [0.1, 0.7, 0.2]
+  residual = np.zeros((16, 16), np.float32)
+  residual[:, 8:] = 6.0 * s                         # clearly not the face ...
+  residual[:4, 8:] = 2.5 * s                        # ... except where the fit absorbed it
+  residual[::4, :8] = 2.5 * s                       # hard-to-fit skin, same residual
+  args = (jnp.asarray(residual), jnp.ones((16, 16), bool), jnp.ones((16, 16)))
+  uniform = np.asarray(fitting.inlier_posterior(*args, cfg, target=jnp.asarray(target)))
+  assert uniform[:4, 8:].min() > 0.5               # the uniform density keeps it
+  colour = np.asarray(fitting.inlier_posterior(
+      *args, dataclasses.replace(cfg, outlier_model="colour"), target=jnp.asarray(target)))
+  assert colour[:4, 8:].max() < 0.5                # the occluder's colour gives it away
+  assert colour[::4, :8].min() > 0.5               # skin of the same residual stays
+  assert colour[:, 8:].max() < 0.5 and colour[:, :8].min() > 0.5
+  with pytest.raises(ValueError, match="outlier_model"):
+    fitting.inlier_posterior(*args, dataclasses.replace(cfg, outlier_model="gmm"),
+                             target=jnp.asarray(target))
+
+
+def test_edge_weights_cut_across_colour_edges():
+  target = np.zeros((6, 6, 3), np.float32)
+  target[:, 3:] = 0.5
+  w = np.asarray(fitting.edge_weights(jnp.asarray(target), 0.1))
+  right = fitting._OFFSETS8.index((0, 1))  # pylint: disable=protected-access
+  np.testing.assert_allclose(w[right, :, :2], 1.0)          # same colour: full coupling
+  assert w[right, :, 2].max() < 1e-3                        # across the edge: none
+  assert w[right, :, 5].max() == 0.0                        # outside the image
+
+
+def test_extend_inliers_adds_matching_contour_pixels_only():
+  yy, xx = np.mgrid[:24, :24] + 0.5
+  r = np.hypot(yy - 12, xx - 12)
+  skin = np.array([0.8, 0.6, 0.5], np.float32)
+  face = r < 6.0                                    # the rendered silhouette
+  render = np.where(face[..., None], skin, 0.0).astype(np.float32)
+  target = np.tile(np.array([0.1, 0.1, 0.4], np.float32), (24, 24, 1))   # background
+  target[r < 8.0] = skin                            # the true face is larger ...
+  target[(r < 8.0) & (xx > 16)] = [0.1, 0.8, 0.1]   # ... and occluded on the right
+  cfg = fitting.FitConfig()
+  ext = np.asarray(fitting.extend_inliers(
+      jnp.asarray(render), jnp.asarray(face), jnp.asarray(face), jnp.asarray(target),
+      cfg.sigma, 1, cfg.outlier_sigmas))
+  ring = ~face & (r < 8.0) & (xx <= 16)
+  near = np.asarray(fitting._box3(jnp.asarray(face, jnp.float32))) > 0  # pylint: disable=protected-access
+  assert not (ext & face).any() and not (ext & ~near).any()    # one pixel outside only
+  assert ext[ring & near].all()                                # matching skin: added
+  assert not ext[xx > 16].any() and not ext[r >= 8.0].any()    # occluder, background: not
