@@ -93,6 +93,24 @@ def test_config_validation_and_em_schedule():
   assert [d[0] for d in cfg.mismatches(old)] == ["em_encoder_lr"]
 
 
+def test_encoder_translation_units_follow_the_config():
+  from focus_jax.train import state as state_lib
+  for cfg, want in ((config_lib.tiny(), (10.0, 10.0, 50.0)),
+                    (config_lib.tiny(translation_scale=1.0, depth_scale=0.005),
+                     (1.0, 1.0, 0.005))):
+    enc = state_lib.make_networks(cfg, axis_name=None).encoder
+    m = state_lib.load_model(cfg)
+    raw = np.zeros((1, enc.num_outputs), np.float32)
+    at = m.num_shape + m.num_expression + m.num_albedo + 3     # pose: 3 angles, then t
+    raw[0, at:at + 3] = [1.0, -2.0, 3.0]
+    t = np.asarray(enc.postprocess(raw).translation[0])
+    np.testing.assert_allclose(t, np.multiply(want, [1.0, -2.0, 3.0]), rtol=1e-6)
+  # Stages must agree on the units (they change what the encoder's weights mean).
+  check = trainer._check_compatible  # pylint: disable=protected-access
+  with pytest.raises(ckpt_lib.ConfigMismatchError, match="depth_scale"):
+    check(config_lib.tiny(), config_lib.tiny(depth_scale=1.0), "x")
+
+
 def test_em_stages_use_the_em_encoder_learning_rate():
   from focus_jax.train import state as state_lib
   params = dict(w=np.ones((3,), np.float32))
@@ -302,6 +320,25 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_data, tmp_path, mon
   for x, y in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(
       clean.state.encoder)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_predict_dataset_compiles_once_and_pads_consistently(tiny_data):
+  from focus_jax.train import data as data_lib, state as state_lib
+  cfg = config_lib.tiny(image_size=32, batch_size=2, progress=False)
+  nets = state_lib.make_networks(cfg, axis_name=None)
+  st = state_lib.to_host(state_lib.init_state(cfg, nets))
+  source = data_lib.AlignedSource(data_lib.open_data(str(tiny_data), "train"), 32)
+  kw = dict(with_unet=False, keys=("face", "vertices"))
+  a = trainer.predict_dataset(cfg, st.encoder, st.unet, source, indices=[0, 1, 2], **kw)
+  # Another call (other run-only fields, a padded batch of one) reuses the compiled
+  # function and gives example 2 the same prediction as in the full batch above.
+  b = trainer.predict_dataset(cfg.replace(num_steps=7), st.encoder, st.unet, source,
+                              indices=[2], **kw)
+  assert a["face"].shape == (3, 32, 32) and list(b["index"]) == [2]
+  np.testing.assert_allclose(b["vertices"][0], a["vertices"][2], rtol=1e-6, atol=1e-4)
+  np.testing.assert_array_equal(b["face"][0], a["face"][2])
+  _, fn = trainer._predict_fn(cfg, False, None)  # pylint: disable=protected-access
+  assert fn._cache_size() == 1  # pylint: disable=protected-access
 
 
 @pytest.mark.slow

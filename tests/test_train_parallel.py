@@ -18,22 +18,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 _PMAP = textwrap.dedent("""
-    import sys, jax, jax.numpy as jnp, numpy as np
-    from focus_jax.data import synthetic
-    from focus_jax.train import config, parallel, state as state_lib, steps
+    import sys, jax, numpy as np
+    from focus_jax.train import config, parallel, steps
+    from tests.train_setup import tiny_state_and_batch
     assert jax.local_device_count() == 2, jax.devices()
     cfg = config.tiny()
-    nets = state_lib.make_networks(cfg)
-    st = state_lib.to_host(state_lib.init_state(cfg, nets))
-    # A non-zero head, so that the gradient reaches every layer.
-    head = st.encoder["params"]["resnet"]["fc"]
-    head["kernel"] = np.asarray(0.01 * np.sin(np.arange(head["kernel"].size)).reshape(
-        head["kernel"].shape), np.float32)
-    gen = synthetic.SyntheticFaces(nets.model, synthetic.SyntheticConfig(size=64), seed=3,
-                                   batch_size=4)
-    samples = gen.generate(range(4))
-    batch = dict(image=np.stack([s.image for s in samples]).astype(np.float32),
-                 landmarks=np.stack([s.landmarks for s in samples]).astype(np.float32))
+    nets, st, batch = tiny_state_and_batch(cfg, 4)
     results = {}
     for phase in sys.argv[1:]:
       fn = steps.make_step(cfg, nets, phase)

@@ -177,6 +177,9 @@ class FaceEncoder(nn.Module):
     depth, width, stage_sizes, bn_axis_name: the trunk (see :class:`ResNet`).
     imagenet_normalize: normalise inputs with ImageNet mean/std (the reference does not).
     albedo_scale, rotation_scale, depth_scale: the reference's output scalings.
+    translation_scale: mm per raw head unit of the x and y translation (1 = the
+      reference; z uses ``depth_scale``). Training configs raise both when the
+      reference's units are too fine to learn in few steps (focus_jax.train.config).
 
   Call: ``images [B, H, W, 3] in [0, 1], train: bool -> EncoderOutput``. In training
   mode BatchNorm updates ``batch_stats`` (pass ``mutable=["batch_stats"]``).
@@ -195,6 +198,7 @@ class FaceEncoder(nn.Module):
   albedo_scale: float = 3.0
   rotation_scale: float = 0.3
   depth_scale: float = 0.005
+  translation_scale: float = 1.0
 
   @property
   def num_outputs(self) -> int:
@@ -226,8 +230,8 @@ class FaceEncoder(nn.Module):
       keep = np.arange(v.shape[-1]) < active   # static mask: zero value and zero gradient.
       return v * jnp.asarray(keep, v.dtype)
 
-    pose_scale = jnp.asarray([self.rotation_scale] * 3 + [1.0, 1.0, self.depth_scale],
-                             raw.dtype)
+    pose_scale = jnp.asarray([self.rotation_scale] * 3 + [self.translation_scale] * 2
+                             + [self.depth_scale], raw.dtype)
     pose = pose * pose_scale
     return EncoderOutput(
         shape=truncate(shape, self.active_shape),

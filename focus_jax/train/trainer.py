@@ -22,6 +22,7 @@ before the fault (non-finite steps never update them).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import time
@@ -35,6 +36,7 @@ import numpy as np
 from focus_jax.errors import FocusError
 from focus_jax.nets import identity as identity_lib
 from focus_jax.train import checkpoint as ckpt_lib
+from focus_jax.train import config as config_lib
 from focus_jax.train import data as data_lib
 from focus_jax.train import logs as logs_lib
 from focus_jax.train import parallel
@@ -46,7 +48,7 @@ from focus_jax.train.config import TrainConfig
 # and the stage it takes its weights from.
 NETWORK_FIELDS = ("image_size", "model", "model_resolution", "num_shape", "num_expression",
                   "num_albedo", "encoder_depth", "encoder_width", "encoder_stages",
-                  "unet_width", "unet_depth")
+                  "translation_scale", "depth_scale", "unet_width", "unet_depth")
 
 
 class TrainingDiverged(FocusError, FloatingPointError):
@@ -332,6 +334,33 @@ def _write_tile(log, step, predict, rstate, batch, model):
 # ----------------------------------------------------------------------- inference
 
 
+# (config, with_unet, id(prior), model component counts) -> (prior, Networks, jitted
+# predict); the prior is kept so that its id cannot be reused while the entry lives.
+_PREDICT_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_PREDICT_CACHE_SIZE = 8
+
+
+def _predict_fn(config: TrainConfig, with_unet: bool, prior, model=None):
+  """(Networks, jitted make_predict) for a config, made once: every call of
+  :func:`predict_dataset` with the same config reuses the compiled function (the
+  model's arrays are an argument of the predict function; only its component
+  counts, which size the encoder, are part of the key)."""
+  counts = None if model is None else (model.num_shape, model.num_expression,
+                                       model.num_albedo)
+  key = (config.replace(**{f: getattr(TrainConfig(), f) for f in config_lib.RUN_FIELDS}),
+         bool(with_unet), id(prior), counts)
+  hit = _PREDICT_CACHE.get(key)
+  if hit is not None:
+    _PREDICT_CACHE.move_to_end(key)
+    return hit[1], hit[2]
+  nets = state_lib.make_networks(config, axis_name=None, model=model)
+  fn = jax.jit(steps_lib.make_predict(config, nets, with_unet=with_unet, prior=prior))
+  _PREDICT_CACHE[key] = (prior, nets, fn)
+  while len(_PREDICT_CACHE) > _PREDICT_CACHE_SIZE:
+    _PREDICT_CACHE.popitem(last=False)
+  return nets, fn
+
+
 def predict_dataset(config: TrainConfig, encoder_vars, unet_vars, source, *,
                     batch_size: Optional[int] = None, indices=None, with_unet: bool = True,
                     keys=("render", "face", "inlier", "mask", "vertices", "landmarks"),
@@ -348,8 +377,8 @@ def predict_dataset(config: TrainConfig, encoder_vars, unet_vars, source, *,
   Returns:
     dict: ``index`` [N] plus each key stacked over the N examples, and ``image``.
   """
-  nets = state_lib.make_networks(config, axis_name=None, model=model)
-  fn = jax.jit(steps_lib.make_predict(config, nets, with_unet=with_unet, prior=prior))
+  nets, fn = _predict_fn(config, with_unet, prior, model)
+  model = nets.model if model is None else model
   if indices is None:
     indices = list(range(jax.process_index(), len(source), jax.process_count()))
   bs = batch_size or config.batch_size
@@ -363,7 +392,7 @@ def predict_dataset(config: TrainConfig, encoder_vars, unet_vars, source, *,
       images_in = np.concatenate([images, np.repeat(images[-1:], pad, 0)])
     else:
       images_in = images
-    res = jax.device_get(fn(encoder_vars, unet_vars, jnp.asarray(images_in), nets.model))
+    res = jax.device_get(fn(encoder_vars, unet_vars, jnp.asarray(images_in), model))
     out["index"].extend(chunk)
     out["image"].append(images)
     for k in keys:
