@@ -347,6 +347,35 @@ def test_soft_rasterize_approaches_hard_and_has_gradients():
   np.testing.assert_allclose(float(jnp.sum(gp * dp)), float(fd), rtol=0.05)
 
 
+def test_soft_rasterize_in_groups_matches_one_batch(monkeypatch):
+  """Large batches go through soft rasterization in groups of images
+  (rematerialised); the result and its gradients must not depend on that."""
+  points, triangles = sphere(subdivisions=2, radius=20.0)
+  pts, tri = padded(points, triangles)
+  rng = np.random.default_rng(5)
+  batch = jnp.stack([pts + jnp.asarray([8.0 * b, -5.0 * b, 10.0 * b], jnp.float32)
+                     for b in range(4)])
+  colors = jnp.asarray(rng.uniform(size=(4, pts.shape[0], 3)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(4, 48, 48, 3)), jnp.float32)
+
+  def loss(p, c):
+    out = R.soft_rasterize(p, tri, c, WIDE, sigma=0.5, gamma=1e-2)
+    assert out.overflow.shape == (4,)
+    return jnp.sum(out.image * weights) + jnp.sum(out.alpha * weights[..., 0]), out.overflow
+
+  grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+  (value, overflow), grads = grad_fn(batch, colors)
+  monkeypatch.setattr(R, "_SOFT_GROUP_TRIANGLES", 2 * tri.shape[0])   # groups of 2
+  (value2, overflow2), grads2 = grad_fn(batch, colors)
+  np.testing.assert_array_equal(np.asarray(overflow), 0)
+  np.testing.assert_array_equal(np.asarray(overflow2), 0)
+  np.testing.assert_allclose(float(value2), float(value), rtol=1e-5)
+  for g, g2 in zip(grads, grads2):
+    assert np.abs(np.asarray(g)).max() > 0
+    np.testing.assert_allclose(np.asarray(g2), np.asarray(g), rtol=1e-4,
+                               atol=1e-4 * np.abs(np.asarray(g)).max())
+
+
 def test_pmap_in_subprocess():
   code = textwrap.dedent("""
       import jax, jax.numpy as jnp, numpy as np
