@@ -91,3 +91,24 @@ def test_export_model_script(tmp_path):
   assert morphable.load(dst).num_shape == 2
   r = _run("experiments/export_model.py", f"--model={tmp_path}/missing.bin", f"--out={dst}")
   assert r.returncode != 0 and "not found" in r.stderr
+
+
+def test_fit_outlier_model_flag_selects_the_e_step():
+  from absl import flags
+  from focus_jax.commands import fit as fit_cmd
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  try:
+    configs = {}
+    for value in ("colour", "uniform"):
+      flags.FLAGS["outlier_model"].value = value
+      configs[value] = fit_cmd.fit_config()
+  finally:
+    flags.FLAGS["outlier_model"].value = "colour"
+    if not was_parsed:
+      flags.FLAGS.unparse_flags()
+  colour, uniform = configs["colour"], configs["uniform"]
+  assert (colour.outlier_model, colour.contour_margin > 0) == ("colour", True)
+  assert (uniform.outlier_model, uniform.smoothing_edge_sigma, uniform.contour_margin) == (
+      "uniform", 0.0, 0)
+  assert colour.iterations == uniform.iterations == 200

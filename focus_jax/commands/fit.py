@@ -50,15 +50,25 @@ CROP_FALLBACK = flags.DEFINE_bool(
 NON_ROBUST = flags.DEFINE_bool(
     "non_robust", False, "fit, now: per-image fit without outlier estimation (every visible "
     "face pixel counts as an inlier); the baseline the robust fit is compared with.")
+OUTLIER_MODEL = flags.DEFINE_enum(
+    "outlier_model", "colour", ["colour", "uniform"], "fit, now: outlier class of the robust "
+    "E-step. 'colour': a per-image colour model of the occluders, contrast-sensitive "
+    "smoothing and a 2-px contour margin (the default: occluder IoU 0.79 vs 0.63 on "
+    "benchmarks/results/fit.md); 'uniform': the FOCUS reference's uniform outlier density "
+    "with uniform smoothing, mask inside the render.")
 
 
 def fit_config():
-  """The FitConfig of the flags (--iterations, --non_robust)."""
+  """The FitConfig of the flags (--iterations, --non_robust, --outlier_model)."""
   import dataclasses  # pylint: disable=import-outside-toplevel
   from focus_jax import fitting  # pylint: disable=import-outside-toplevel
   base = fitting.FitConfig()
   steps = max(1, -(-ITERATIONS.value // max(base.rounds, 1)))
-  return dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value)
+  config = dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value)
+  if OUTLIER_MODEL.value == "uniform":
+    config = dataclasses.replace(config, outlier_model="uniform", smoothing_edge_sigma=0.0,
+                                 contour_margin=0)
+  return config
 
 
 def make_reconstructor(model_path=None):
