@@ -238,10 +238,8 @@ def main():
   overrides = {k: tuple(v) if isinstance(v, list) else v
                for k, v in json.loads(args.fit_config).items()}
   base = dataclasses.replace(fitting.FitConfig(), **overrides)
-  # The E-step of the FOCUS reference: uniform outlier density, uniform spatial
-  # coupling, mask inside the render only.
-  uniform = dataclasses.replace(base, outlier_model="uniform", smoothing_edge_sigma=0.0,
-                                contour_margin=0)
+  # Row (u): the E-step of the FOCUS reference.
+  uniform = base.reference_e_step()
   prior = None
   if any(k in args.variants for k in "cdu"):
     t0 = time.time()

@@ -188,6 +188,12 @@ class FitConfig:
   def iterations(self) -> int:
     return self.rounds * self.steps
 
+  def reference_e_step(self) -> "FitConfig":
+    """This config with the FOCUS reference's E-step: uniform outlier density,
+    uniform spatial coupling, inlier mask inside the render only."""
+    return dataclasses.replace(self, outlier_model="uniform", smoothing_edge_sigma=0.0,
+                               contour_margin=0)
+
 
 @flax.struct.dataclass
 class FitResult:

@@ -66,8 +66,7 @@ def fit_config():
   steps = max(1, -(-ITERATIONS.value // max(base.rounds, 1)))
   config = dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value)
   if OUTLIER_MODEL.value == "uniform":
-    config = dataclasses.replace(config, outlier_model="uniform", smoothing_edge_sigma=0.0,
-                                 contour_margin=0)
+    config = config.reference_e_step()
   return config
 
 
