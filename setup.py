@@ -11,6 +11,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["focus_jax", "focus_jax.*"]),
+    # The C++ source of the CPU rasterizer kernels, compiled on first use.
+    package_data={"focus_jax.render": ["cpu_kernels.cc"]},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.8",

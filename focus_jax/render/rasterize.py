@@ -67,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from focus_jax.render import cpu_kernels
 from focus_jax.render.camera import Intrinsics
 
 # Triangle ids are int32; a sentinel larger than any id marks "no triangle".
@@ -352,14 +353,32 @@ def default_chunk_size(intrinsics: Intrinsics) -> int:
 # rasterize
 
 
+def _fragments_from_buffers(points, triangles, intrinsics: Intrinsics, tid, inv_z,
+                            num_fragments) -> Fragments:
+  """Completes :class:`Fragments` from the triangle-id and inverse-depth buffers
+  ([B, H, W]; -1 / 0 on background)."""
+  mask = tid >= 0
+  bary = jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
+  depth = jnp.where(mask, 1.0 / jnp.where(mask, inv_z, 1.0), 0.0)
+  return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=mask,
+                   num_fragments=num_fragments)
+
+
 @functools.partial(jax.jit, static_argnames=("intrinsics", "cull_backfaces", "near",
-                                             "chunk_size", "footprint"))
+                                             "chunk_size", "footprint", "native"))
 def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: bool,
-                     near: float, chunk_size: Optional[int], footprint: int) -> Fragments:
+                     near: float, chunk_size: Optional[int], footprint: int,
+                     native: bool) -> Fragments:
   """Rasterizes a batch [B, V, 3] as one problem of B * F triangles drawn into
   B * H * W pixels (no vmap: XLA:CPU compiles batched gathers and scatters
-  poorly). Global triangle ids ``b * F + f`` keep the smaller-id tie-break."""
+  poorly). Global triangle ids ``b * F + f`` keep the smaller-id tie-break.
+  ``native``: the C++ kernel of :mod:`cpu_kernels` instead (CPU only)."""
   points = jax.lax.stop_gradient(points)
+  if native:
+    tid, bary, depth, num_fragments = cpu_kernels.rasterize(points, triangles, intrinsics,
+                                                            near, cull_backfaces)
+    return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=tid >= 0,
+                     num_fragments=num_fragments)
   batch, num_vertices = points.shape[:2]
   width, height = intrinsics.width, intrinsics.height
   num_pixels = batch * width * height
@@ -420,16 +439,13 @@ def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: 
   mask = idbuf != _NO_TRIANGLE
   image_of_pixel = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), height * width)
   tid = jnp.where(mask, idbuf - image_of_pixel * num_faces, -1).reshape(shape)
-  mask = mask.reshape(shape)
-  bary = jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
-  depth = jnp.where(mask, 1.0 / jnp.where(mask, zbuf.reshape(shape), 1.0), 0.0)
-  return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=mask,
-                   num_fragments=jnp.sum(counts.reshape(batch, num_faces), axis=1))
+  return _fragments_from_buffers(points, triangles, intrinsics, tid, zbuf.reshape(shape),
+                                 jnp.sum(counts.reshape(batch, num_faces), axis=1))
 
 
 def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool = False,
               near: float = 1.0, chunk_size: Optional[int] = None,
-              footprint: int = 2) -> Fragments:
+              footprint: int = 2, native: Optional[bool] = None) -> Fragments:
   """Hard rasterization: the front-most triangle at every pixel centre.
 
   Args:
@@ -444,14 +460,19 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
       iterations.
     footprint: triangles whose bounding box holds at most footprint x footprint
       pixel centres take the fixed-size fast path (static).
+    native: use the C++ CPU kernel (:mod:`focus_jax.render.cpu_kernels`; same
+      result) instead of the pure-JAX code. None (default): when JAX's default
+      backend is the CPU and the kernel is available. ``chunk_size`` and
+      ``footprint`` only tune the JAX code.
 
   Returns:
     :class:`Fragments` with [H, W] (or [B, H, W]) buffers. Exact depth test,
     ties resolved to the smaller triangle id. No gradients (use
     :func:`interpolate`).
   """
+  native = _resolve_native(native, points)
   kwargs = dict(intrinsics=intrinsics, cull_backfaces=cull_backfaces, near=near,
-                chunk_size=chunk_size, footprint=footprint)
+                chunk_size=chunk_size, footprint=footprint, native=bool(native))
   if points.ndim == 2:
     return jax.tree_util.tree_map(lambda x: x[0],
                                   _rasterize_batch(points[None], triangles, **kwargs))
@@ -546,23 +567,34 @@ def _interpolate_forward(attributes, points, triangle_id, triangles, intrinsics)
   return channels, (vid, coords, bary, total, values)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _interpolate_core(attributes, points, triangle_id, triangles, intrinsics):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _interpolate_core(attributes, points, triangle_id, triangles, intrinsics, native):
+  if native:
+    return cpu_kernels.interpolate(attributes, points, triangle_id, triangles, intrinsics)
   channels, _ = _interpolate_forward(attributes, points, triangle_id, triangles, intrinsics)
   return jnp.stack(channels, -1)
 
 
-def _interpolate_fwd(attributes, points, triangle_id, triangles, intrinsics):
+def _interpolate_fwd(attributes, points, triangle_id, triangles, intrinsics, native):
+  if native:
+    out = cpu_kernels.interpolate(attributes, points, triangle_id, triangles, intrinsics)
+    return out, (attributes, points, triangle_id, triangles)
   channels, res = _interpolate_forward(attributes, points, triangle_id, triangles, intrinsics)
   # The inputs themselves (alive anyway) carry the shapes and dtypes.
   return jnp.stack(channels, -1), (res, attributes, points)
 
 
-def _interpolate_bwd(intrinsics, saved, g):
+def _interpolate_bwd(intrinsics, native, saved, g):
   """Hand-written transpose: the per-pixel gradients of the 9 vertex coordinates
   and 3 C attribute values are formed elementwise and materialised, then each
   goes through one scalar scatter-add. (Left to autodiff, XLA:CPU fuses the
-  whole edge-function chain into a dozen serial scatter loops, ~10x slower.)"""
+  whole edge-function chain into a dozen serial scatter loops, ~10x slower.)
+  The C++ kernel does the same per pixel, in one pass."""
+  if native:
+    attributes, points, triangle_id, triangles = saved
+    d_attributes, d_points = cpu_kernels.interpolate_grad(attributes, points, triangle_id,
+                                                          triangles, intrinsics, g)
+    return (d_attributes.astype(attributes.dtype), d_points.astype(points.dtype), None, None)
   (vid, coords, bary, total, values), attr_spec, point_spec = saved
   num_rows = attr_spec.shape[0] * attr_spec.shape[1]
   dx, dy = _pixel_rays(intrinsics)
@@ -596,13 +628,24 @@ def _interpolate_bwd(intrinsics, saved, g):
 _interpolate_core.defvjp(_interpolate_fwd, _interpolate_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("intrinsics",))
-def _interpolate_batch(attributes, points, triangle_id, triangles, intrinsics):
-  return _interpolate_core(attributes, points, triangle_id, triangles, intrinsics)
+@functools.partial(jax.jit, static_argnames=("intrinsics", "native"))
+def _interpolate_batch(attributes, points, triangle_id, triangles, intrinsics, native):
+  return _interpolate_core(attributes, points, triangle_id, triangles, intrinsics, native)
+
+
+def _resolve_native(native: Optional[bool], *arrays) -> bool:
+  """None -> whether the CPU kernels should run (they compute in float32, so
+  only for float32 ``arrays``); True -> checked to be usable."""
+  if native is None:
+    return (all(jnp.result_type(a) == jnp.float32 for a in arrays)
+            and cpu_kernels.use_for_default_backend())
+  if native:
+    cpu_kernels.require()
+  return bool(native)
 
 
 def interpolate(attributes, points, triangles, fragments: Fragments,
-                intrinsics: Intrinsics):
+                intrinsics: Intrinsics, *, native: Optional[bool] = None):
   """Interpolates per-vertex attributes at every pixel (differentiable).
 
   Barycentrics are recomputed from ``points`` for the triangle chosen by
@@ -615,17 +658,20 @@ def interpolate(attributes, points, triangles, fragments: Fragments,
     triangles: [F, 3] int32.
     fragments: from :func:`rasterize`.
     intrinsics: the camera.
+    native: the C++ CPU kernels (forward and backward) instead of the JAX code;
+      None: as in :func:`rasterize`.
 
   Returns:
     [(B,) H, W, C] interpolated attributes, 0 on background pixels.
   """
+  native = _resolve_native(native, attributes, points)
   if attributes.ndim == 2 and points.ndim == 3:
     attributes = jnp.broadcast_to(attributes, (points.shape[0],) + attributes.shape)
   if attributes.ndim == 2:
     return _interpolate_batch(attributes[None], points[None], fragments.triangle_id[None],
-                              triangles, intrinsics=intrinsics)[0]
+                              triangles, intrinsics=intrinsics, native=native)[0]
   return _interpolate_batch(attributes, points, fragments.triangle_id, triangles,
-                            intrinsics=intrinsics)
+                            intrinsics=intrinsics, native=native)
 
 
 # ----------------------------------------------------------------------------
@@ -994,13 +1040,124 @@ def _antialias_bwd(intrinsics, res, g):
 _antialias_core.defvjp(_antialias_fwd, _antialias_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("intrinsics",))
+def _blend_pairs(image, points, triangles, pairs, intrinsics: Intrinsics):
+  """Blends the pixel pairs found by ``cpu_kernels.silhouette_pairs``
+  (differentiable): the same crossing fraction and blending as
+  :func:`_antialias_pairs`, for pairs whose silhouette triangle and edge are
+  already known.
+
+  Args:
+    image: [B, H, W, C]; points: [B, V, 3]; triangles: [F, 3] int32.
+    pairs: [K, 3] int32 rows (pixel, flags, triangle); pixel B H W = padding.
+
+  Returns:
+    [B, H, W, C] the image plus the blending deltas.
+  """
+  batch, height, width, channels = image.shape
+  num_vertices = points.shape[1]
+  num_pixels = batch * height * width
+  pixel, flags, tri = pairs[:, 0], pairs[:, 1], pairs[:, 2]
+  used = pixel < num_pixels
+  pix_a = jnp.where(used, pixel, 0)
+  vertical = (flags & 1) != 0
+  a_front = (flags & 2) != 0
+  edge = flags >> 2
+  pix_b = pix_a + jnp.where(vertical, width, 1)
+  b = pix_a // (height * width)
+  rest = pix_a - b * (height * width)
+  i = rest // width
+  j = rest - i * width
+  f = intrinsics.focal
+  dxa = (j.astype(jnp.float32) + 0.5 - intrinsics.cx) / f
+  dya = (i.astype(jnp.float32) + 0.5 - intrinsics.cy) / f
+  get = lambda x, k: x.at[k].get(mode="promise_in_bounds")
+  vid = get(triangles, tri) + (b * num_vertices)[:, None]            # [K, 3]
+  tables = [points[..., c].reshape(-1) for c in range(3)]
+  pv = tuple(tuple(get(tables[c], vid[:, k]) for k in range(3)) for c in range(3))
+  step = 1.0 / f
+  hx = jnp.where(vertical, 0.0, step)
+  hy = jnp.where(vertical, step, 0.0)
+  sign = jnp.where(a_front, 1.0, -1.0)
+  dx_in = dxa + jnp.where(a_front, 0.0, hx)
+  dy_in = dya + jnp.where(a_front, 0.0, hy)
+  e_in = _edges_soa(*pv, dx_in, dy_in)
+  e_out = _edges_soa(*pv, dx_in + sign * hx, dy_in + sign * hy)
+  orient = jax.lax.stop_gradient(jnp.where(e_in[0] + e_in[1] + e_in[2] < 0, -1.0, 1.0))
+  pick = lambda e: jnp.where(edge == 2, e[2], jnp.where(edge == 1, e[1], e[0])) * orient
+  ei, eo = pick(e_in), pick(e_out)
+  denom = jnp.where(used, ei - eo, 1.0)
+  t = jnp.where(used, ei / denom, 0.5)
+  flat = image.reshape(-1, channels)
+  ca, cb = get(flat, pix_a), get(flat, pix_b)
+  c_in = jnp.where(a_front[:, None], ca, cb)
+  c_out = jnp.where(a_front[:, None], cb, ca)
+  grow = jnp.maximum(t - 0.5, 0.0)[:, None] * (c_in - c_out)    # onto the outer pixel
+  shrink = jnp.maximum(0.5 - t, 0.0)[:, None] * (c_out - c_in)  # onto the inner pixel
+  delta_a = jnp.where(a_front[:, None], shrink, grow)
+  delta_b = jnp.where(a_front[:, None], grow, shrink)
+  out = flat.at[jnp.concatenate([pix_a, pix_b])].add(
+      jnp.concatenate([delta_a, delta_b]), mode="promise_in_bounds")
+  return out.reshape(image.shape)
+
+
+def _antialias_native(image, points, triangle_id, depth, triangles, neighbours,
+                      intrinsics: Intrinsics):
+  """:func:`antialias` with the pair search in the C++ kernel: only the pairs
+  that do blend reach the differentiable part."""
+  pairs, count = cpu_kernels.silhouette_pairs(jax.lax.stop_gradient(points), triangle_id,
+                                              depth, triangles, neighbours, intrinsics)
+  return _blend_pair_list(image, points, triangles, pairs, count, intrinsics)
+
+
+def _on_compact_rows(image, pairs, count, fn):
+  """``fn(rows)`` on the first rows of the pair list when the count fits the
+  static budget (almost always), else on all of them (lax.cond). The budget is
+  for pairs that blend: about 2x the silhouette length, ~H W / 200 per image
+  for a frontal face (the candidate budget of :func:`_max_pairs` / 4)."""
+  batch, height, width, _ = image.shape
+  small = min(pairs.shape[0], _max_pairs(batch, height, width) // 4)
+  return jax.lax.cond(count[0] <= small, lambda: fn(pairs[:small]), lambda: fn(pairs))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _blend_pair_list(image, points, triangles, pairs, count, intrinsics):
+  return _on_compact_rows(
+      image, pairs, count, lambda rows: _blend_pairs(image, points, triangles, rows, intrinsics))
+
+
+def _blend_pair_list_fwd(image, points, triangles, pairs, count, intrinsics):
+  out = _blend_pair_list(image, points, triangles, pairs, count, intrinsics)
+  return out, (image, points, triangles, pairs, count)
+
+
+def _blend_pair_list_bwd(intrinsics, res, g):
+  # Recomputed inside each branch: autodiff of the lax.cond would keep (zeroed)
+  # residuals of the full-size branch as well.
+  image, points, triangles, pairs, count = res
+
+  def grads(rows):
+    _, vjp = jax.vjp(lambda im, p: _blend_pairs(im, p, triangles, rows, intrinsics),
+                     image, points)
+    return vjp(g)
+
+  d_image, d_points = _on_compact_rows(image, pairs, count, grads)
+  return d_image, d_points, None, None, None
+
+
+_blend_pair_list.defvjp(_blend_pair_list_fwd, _blend_pair_list_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("intrinsics", "native"))
 def _antialias_batch(image, points, triangle_id, depth, triangles, neighbours,
-                     intrinsics: Intrinsics):
+                     intrinsics: Intrinsics, native: bool):
+  if native:
+    return _antialias_native(image, points, triangle_id, depth, triangles, neighbours,
+                             intrinsics)
   return _antialias_core(image, points, triangle_id, depth, triangles, neighbours, intrinsics)
 
 
-def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrinsics):
+def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrinsics, *,
+              native: Optional[bool] = None):
   """Analytic silhouette antialiasing with gradients w.r.t. vertex positions.
 
   As nvdiffrast's ``antialias`` (Laine et al. 2020): for every pair of
@@ -1032,17 +1189,20 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
       see :func:`edge_neighbours`).
     fragments: from :func:`rasterize`.
     intrinsics: the camera.
+    native: find the pixel pairs with the C++ CPU kernel (the blending and its
+      gradient stay in JAX); None: as in :func:`rasterize`.
 
   Returns:
     [(B,) H, W, C] antialiased image.
   """
+  native = _resolve_native(native, image, points)
   neighbours = edge_neighbours(triangles)
   if image.ndim == 3:
     return _antialias_batch(image[None], points[None], fragments.triangle_id[None],
                             fragments.depth[None], triangles, neighbours,
-                            intrinsics=intrinsics)[0]
+                            intrinsics=intrinsics, native=native)[0]
   return _antialias_batch(image, points, fragments.triangle_id, fragments.depth, triangles,
-                          neighbours, intrinsics=intrinsics)
+                          neighbours, intrinsics=intrinsics, native=native)
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,781 @@
+// CPU kernels for the hard rasterization path, called from JAX through the XLA
+// FFI (see cpu_kernels.py, which compiles this file on first use).
+//
+// They compute exactly what the pure-JAX code in rasterize.py computes (same
+// float32 formulas, same order of operations, same tie-break), but as plain
+// loops: XLA:CPU runs the JAX versions' gathers and scatters one element at a
+// time through generic code, which made visibility and the interpolation
+// backward pass the bulk of a training step on a CPU.
+//
+// Conventions (see rasterize.py): camera-space vertices in mm, pixel (row i,
+// col j) sampled at (j + 0.5, i + 0.5), homogeneous edge functions
+// e_i = det[P_{i+1}, P_{i+2}, d] for the viewing ray d of a pixel centre.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Widening of bounding boxes (px), as _BBOX_SLACK in rasterize.py.
+constexpr float kBboxSlack = 1e-3f;
+
+struct Camera {
+  int32_t width, height;
+  float focal, cx, cy, near;
+};
+
+// Per-triangle set-up of _triangle_setup: edge functions relative to the first
+// pixel centre (col0, row0) of the clipped bounding box and their increments.
+struct Setup {
+  float e0[3], gx[3], gy[3], inv_det;
+  int32_t col0, row0, ncols, nrows;  // ncols * nrows == 0: draws nothing.
+};
+
+// Pixel-centre range [first, first + count) of one axis covered by the
+// near-clipped bounding box of a triangle (_screen_bounds).
+void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_t size,
+                float near, int32_t* first_out, int32_t* count_out) {
+  const float inf = std::numeric_limits<float>::infinity();
+  float lo = inf, hi = -inf;
+  for (int k = 0; k < 3; ++k) {
+    const int n = (k + 1) % 3;
+    const bool front_k = z[k] >= near, front_n = z[n] >= near;
+    if (front_k) {
+      const float proj = focal * u[k] / z[k] + c;
+      if (std::isfinite(proj)) {
+        lo = std::min(lo, proj);
+        hi = std::max(hi, proj);
+      }
+    }
+    if (front_k != front_n) {
+      const float t = (near - z[k]) / (z[n] - z[k]);
+      const float cut = focal * (u[k] + t * (u[n] - u[k])) / near + c;
+      if (std::isfinite(cut)) {
+        lo = std::min(lo, cut);
+        hi = std::max(hi, cut);
+      }
+    }
+  }
+  lo = lo - kBboxSlack;
+  hi = hi + kBboxSlack;
+  const float fsize = static_cast<float>(size);
+  // Clip before the integer conversion (inf, huge values), as the JAX code.
+  const float lo_c = std::min(std::max(lo - 0.5f, -1.0f), fsize);
+  const float hi_c = std::min(std::max(hi - 0.5f, -1.0f), fsize);
+  int32_t first = static_cast<int32_t>(std::ceil(lo_c));
+  int32_t last = static_cast<int32_t>(std::floor(hi_c));
+  first = std::max(first, 0);
+  last = std::min(last, size - 1);
+  *first_out = first;
+  *count_out = std::max(last - first + 1, 0);
+}
+
+// Returns false for triangles that draw nothing (degenerate, non-finite, or
+// culled); otherwise fills *s.
+bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Camera& cam,
+                   bool cull_backfaces, Setup* s) {
+  const float x[3] = {p0[0], p1[0], p2[0]};
+  const float y[3] = {p0[1], p1[1], p2[1]};
+  const float z[3] = {p0[2], p1[2], p2[2]};
+  for (int k = 0; k < 3; ++k) {
+    if (!(std::isfinite(x[k]) && std::isfinite(y[k]) && std::isfinite(z[k]))) return false;
+  }
+  // Degenerate triangles (zero area, or seen edge-on from the camera centre).
+  const float a[3] = {x[1] - x[0], y[1] - y[0], z[1] - z[0]};
+  const float b[3] = {x[2] - x[0], y[2] - y[0], z[2] - z[0]};
+  const float normal[3] = {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
+                           a[0] * b[1] - a[1] * b[0]};
+  const float plane = x[0] * normal[0] + y[0] * normal[1] + z[0] * normal[2];
+  // Front-facing iff det < 0 (plane < 0); near-clipped triangles are left to
+  // the per-fragment test.
+  if (cull_backfaces && !(plane < 0.0f || z[0] < cam.near || z[1] < cam.near ||
+                          z[2] < cam.near)) {
+    return false;
+  }
+  auto sq = [](const float* v) { return v[0] * v[0] + v[1] * v[1] + v[2] * v[2]; };
+  const float nn = std::sqrt(sq(normal));
+  const float edges = std::sqrt(sq(a) * sq(b));
+  const float origin[3] = {x[0], y[0], z[0]};
+  if (!((nn > 1e-6f * edges) && (std::fabs(plane) > 1e-6f * nn * std::sqrt(sq(origin))))) {
+    return false;
+  }
+  AxisBounds(x, z, cam.focal, cam.cx, cam.width, cam.near, &s->col0, &s->ncols);
+  AxisBounds(y, z, cam.focal, cam.cy, cam.height, cam.near, &s->row0, &s->nrows);
+  if (s->ncols == 0 || s->nrows == 0) return false;
+  const float f = cam.focal;
+  const float dx0 = (static_cast<float>(s->col0) + 0.5f - cam.cx) / f;
+  const float dy0 = (static_cast<float>(s->row0) + 0.5f - cam.cy) / f;
+  float ax[3], ay[3];
+  for (int k = 0; k < 3; ++k) {
+    ax[k] = x[k] - z[k] * dx0;
+    ay[k] = y[k] - z[k] * dy0;
+  }
+  for (int i = 0; i < 3; ++i) {
+    const int j = (i + 1) % 3, k = (i + 2) % 3;
+    s->e0[i] = ax[j] * ay[k] - ay[j] * ax[k];
+    s->gx[i] = (z[k] * y[j] - z[j] * y[k]) / f;
+    s->gy[i] = (z[j] * x[k] - z[k] * x[j]) / f;
+  }
+  const float det = s->e0[0] * z[0] + s->e0[1] * z[1] + s->e0[2] * z[2];
+  if (det == 0.0f) return false;
+  s->inv_det = 1.0f / det;
+  return true;
+}
+
+// Perspective-correct barycentrics of pixel centre (col, row) in a triangle,
+// from the ray through it (as _barycentrics_batch). False if the edge
+// functions sum to zero.
+bool PixelBarycentrics(const float* p0, const float* p1, const float* p2, const Camera& cam,
+                       int32_t col, int32_t row, float out[3]) {
+  const float dx = (static_cast<float>(col) + 0.5f - cam.cx) / cam.focal;
+  const float dy = (static_cast<float>(row) + 0.5f - cam.cy) / cam.focal;
+  const float* p[3] = {p0, p1, p2};
+  float ax[3], ay[3];
+  for (int k = 0; k < 3; ++k) {
+    ax[k] = p[k][0] - p[k][2] * dx;
+    ay[k] = p[k][1] - p[k][2] * dy;
+  }
+  float e[3];
+  for (int i = 0; i < 3; ++i) {
+    const int j = (i + 1) % 3, k = (i + 2) % 3;
+    e[i] = ax[j] * ay[k] - ay[j] * ax[k];
+  }
+  const float total = e[0] + e[1] + e[2];
+  if (total == 0.0f) return false;
+  for (int i = 0; i < 3; ++i) out[i] = e[i] / total;
+  return true;
+}
+
+// Draws the triangles of one image into rows [row_begin, row_end) of its
+// buffers. Triangles are visited in id order and a fragment replaces the
+// buffer only when strictly nearer, so equal depths keep the smaller id.
+// inv_depth holds 1 / depth on return (0 on background).
+void RasterizeRows(const float* points, const int32_t* triangles, int64_t num_faces,
+                   const Camera& cam, bool cull_backfaces, int32_t row_begin, int32_t row_end,
+                   float* inv_depth, int32_t* triangle_id, int64_t* fragments) {
+  const float max_inv_z = 1.0f / cam.near;
+  int64_t count = 0;
+  for (int64_t t = 0; t < num_faces; ++t) {
+    const int32_t* v = triangles + 3 * t;
+    Setup s;
+    if (!TriangleSetup(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam,
+                       cull_backfaces, &s)) {
+      continue;
+    }
+    count += static_cast<int64_t>(s.ncols) * s.nrows;
+    const int32_t r0 = std::max(s.row0, row_begin);
+    const int32_t r1 = std::min(s.row0 + s.nrows, row_end);
+    for (int32_t row = r0; row < r1; ++row) {
+      const float drow = static_cast<float>(row - s.row0);
+      float* zrow = inv_depth + static_cast<int64_t>(row) * cam.width;
+      int32_t* idrow = triangle_id + static_cast<int64_t>(row) * cam.width;
+      for (int32_t dc = 0; dc < s.ncols; ++dc) {
+        const float dcol = static_cast<float>(dc);
+        const float e0 = s.e0[0] + s.gx[0] * dcol + s.gy[0] * drow;
+        const float e1 = s.e0[1] + s.gx[1] * dcol + s.gy[1] * drow;
+        const float e2 = s.e0[2] + s.gx[2] * dcol + s.gy[2] * drow;
+        const float total = e0 + e1 + e2;
+        const float inv_z = total * s.inv_det;
+        bool covered = (e0 >= 0.0f && e1 >= 0.0f && e2 >= 0.0f) ||
+                       (e0 <= 0.0f && e1 <= 0.0f && e2 <= 0.0f);
+        covered = covered && inv_z > 0.0f && inv_z <= max_inv_z;
+        if (cull_backfaces) covered = covered && total < 0.0f;
+        const int32_t col = s.col0 + dc;
+        if (covered && inv_z > zrow[col]) {
+          zrow[col] = inv_z;
+          idrow[col] = static_cast<int32_t>(t);
+        }
+      }
+    }
+  }
+  if (fragments != nullptr) *fragments = count;
+}
+
+// Fills barycentrics [.., 3] of rows [row_begin, row_end) of one image from its
+// triangle ids, and turns its inverse depths into depths (mm), in place.
+void ResolveRows(const float* points, const int32_t* triangles, const Camera& cam,
+                 int32_t row_begin, int32_t row_end, const int32_t* triangle_id,
+                 float* barycentric, float* depth) {
+  for (int64_t i = static_cast<int64_t>(row_begin) * cam.width;
+       i < static_cast<int64_t>(row_end) * cam.width; ++i) {
+    float* bary = barycentric + 3 * i;
+    bary[0] = bary[1] = bary[2] = 0.0f;
+    const int32_t t = triangle_id[i];
+    if (t < 0) continue;
+    const int32_t* v = triangles + 3 * static_cast<int64_t>(t);
+    const int32_t row = static_cast<int32_t>(i / cam.width);
+    const int32_t col = static_cast<int32_t>(i - static_cast<int64_t>(row) * cam.width);
+    PixelBarycentrics(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam, col, row,
+                      bary);
+    depth[i] = 1.0f / depth[i];
+  }
+}
+
+// Runs fn(unit) for unit in [0, num_units) on up to hardware_concurrency threads.
+template <typename Fn>
+void ParallelFor(int64_t num_units, Fn fn) {
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t num_threads = std::min<int64_t>(hw, num_units);
+  if (num_threads <= 1) {
+    for (int64_t u = 0; u < num_units; ++u) fn(u);
+    return;
+  }
+  std::vector<std::thread> workers;
+  workers.reserve(num_threads - 1);
+  for (int64_t w = 1; w < num_threads; ++w) {
+    workers.emplace_back([&, w] {
+      for (int64_t u = w; u < num_units; u += num_threads) fn(u);
+    });
+  }
+  for (int64_t u = 0; u < num_units; u += num_threads) fn(u);
+  for (auto& worker : workers) worker.join();
+}
+
+// Batch layout shared by the entry points. Leading axes of the per-image
+// arrays are images; the triangle list [..., F, 3] has either no leading axes
+// (one mesh for all) or leading axes that are the outermost leading axes of
+// the images (what jax.vmap with vmap_method="broadcast_all" produces), so
+// image i uses mesh i / images_per_mesh.
+struct MeshBatch {
+  int64_t num_images, num_vertices, num_faces, images_per_mesh;
+  const int32_t* triangles;
+  const int32_t* TrianglesOf(int64_t image) const {
+    return triangles + 3 * num_faces * (image / images_per_mesh);
+  }
+};
+
+ffi::Error GetMeshBatch(const char* op, ffi::Buffer<ffi::F32>& points,
+                        ffi::Buffer<ffi::S32>& triangles, MeshBatch* out) {
+  const auto pdims = points.dimensions();
+  const auto tdims = triangles.dimensions();
+  if (pdims.size() < 2 || pdims.back() != 3 || tdims.size() < 2 || tdims.back() != 3) {
+    return ffi::Error::InvalidArgument(std::string(op) +
+                                       ": points must be [..., V, 3], triangles [..., F, 3]");
+  }
+  MeshBatch& m = *out;
+  m.num_vertices = pdims[pdims.size() - 2];
+  m.num_faces = tdims[tdims.size() - 2];
+  m.num_images = m.num_vertices > 0 ? points.element_count() / (3 * m.num_vertices) : 0;
+  const int64_t num_meshes =
+      m.num_faces > 0 ? triangles.element_count() / (3 * m.num_faces) : 1;
+  if (num_meshes < 1 || m.num_images % num_meshes != 0) {
+    return ffi::Error::InvalidArgument(std::string(op) +
+                                       ": the triangle lists do not match the image batch");
+  }
+  m.images_per_mesh = std::max<int64_t>(1, m.num_images / num_meshes);
+  m.triangles = triangles.typed_data();
+  return ffi::Error::Success();
+}
+
+// Horizontal bands per image: enough work units for every thread even for a
+// single image.
+int64_t BandsPerImage(int64_t num_images, int32_t height) {
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t images = std::max<int64_t>(num_images, 1);
+  return std::max<int64_t>(1, std::min<int64_t>(height, (hw + images - 1) / images));
+}
+
+// points: [..., V, 3] float32 camera-space vertices; triangles: [..., F, 3]
+// int32 (see MeshBatch). Results: triangle_id [..., H, W] int32 (-1 =
+// background), barycentric [..., H, W, 3] float32, depth [..., H, W] float32
+// (mm), fragments [...] int32 (sum of the clipped bounding-box areas of the
+// drawn triangles); zeros on background.
+ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> triangles,
+                         ffi::ResultBuffer<ffi::S32> triangle_id,
+                         ffi::ResultBuffer<ffi::F32> barycentric,
+                         ffi::ResultBuffer<ffi::F32> depth,
+                         ffi::ResultBuffer<ffi::S32> fragments, int32_t width, int32_t height,
+                         float focal, float cx, float cy, float near, int32_t cull) {
+  MeshBatch m;
+  if (ffi::Error err = GetMeshBatch("rasterize", points, triangles, &m); err.failure()) return err;
+  const Camera cam{width, height, focal, cx, cy, near};
+  const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  float* zbuf = depth->typed_data();  // inverse depth until ResolveRows.
+  float* bary = barycentric->typed_data();
+  int32_t* ids = triangle_id->typed_data();
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  std::vector<int64_t> counts(m.num_images, 0);
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t image = unit / bands, band = unit % bands;
+    const int32_t r0 = static_cast<int32_t>(height * band / bands);
+    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
+    const float* image_points = points.typed_data() + image * m.num_vertices * 3;
+    const int32_t* tris = m.TrianglesOf(image);
+    float* image_z = zbuf + image * num_pixels;
+    int32_t* image_ids = ids + image * num_pixels;
+    std::fill(image_z + static_cast<int64_t>(r0) * width,
+              image_z + static_cast<int64_t>(r1) * width, 0.0f);
+    std::fill(image_ids + static_cast<int64_t>(r0) * width,
+              image_ids + static_cast<int64_t>(r1) * width, -1);
+    RasterizeRows(image_points, tris, m.num_faces, cam, cull != 0, r0, r1, image_z, image_ids,
+                  band == 0 ? &counts[image] : nullptr);
+    ResolveRows(image_points, tris, cam, r0, r1, image_ids, bary + 3 * image * num_pixels,
+                image_z);
+  });
+  for (int64_t i = 0; i < m.num_images; ++i) {
+    fragments->typed_data()[i] = static_cast<int32_t>(counts[i]);
+  }
+  return ffi::Error::Success();
+}
+
+// Per-pixel geometry of interpolation: vertex rows, edge functions' operands
+// and barycentrics (as _interpolate_forward). False on background pixels and
+// where the edge functions sum to zero (the JAX code then gives 0).
+struct PixelGeometry {
+  int32_t v[3];
+  float ax[3], ay[3], dx, dy, total, bary[3];
+};
+
+bool GetPixelGeometry(const float* points, const int32_t* tris, int32_t t, const Camera& cam,
+                      int64_t pixel, PixelGeometry* g) {
+  if (t < 0) return false;
+  const int32_t row = static_cast<int32_t>(pixel / cam.width);
+  const int32_t col = static_cast<int32_t>(pixel - static_cast<int64_t>(row) * cam.width);
+  g->dx = (static_cast<float>(col) + 0.5f - cam.cx) / cam.focal;
+  g->dy = (static_cast<float>(row) + 0.5f - cam.cy) / cam.focal;
+  for (int k = 0; k < 3; ++k) {
+    g->v[k] = tris[3 * static_cast<int64_t>(t) + k];
+    const float* p = points + 3 * static_cast<int64_t>(g->v[k]);
+    g->ax[k] = p[0] - p[2] * g->dx;
+    g->ay[k] = p[1] - p[2] * g->dy;
+  }
+  float e[3];
+  for (int i = 0; i < 3; ++i) {
+    const int j = (i + 1) % 3, k = (i + 2) % 3;
+    e[i] = g->ax[j] * g->ay[k] - g->ay[j] * g->ax[k];
+  }
+  g->total = e[0] + e[1] + e[2];
+  if (g->total == 0.0f) return false;
+  for (int i = 0; i < 3; ++i) g->bary[i] = e[i] / g->total;
+  return true;
+}
+
+// attributes: [..., V, C]; points: [..., V, 3]; triangle_id: [..., H, W];
+// triangles: [..., F, 3]. Result: [..., H, W, C], 0 on background.
+ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F32> points,
+                           ffi::Buffer<ffi::S32> triangle_id, ffi::Buffer<ffi::S32> triangles,
+                           ffi::ResultBuffer<ffi::F32> out, int32_t width, int32_t height,
+                           float focal, float cx, float cy) {
+  MeshBatch m;
+  if (ffi::Error err = GetMeshBatch("interpolate", points, triangles, &m); err.failure()) return err;
+  const int64_t channels = attributes.dimensions().back();
+  const Camera cam{width, height, focal, cx, cy, 0.0f};
+  const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t image = unit / bands, band = unit % bands;
+    const float* pts = points.typed_data() + image * m.num_vertices * 3;
+    const float* attr = attributes.typed_data() + image * m.num_vertices * channels;
+    const int32_t* ids = triangle_id.typed_data() + image * num_pixels;
+    const int32_t* tris = m.TrianglesOf(image);
+    float* o = out->typed_data() + image * num_pixels * channels;
+    const int64_t p0 = num_pixels * band / bands, p1 = num_pixels * (band + 1) / bands;
+    PixelGeometry g;
+    for (int64_t i = p0; i < p1; ++i) {
+      float* oi = o + i * channels;
+      if (!GetPixelGeometry(pts, tris, ids[i], cam, i, &g)) {
+        std::fill(oi, oi + channels, 0.0f);
+        continue;
+      }
+      const float* a0 = attr + channels * g.v[0];
+      const float* a1 = attr + channels * g.v[1];
+      const float* a2 = attr + channels * g.v[2];
+      for (int64_t c = 0; c < channels; ++c) {
+        oi[c] = g.bary[0] * a0[c] + g.bary[1] * a1[c] + g.bary[2] * a2[c];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// The transpose of InterpolateImpl (as _interpolate_bwd): cotangent [..., H,
+// W, C] -> d_attributes [..., V, C], d_points [..., V, 3]. Bands of one image
+// accumulate into private buffers that are summed afterwards, so the result
+// does not depend on the thread schedule.
+ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F32> points,
+                               ffi::Buffer<ffi::S32> triangle_id,
+                               ffi::Buffer<ffi::S32> triangles, ffi::Buffer<ffi::F32> cotangent,
+                               ffi::ResultBuffer<ffi::F32> d_attributes,
+                               ffi::ResultBuffer<ffi::F32> d_points, int32_t width,
+                               int32_t height, float focal, float cx, float cy) {
+  MeshBatch m;
+  if (ffi::Error err = GetMeshBatch("interpolate_grad", points, triangles, &m); err.failure()) return err;
+  const int64_t channels = attributes.dimensions().back();
+  const Camera cam{width, height, focal, cx, cy, 0.0f};
+  const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  const int64_t row_size = channels + 3;  // per vertex: d_attributes then d_points.
+  std::vector<float> scratch(bands > 1 ? m.num_images * bands * m.num_vertices * row_size : 0,
+                             0.0f);
+  float* da_all = d_attributes->typed_data();
+  float* dp_all = d_points->typed_data();
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t image = unit / bands, band = unit % bands;
+    const float* pts = points.typed_data() + image * m.num_vertices * 3;
+    const float* attr = attributes.typed_data() + image * m.num_vertices * channels;
+    const int32_t* ids = triangle_id.typed_data() + image * num_pixels;
+    const float* gout = cotangent.typed_data() + image * num_pixels * channels;
+    const int32_t* tris = m.TrianglesOf(image);
+    // Where this unit accumulates: the outputs directly (one band), or its
+    // slice of the scratch buffer ([V, C + 3] rows).
+    float* da = da_all + image * m.num_vertices * channels;
+    float* dp = dp_all + image * m.num_vertices * 3;
+    int64_t da_stride = channels, dp_stride = 3;
+    if (bands > 1) {
+      da = scratch.data() + unit * m.num_vertices * row_size;
+      dp = da + channels;
+      da_stride = dp_stride = row_size;
+    } else {
+      std::fill(da, da + m.num_vertices * channels, 0.0f);
+      std::fill(dp, dp + m.num_vertices * 3, 0.0f);
+    }
+    const int64_t p0 = num_pixels * band / bands, p1 = num_pixels * (band + 1) / bands;
+    PixelGeometry g;
+    for (int64_t i = p0; i < p1; ++i) {
+      if (!GetPixelGeometry(pts, tris, ids[i], cam, i, &g)) continue;
+      const float* gi = gout + i * channels;
+      float d_bary[3] = {0.0f, 0.0f, 0.0f};
+      for (int k = 0; k < 3; ++k) {
+        const float* a = attr + channels * g.v[k];
+        float* dak = da + da_stride * g.v[k];
+        for (int64_t c = 0; c < channels; ++c) {
+          d_bary[k] += gi[c] * a[c];
+          dak[c] += g.bary[k] * gi[c];
+        }
+      }
+      const float mean = d_bary[0] * g.bary[0] + d_bary[1] * g.bary[1] + d_bary[2] * g.bary[2];
+      float de[3];
+      for (int k = 0; k < 3; ++k) de[k] = (d_bary[k] - mean) / g.total;
+      // e_i = ax_{i+1} ay_{i+2} - ay_{i+1} ax_{i+2}
+      const float dax[3] = {de[2] * g.ay[1] - de[1] * g.ay[2], de[0] * g.ay[2] - de[2] * g.ay[0],
+                            de[1] * g.ay[0] - de[0] * g.ay[1]};
+      const float day[3] = {de[1] * g.ax[2] - de[2] * g.ax[1], de[2] * g.ax[0] - de[0] * g.ax[2],
+                            de[0] * g.ax[1] - de[1] * g.ax[0]};
+      for (int k = 0; k < 3; ++k) {
+        float* dpk = dp + dp_stride * g.v[k];
+        dpk[0] += dax[k];
+        dpk[1] += day[k];
+        dpk[2] += -(dax[k] * g.dx + day[k] * g.dy);
+      }
+    }
+  });
+  if (bands > 1) {
+    ParallelFor(m.num_images, [&](int64_t image) {
+      float* da = da_all + image * m.num_vertices * channels;
+      float* dp = dp_all + image * m.num_vertices * 3;
+      for (int64_t v = 0; v < m.num_vertices; ++v) {
+        for (int64_t c = 0; c < row_size; ++c) {
+          float sum = 0.0f;
+          for (int64_t b = 0; b < bands; ++b) {
+            sum += scratch[((image * bands + b) * m.num_vertices + v) * row_size + c];
+          }
+          if (c < channels) {
+            da[v * channels + c] = sum;
+          } else {
+            dp[v * 3 + c - channels] = sum;
+          }
+        }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------
+// Antialiasing: the discrete half of rasterize.antialias (which pixel pairs
+// straddle a silhouette edge, and which triangle edge that is). The blending
+// itself, and so the gradient, stays in JAX (rasterize._blend_pairs).
+
+constexpr int kWalkSteps = 2;  // As _WALK_STEPS in rasterize.py.
+
+// Per triangle of one image: bit k set when edge k is a silhouette edge (no
+// neighbour, or the neighbour faces the other way), as _silhouette_bits.
+void SilhouetteBits(const float* points, const int32_t* tris, const int32_t* neighbours,
+                    int64_t num_faces, std::vector<int8_t>& facing, std::vector<int32_t>& bits) {
+  facing.resize(num_faces);
+  bits.assign(num_faces, 0);
+  for (int64_t f = 0; f < num_faces; ++f) {
+    const float* p0 = points + 3 * static_cast<int64_t>(tris[3 * f]);
+    const float* p1 = points + 3 * static_cast<int64_t>(tris[3 * f + 1]);
+    const float* p2 = points + 3 * static_cast<int64_t>(tris[3 * f + 2]);
+    const float c0 = p1[1] * p2[2] - p1[2] * p2[1];
+    const float c1 = p1[2] * p2[0] - p1[0] * p2[2];
+    const float c2 = p1[0] * p2[1] - p1[1] * p2[0];
+    const float det = p0[0] * c0 + p0[1] * c1 + p0[2] * c2;
+    facing[f] = static_cast<int8_t>((det > 0.0f) - (det < 0.0f));
+  }
+  for (int64_t f = 0; f < num_faces; ++f) {
+    for (int k = 0; k < 3; ++k) {
+      const int32_t nb = neighbours[3 * f + k];
+      if (nb < 0 || facing[nb] != facing[f]) bits[f] |= 1 << k;
+    }
+  }
+}
+
+// Triangles within kWalkSteps edge-steps of a silhouette edge (_near_silhouette).
+void NearSilhouette(const int32_t* neighbours, int64_t num_faces, const std::vector<int32_t>& bits,
+                    std::vector<int32_t>& near) {
+  near = bits;
+  std::vector<int32_t> ring(num_faces);
+  for (int step = 0; step < kWalkSteps; ++step) {
+    for (int64_t f = 0; f < num_faces; ++f) {
+      int32_t r = near[f];
+      for (int k = 0; k < 3; ++k) {
+        const int32_t nb = neighbours[3 * f + k];
+        if (nb >= 0) r |= near[nb];
+      }
+      ring[f] = r;
+    }
+    near.swap(ring);
+  }
+}
+
+// Where the segment from the inner pixel centre (ray slopes dx_in, dy_in) to
+// the outer one (one pixel along hx, hy) leaves a triangle: fraction t (inf if
+// it does not), the edge crossed first, and whether this axis handles that
+// edge (as _pair_edges).
+struct Crossing {
+  float t;
+  int edge;
+  bool axis_ok;
+};
+
+Crossing PairCrossing(const float* p[3], float dx_in, float dy_in, float hx, float hy,
+                      float sign, bool vertical) {
+  auto edges = [&](float dx, float dy, float e[3]) {
+    float ax[3], ay[3];
+    for (int k = 0; k < 3; ++k) {
+      ax[k] = p[k][0] - p[k][2] * dx;
+      ay[k] = p[k][1] - p[k][2] * dy;
+    }
+    for (int i = 0; i < 3; ++i) {
+      const int j = (i + 1) % 3, k = (i + 2) % 3;
+      e[i] = ax[j] * ay[k] - ay[j] * ax[k];
+    }
+  };
+  float ei[3], eo[3], ep[3];
+  edges(dx_in, dy_in, ei);
+  edges(dx_in + sign * hx, dy_in + sign * hy, eo);
+  edges(dx_in + hy, dy_in + hx, ep);
+  const float orient = (ei[0] + ei[1] + ei[2] < 0.0f) ? -1.0f : 1.0f;
+  Crossing c{std::numeric_limits<float>::infinity(), 0, false};
+  for (int k = 0; k < 3; ++k) {
+    const float a = ei[k] * orient, b = eo[k] * orient;
+    if (b < 0.0f && a >= 0.0f) {
+      const float t = a / (a - b);
+      if (t < c.t) {  // the first minimum wins
+        c.t = t;
+        c.edge = k;
+      }
+    }
+  }
+  if (!std::isfinite(c.t)) return c;
+  const int k = c.edge;
+  const float along = std::fabs(eo[k] * orient - ei[k] * orient);
+  const float across = std::fabs(ep[k] * orient - ei[k] * orient);
+  c.axis_ok = vertical ? along > across : along >= across;
+  return c;
+}
+
+// One pair record: flat index of the first (left / top) pixel within its group
+// of images, flags (bit 0 vertical, bit 1 first pixel in front, bits 2-3 the
+// silhouette edge), and the triangle (within its image) that edge belongs to.
+struct PairRecord {
+  int32_t pixel, flags, triangle;
+};
+
+// The pairs of rows [row_begin, row_end) of one image (a pair belongs to the
+// row of its first pixel) whose segment crosses a silhouette edge.
+void SilhouettePairs(const float* points, const int32_t* tris, const int32_t* neighbours,
+                     const std::vector<int32_t>& bits, const std::vector<int32_t>& near,
+                     const int32_t* ids, const float* depth, const Camera& cam,
+                     int32_t row_begin, int32_t row_end, int64_t pixel_offset,
+                     std::vector<PairRecord>& out) {
+  const int32_t width = cam.width, height = cam.height;
+  const float step = 1.0f / cam.focal;
+  for (int32_t i = row_begin; i < row_end; ++i) {
+    for (int vertical = 0; vertical < 2; ++vertical) {
+      if (vertical && i + 1 >= height) continue;
+      const int32_t ncols = vertical ? width : width - 1;
+      for (int32_t j = 0; j < ncols; ++j) {
+        const int64_t pa = static_cast<int64_t>(i) * width + j;
+        const int64_t pb = pa + (vertical ? width : 1);
+        const int32_t ta = ids[pa], tb = ids[pb];
+        if (ta == tb) continue;
+        const bool a_front = ta >= 0 && (tb < 0 || depth[pa] <= depth[pb]);
+        int32_t tri = a_front ? ta : tb;
+        if (tri < 0 || near[tri] == 0) continue;
+        const float dxa = (static_cast<float>(j) + 0.5f - cam.cx) / cam.focal;
+        const float dya = (static_cast<float>(i) + 0.5f - cam.cy) / cam.focal;
+        const float hx = vertical ? 0.0f : step, hy = vertical ? step : 0.0f;
+        const float dx_in = dxa + (a_front ? 0.0f : hx);
+        const float dy_in = dya + (a_front ? 0.0f : hy);
+        const float sign = a_front ? 1.0f : -1.0f;
+        auto crossing = [&](int32_t t) {
+          const float* p[3] = {points + 3 * static_cast<int64_t>(tris[3 * t]),
+                               points + 3 * static_cast<int64_t>(tris[3 * t + 1]),
+                               points + 3 * static_cast<int64_t>(tris[3 * t + 2])};
+          return PairCrossing(p, dx_in, dy_in, hx, hy, sign, vertical != 0);
+        };
+        auto silhouette_hit = [&](int32_t t, const Crossing& c) {
+          return std::isfinite(c.t) && c.axis_ok && ((bits[t] >> c.edge) & 1);
+        };
+        // nvdiffrast's rule (the front triangle's first crossed edge), then up
+        // to kWalkSteps steps through interior edges into the neighbours.
+        Crossing c = crossing(tri);
+        bool done = silhouette_hit(tri, c);
+        bool alive = std::isfinite(c.t);
+        for (int s = 0; s < kWalkSteps && alive && !done; ++s) {
+          const int32_t next = neighbours[3 * static_cast<int64_t>(tri) + c.edge];
+          if (next < 0) break;
+          const Crossing cn = crossing(next);
+          if (!(std::isfinite(cn.t) && cn.t >= c.t)) break;
+          tri = next;
+          c = cn;
+          done = silhouette_hit(tri, c);
+        }
+        if (!done) continue;
+        out.push_back({static_cast<int32_t>(pixel_offset + pa),
+                       vertical | (a_front ? 2 : 0) | (c.edge << 2), tri});
+      }
+    }
+  }
+}
+
+// points [..., V, 3], triangle_id and depth [..., H, W], triangles and
+// neighbours [..., F, 3] (see MeshBatch). Results: pairs [..., P, 3] int32
+// (PairRecord rows of each group of images, compact, then padding rows whose
+// pixel is the group's pixel count), count [..., 1] int32 per group; P is the
+// number of adjacent pixel pairs of a group.
+ffi::Error SilhouettePairsImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> triangle_id,
+                               ffi::Buffer<ffi::F32> depth, ffi::Buffer<ffi::S32> triangles,
+                               ffi::Buffer<ffi::S32> neighbours,
+                               ffi::ResultBuffer<ffi::S32> pairs,
+                               ffi::ResultBuffer<ffi::S32> count, int32_t width, int32_t height,
+                               float focal, float cx, float cy) {
+  MeshBatch m;
+  if (ffi::Error err = GetMeshBatch("antialias", points, triangles, &m); err.failure()) {
+    return err;
+  }
+  const auto pdims = pairs->dimensions();
+  const int64_t capacity = pdims[pdims.size() - 2];
+  const int64_t num_groups = static_cast<int64_t>(count->element_count());
+  if (num_groups < 1 || m.num_images % num_groups != 0) {
+    return ffi::Error::InvalidArgument("antialias: bad pair-list shape");
+  }
+  const int64_t images_per_group = m.num_images / num_groups;
+  const Camera cam{width, height, focal, cx, cy, 0.0f};
+  const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  std::vector<std::vector<PairRecord>> found(m.num_images * bands);
+  // Per-image triangle tables, computed once per image (by band 0's thread
+  // would serialise; cheap enough to compute per unit).
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t image = unit / bands, band = unit % bands;
+    const float* pts = points.typed_data() + image * m.num_vertices * 3;
+    const int32_t* tris = m.TrianglesOf(image);
+    const int32_t* nbs = neighbours.typed_data() + (tris - m.triangles);
+    std::vector<int8_t> facing;
+    std::vector<int32_t> bits, near;
+    SilhouetteBits(pts, tris, nbs, m.num_faces, facing, bits);
+    NearSilhouette(nbs, m.num_faces, bits, near);
+    const int32_t r0 = static_cast<int32_t>(height * band / bands);
+    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
+    SilhouettePairs(pts, tris, nbs, bits, near, triangle_id.typed_data() + image * num_pixels,
+                    depth.typed_data() + image * num_pixels, cam, r0, r1,
+                    (image % images_per_group) * num_pixels, found[unit]);
+  });
+  int32_t* out = pairs->typed_data();
+  for (int64_t g = 0; g < num_groups; ++g) {
+    int32_t* rec = out + 3 * g * capacity;
+    int64_t n = 0;
+    for (int64_t u = g * images_per_group * bands; u < (g + 1) * images_per_group * bands; ++u) {
+      for (const PairRecord& r : found[u]) {
+        if (n < capacity) {
+          rec[3 * n] = r.pixel;
+          rec[3 * n + 1] = r.flags;
+          rec[3 * n + 2] = r.triangle;
+        }
+        ++n;
+      }
+    }
+    count->typed_data()[g] = static_cast<int32_t>(std::min(n, capacity));
+    const int32_t pad = static_cast<int32_t>(images_per_group * num_pixels);
+    for (int64_t k = n; k < capacity; ++k) {
+      rec[3 * k] = pad;
+      rec[3 * k + 1] = 0;
+      rec[3 * k + 2] = 0;
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusRasterize, RasterizeImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy")
+                                  .Attr<float>("near")
+                                  .Attr<int32_t>("cull"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusInterpolate, InterpolateImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusInterpolateGrad, InterpolateGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusSilhouettePairs, SilhouettePairsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy"));

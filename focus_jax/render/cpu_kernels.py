@@ -1,0 +1,211 @@
+"""Native CPU kernels for the hard rasterization path (XLA FFI custom calls).
+
+``cpu_kernels.cc`` holds C++ versions of the two operations that XLA:CPU runs
+slowest in :mod:`focus_jax.render.rasterize` — the z-buffer visibility pass and
+the interpolation of vertex attributes (forward and backward) — computing the
+same float32 formulas as the pure-JAX code. On the CPU backend the rasterizer
+calls them through :func:`jax.ffi.ffi_call`, which works under ``jit``, ``vmap``,
+``grad`` (through the same ``custom_vjp`` as the JAX path) and ``pmap``; on GPU
+and TPU, and wherever the kernels are unavailable, the pure-JAX code runs.
+
+The library is compiled on first use with the system C++ compiler (``$CXX`` or
+``c++``; a few seconds) against the XLA FFI headers that ship with jaxlib, and
+cached under ``$FOCUS_JAX_CACHE`` (default ``~/.cache/focus_jax``) keyed by the
+source, the jax version and the flags. No compiler, or a failed build, logs
+one warning and falls back to pure JAX. ``FOCUS_JAX_NATIVE=0`` turns the
+kernels off (the pure-JAX path then runs everywhere).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC",
+          # No fused multiply-adds: the kernels then round like the JAX code.
+          "-ffp-contract=off", "-pthread")
+# FFI target name -> exported handler symbol in the library.
+_TARGETS = {"focus_rasterize": "FocusRasterize", "focus_interpolate": "FocusInterpolate",
+            "focus_interpolate_grad": "FocusInterpolateGrad",
+            "focus_silhouette_pairs": "FocusSilhouettePairs"}
+
+_lock = threading.Lock()
+_state = {"loaded": None, "error": None}
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("FOCUS_JAX_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "focus_jax")
+  return pathlib.Path(root) / "cpu_kernels"
+
+
+def _library_path(compiler: str) -> pathlib.Path:
+  key = hashlib.sha256()
+  key.update(_SOURCE.read_bytes())
+  key.update(jax.__version__.encode())
+  key.update(" ".join((compiler,) + _FLAGS).encode())
+  return _cache_dir() / f"focus_cpu_kernels_{key.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, target: pathlib.Path) -> None:
+  """Compiles the library to ``target`` atomically (a temporary file, then a
+  rename, so concurrent processes never load a half-written library)."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+  os.close(fd)
+  cmd = [compiler, *_FLAGS, "-w", "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[:2000]}")
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _load() -> bool:
+  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+  if compiler is None:
+    raise RuntimeError("no C++ compiler found (set $CXX)")
+  path = _library_path(compiler)
+  if not path.exists():
+    logging.info("focus_jax: compiling the CPU rasterizer kernels into %s", path)
+    _build(compiler, path)
+  lib = ctypes.cdll.LoadLibrary(str(path))
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform="cpu")
+  return True
+
+
+def available() -> bool:
+  """True when the kernels are enabled and loaded (compiling them if needed)."""
+  if os.environ.get("FOCUS_JAX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    return False
+  with _lock:
+    if _state["loaded"] is None:
+      try:
+        _state["loaded"] = _load()
+      except Exception as err:  # pylint: disable=broad-except
+        _state["loaded"] = False
+        _state["error"] = err
+        logging.warning("focus_jax: native CPU kernels unavailable, using the pure-JAX "
+                        "rasterizer (slower on CPU): %s", err)
+    return _state["loaded"]
+
+
+def require() -> None:
+  """Raises if the kernels were asked for explicitly but cannot be used."""
+  if not available():
+    raise RuntimeError("native=True, but the CPU kernels are unavailable: "
+                       f"{_state['error'] or 'FOCUS_JAX_NATIVE is off'}")
+
+
+def use_for_default_backend() -> bool:
+  """Whether traced code should call the kernels: the computation is being
+  staged for the CPU backend (the default one) and the kernels are available."""
+  return jax.default_backend() == "cpu" and available()
+
+
+def rasterize(points, triangles, intrinsics, near: float, cull_backfaces: bool):
+  """Z-buffer visibility of a batch (the kernel behind ``rasterize.rasterize``).
+
+  Args:
+    points: [B, V, 3] float32 camera-space vertices (mm), no gradient.
+    triangles: [F, 3] int32 vertex indices, shared by the batch.
+    intrinsics: :class:`~focus_jax.render.camera.Intrinsics` (static).
+    near: near-plane depth (mm).
+    cull_backfaces: drop triangles seen from the back.
+
+  Returns:
+    (triangle_id [B, H, W] int32, -1 on background; barycentric [B, H, W, 3]
+    float32; depth [B, H, W] float32 in mm; fragments [B] int32, the summed
+    clipped bounding-box areas of the drawn triangles). Zeros on background.
+  """
+  batch = points.shape[0]
+  shape = (batch, intrinsics.height, intrinsics.width)
+  call = jax.ffi.ffi_call(
+      "focus_rasterize",
+      (jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape + (3,), jnp.float32),
+       jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32)),
+      vmap_method="broadcast_all")
+  return call(points.astype(jnp.float32), triangles.astype(jnp.int32),
+              near=np.float32(near), cull=np.int32(cull_backfaces), **_camera(intrinsics))
+
+
+def interpolate(attributes, points, triangle_id, triangles, intrinsics):
+  """Attributes at every pixel (the forward kernel of ``rasterize.interpolate``).
+
+  Args:
+    attributes: [B, V, C] float32; points: [B, V, 3] float32 camera-space
+      vertices (mm); triangle_id: [B, H, W] int32 (-1 = background);
+      triangles: [F, 3] int32.
+
+  Returns:
+    [B, H, W, C] float32, 0 on background.
+  """
+  shape = triangle_id.shape + attributes.shape[-1:]
+  call = jax.ffi.ffi_call("focus_interpolate", jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(attributes.astype(jnp.float32), points.astype(jnp.float32), triangle_id,
+              triangles.astype(jnp.int32), **_camera(intrinsics))
+
+
+def interpolate_grad(attributes, points, triangle_id, triangles, intrinsics, cotangent):
+  """The transpose of :func:`interpolate` w.r.t. attributes and points.
+
+  Returns:
+    (d_attributes [B, V, C], d_points [B, V, 3]) float32.
+  """
+  call = jax.ffi.ffi_call(
+      "focus_interpolate_grad",
+      (jax.ShapeDtypeStruct(attributes.shape, jnp.float32),
+       jax.ShapeDtypeStruct(points.shape, jnp.float32)),
+      vmap_method="broadcast_all")
+  return call(attributes.astype(jnp.float32), points.astype(jnp.float32), triangle_id,
+              triangles.astype(jnp.int32), cotangent.astype(jnp.float32), **_camera(intrinsics))
+
+
+def silhouette_pairs(points, triangle_id, depth, triangles, neighbours, intrinsics):
+  """The adjacent pixel pairs that straddle a silhouette edge (the discrete half
+  of ``rasterize.antialias``; the blending is ``rasterize._blend_pairs``).
+
+  Args:
+    points: [B, V, 3] float32 camera-space vertices (mm), no gradient;
+      triangle_id, depth: [B, H, W] from ``rasterize``; triangles, neighbours:
+      [F, 3] int32 (see ``rasterize.edge_neighbours``).
+
+  Returns:
+    (pairs [P, 3] int32, count [1] int32). P = B (H (W - 1) + (H - 1) W), all
+    adjacent pairs. The first ``count`` rows are (flat index over [B, H, W] of
+    the left / top pixel; flags: bit 0 vertical pair, bit 1 that pixel is in
+    front, bits 2-3 the edge of the triangle crossed; the triangle); the other
+    rows are padding with pixel B H W.
+  """
+  batch, height, width = triangle_id.shape
+  capacity = batch * (height * (width - 1) + (height - 1) * width)
+  call = jax.ffi.ffi_call(
+      "focus_silhouette_pairs",
+      (jax.ShapeDtypeStruct((capacity, 3), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32)),
+      vmap_method="broadcast_all")
+  return call(points.astype(jnp.float32), triangle_id, depth.astype(jnp.float32),
+              triangles.astype(jnp.int32), neighbours.astype(jnp.int32), **_camera(intrinsics))
+
+
+def _camera(intrinsics):
+  return dict(width=np.int32(intrinsics.width), height=np.int32(intrinsics.height),
+              focal=np.float32(intrinsics.focal), cx=np.float32(intrinsics.cx),
+              cy=np.float32(intrinsics.cy))
