@@ -120,6 +120,22 @@ def test_antialias_kernel_matches_jax_values_and_gradients():
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5 * float(jnp.abs(w).max()))
 
 
+def test_vertex_normals_kernel_matches_jax_values_and_gradients():
+  from focus_jax.render import shading  # pylint: disable=import-outside-toplevel
+  points, triangles = sphere_batch(batch=3)
+  rng = np.random.default_rng(4)
+  points = points + jnp.asarray(rng.normal(size=points.shape), jnp.float32)   # bumpy
+  weights = jnp.asarray(rng.normal(size=points.shape), jnp.float32)
+  loss = lambda p, n: jnp.sum(shading.vertex_normals(p, triangles, native=n) * weights)
+  np.testing.assert_allclose(
+      np.asarray(shading.vertex_normals(points, triangles, native=True)),
+      np.asarray(shading.vertex_normals(points, triangles, native=False)), atol=1e-6)
+  got, want = jax.grad(loss)(points, True), jax.grad(loss)(points, False)
+  assert float(jnp.abs(want).max()) > 0
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want),
+                             atol=1e-5 * float(jnp.abs(want).max()))
+
+
 def test_kernels_under_vmap_and_jit():
   """vmap over a batch axis in front of the kernels' own batch: the same as
   calling them on each slice (and, for rasterize + interpolate, as JAX)."""

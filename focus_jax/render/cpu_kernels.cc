@@ -719,6 +719,108 @@ ffi::Error SilhouettePairsImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S3
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------
+// Area-weighted vertex normals (shading.vertex_normals) and their transpose.
+
+// Sums the unnormalised face normals into summed [V, 3] (zeroed first).
+void SumFaceNormals(const float* p, const int32_t* tris, int64_t num_vertices, int64_t num_faces,
+                    float* summed) {
+  std::fill(summed, summed + 3 * num_vertices, 0.0f);
+  for (int64_t f = 0; f < num_faces; ++f) {
+    const int32_t* v = tris + 3 * f;
+    const float* p0 = p + 3 * static_cast<int64_t>(v[0]);
+    const float* p1 = p + 3 * static_cast<int64_t>(v[1]);
+    const float* p2 = p + 3 * static_cast<int64_t>(v[2]);
+    const float a[3] = {p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]};
+    const float b[3] = {p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]};
+    const float n[3] = {a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
+                        a[0] * b[1] - a[1] * b[0]};
+    for (int k = 0; k < 3; ++k) {
+      float* s = summed + 3 * static_cast<int64_t>(v[k]);
+      s[0] += n[0];
+      s[1] += n[1];
+      s[2] += n[2];
+    }
+  }
+}
+
+// verts [..., V, 3], triangles [..., F, 3] (see MeshBatch) -> unit normals
+// [..., V, 3]: s / sqrt(|s|^2 + eps) of the summed face normals s.
+ffi::Error VertexNormalsImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32> triangles,
+                             ffi::ResultBuffer<ffi::F32> normals, float eps) {
+  MeshBatch m;
+  if (ffi::Error err = GetMeshBatch("vertex_normals", verts, triangles, &m); err.failure()) {
+    return err;
+  }
+  ParallelFor(m.num_images, [&](int64_t image) {
+    const float* p = verts.typed_data() + image * m.num_vertices * 3;
+    float* out = normals->typed_data() + image * m.num_vertices * 3;
+    SumFaceNormals(p, m.TrianglesOf(image), m.num_vertices, m.num_faces, out);
+    for (int64_t v = 0; v < m.num_vertices; ++v) {
+      float* s = out + 3 * v;
+      const float r = std::sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2] + eps);
+      s[0] /= r;
+      s[1] /= r;
+      s[2] /= r;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// The transpose: cotangent [..., V, 3] of the normals -> [..., V, 3] of verts.
+ffi::Error VertexNormalsGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32> triangles,
+                                 ffi::Buffer<ffi::F32> cotangent,
+                                 ffi::ResultBuffer<ffi::F32> d_verts, float eps) {
+  MeshBatch m;
+  if (ffi::Error err = GetMeshBatch("vertex_normals", verts, triangles, &m); err.failure()) {
+    return err;
+  }
+  ParallelFor(m.num_images, [&](int64_t image) {
+    const float* p = verts.typed_data() + image * m.num_vertices * 3;
+    const float* g = cotangent.typed_data() + image * m.num_vertices * 3;
+    const int32_t* tris = m.TrianglesOf(image);
+    float* dp = d_verts->typed_data() + image * m.num_vertices * 3;
+    // ds = g / r - s (s . g) / r^3, the cotangent of the summed normals.
+    std::vector<float> ds(3 * m.num_vertices);
+    SumFaceNormals(p, tris, m.num_vertices, m.num_faces, ds.data());
+    for (int64_t v = 0; v < m.num_vertices; ++v) {
+      float* s = ds.data() + 3 * v;
+      const float* gv = g + 3 * v;
+      const float r = std::sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2] + eps);
+      const float sg = (s[0] * gv[0] + s[1] * gv[1] + s[2] * gv[2]) / (r * r * r);
+      for (int c = 0; c < 3; ++c) s[c] = gv[c] / r - s[c] * sg;
+    }
+    std::fill(dp, dp + 3 * m.num_vertices, 0.0f);
+    for (int64_t f = 0; f < m.num_faces; ++f) {
+      const int32_t* v = tris + 3 * f;
+      const float* p0 = p + 3 * static_cast<int64_t>(v[0]);
+      const float* p1 = p + 3 * static_cast<int64_t>(v[1]);
+      const float* p2 = p + 3 * static_cast<int64_t>(v[2]);
+      const float a[3] = {p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]};
+      const float b[3] = {p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]};
+      float dn[3];
+      for (int c = 0; c < 3; ++c) {
+        dn[c] = ds[3 * static_cast<int64_t>(v[0]) + c] + ds[3 * static_cast<int64_t>(v[1]) + c] +
+                ds[3 * static_cast<int64_t>(v[2]) + c];
+      }
+      // n = a x b: dn . (a x b) = a . (b x dn) = b . (dn x a).
+      const float da[3] = {b[1] * dn[2] - b[2] * dn[1], b[2] * dn[0] - b[0] * dn[2],
+                           b[0] * dn[1] - b[1] * dn[0]};
+      const float db[3] = {dn[1] * a[2] - dn[2] * a[1], dn[2] * a[0] - dn[0] * a[2],
+                           dn[0] * a[1] - dn[1] * a[0]};
+      float* d0 = dp + 3 * static_cast<int64_t>(v[0]);
+      float* d1 = dp + 3 * static_cast<int64_t>(v[1]);
+      float* d2 = dp + 3 * static_cast<int64_t>(v[2]);
+      for (int c = 0; c < 3; ++c) {
+        d1[c] += da[c];
+        d2[c] += db[c];
+        d0[c] -= da[c] + db[c];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusRasterize, RasterizeImpl,
@@ -779,3 +881,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusSilhouettePairs, SilhouettePairsImpl,
                                   .Attr<float>("focal")
                                   .Attr<float>("cx")
                                   .Attr<float>("cy"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusVertexNormals, VertexNormalsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusVertexNormalsGrad, VertexNormalsGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));

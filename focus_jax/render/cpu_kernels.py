@@ -1,9 +1,11 @@
-"""Native CPU kernels for the hard rasterization path (XLA FFI custom calls).
+"""Native CPU kernels for the hard rendering path (XLA FFI custom calls).
 
-``cpu_kernels.cc`` holds C++ versions of the two operations that XLA:CPU runs
-slowest in :mod:`focus_jax.render.rasterize` — the z-buffer visibility pass and
-the interpolation of vertex attributes (forward and backward) — computing the
-same float32 formulas as the pure-JAX code. On the CPU backend the rasterizer
+``cpu_kernels.cc`` holds C++ versions of the operations that XLA:CPU runs
+slowest (serial generic gathers and scatters) in :mod:`focus_jax.render`: the
+z-buffer visibility pass, the interpolation of vertex attributes (forward and
+backward), the search for the pixel pairs that antialiasing blends, and the
+area-weighted vertex normals (forward and backward). They compute the same
+float32 formulas as the pure-JAX code. On the CPU backend the rasterizer
 calls them through :func:`jax.ffi.ffi_call`, which works under ``jit``, ``vmap``,
 ``grad`` (through the same ``custom_vjp`` as the JAX path) and ``pmap``; on GPU
 and TPU, and wherever the kernels are unavailable, the pure-JAX code runs.
@@ -39,7 +41,9 @@ _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC",
 # FFI target name -> exported handler symbol in the library.
 _TARGETS = {"focus_rasterize": "FocusRasterize", "focus_interpolate": "FocusInterpolate",
             "focus_interpolate_grad": "FocusInterpolateGrad",
-            "focus_silhouette_pairs": "FocusSilhouettePairs"}
+            "focus_silhouette_pairs": "FocusSilhouettePairs",
+            "focus_vertex_normals": "FocusVertexNormals",
+            "focus_vertex_normals_grad": "FocusVertexNormalsGrad"}
 
 _lock = threading.Lock()
 _state = {"loaded": None, "error": None}
@@ -118,6 +122,17 @@ def use_for_default_backend() -> bool:
   """Whether traced code should call the kernels: the computation is being
   staged for the CPU backend (the default one) and the kernels are available."""
   return jax.default_backend() == "cpu" and available()
+
+
+def resolve(native, *arrays) -> bool:
+  """A ``native`` argument of the renderer's functions -> whether to call the
+  kernels: None -> when :func:`use_for_default_backend` and all ``arrays`` are
+  float32 (the kernels compute in float32); True -> checked to be usable."""
+  if native is None:
+    return all(jnp.result_type(a) == jnp.float32 for a in arrays) and use_for_default_backend()
+  if native:
+    require()
+  return bool(native)
 
 
 def rasterize(points, triangles, intrinsics, near: float, cull_backfaces: bool):
@@ -203,6 +218,24 @@ def silhouette_pairs(points, triangle_id, depth, triangles, neighbours, intrinsi
       vmap_method="broadcast_all")
   return call(points.astype(jnp.float32), triangle_id, depth.astype(jnp.float32),
               triangles.astype(jnp.int32), neighbours.astype(jnp.int32), **_camera(intrinsics))
+
+
+def vertex_normals(verts, triangles, eps: float):
+  """Area-weighted unit vertex normals (the kernel behind
+  ``shading.vertex_normals``): [..., V, 3] float32 -> [..., V, 3]."""
+  call = jax.ffi.ffi_call("focus_vertex_normals",
+                          jax.ShapeDtypeStruct(verts.shape, jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(verts.astype(jnp.float32), triangles.astype(jnp.int32), eps=np.float32(eps))
+
+
+def vertex_normals_grad(verts, triangles, eps: float, cotangent):
+  """The transpose of :func:`vertex_normals` w.r.t. ``verts``."""
+  call = jax.ffi.ffi_call("focus_vertex_normals_grad",
+                          jax.ShapeDtypeStruct(verts.shape, jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(verts.astype(jnp.float32), triangles.astype(jnp.int32),
+              cotangent.astype(jnp.float32), eps=np.float32(eps))
 
 
 def _camera(intrinsics):

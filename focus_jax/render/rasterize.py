@@ -470,7 +470,7 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
     ties resolved to the smaller triangle id. No gradients (use
     :func:`interpolate`).
   """
-  native = _resolve_native(native, points)
+  native = cpu_kernels.resolve(native, points)
   kwargs = dict(intrinsics=intrinsics, cull_backfaces=cull_backfaces, near=near,
                 chunk_size=chunk_size, footprint=footprint, native=bool(native))
   if points.ndim == 2:
@@ -633,17 +633,6 @@ def _interpolate_batch(attributes, points, triangle_id, triangles, intrinsics, n
   return _interpolate_core(attributes, points, triangle_id, triangles, intrinsics, native)
 
 
-def _resolve_native(native: Optional[bool], *arrays) -> bool:
-  """None -> whether the CPU kernels should run (they compute in float32, so
-  only for float32 ``arrays``); True -> checked to be usable."""
-  if native is None:
-    return (all(jnp.result_type(a) == jnp.float32 for a in arrays)
-            and cpu_kernels.use_for_default_backend())
-  if native:
-    cpu_kernels.require()
-  return bool(native)
-
-
 def interpolate(attributes, points, triangles, fragments: Fragments,
                 intrinsics: Intrinsics, *, native: Optional[bool] = None):
   """Interpolates per-vertex attributes at every pixel (differentiable).
@@ -664,7 +653,7 @@ def interpolate(attributes, points, triangles, fragments: Fragments,
   Returns:
     [(B,) H, W, C] interpolated attributes, 0 on background pixels.
   """
-  native = _resolve_native(native, attributes, points)
+  native = cpu_kernels.resolve(native, attributes, points)
   if attributes.ndim == 2 and points.ndim == 3:
     attributes = jnp.broadcast_to(attributes, (points.shape[0],) + attributes.shape)
   if attributes.ndim == 2:
@@ -1195,7 +1184,7 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
   Returns:
     [(B,) H, W, C] antialiased image.
   """
-  native = _resolve_native(native, image, points)
+  native = cpu_kernels.resolve(native, image, points)
   neighbours = edge_neighbours(triangles)
   if image.ndim == 3:
     return _antialias_batch(image[None], points[None], fragments.triangle_id[None],
