@@ -9,6 +9,12 @@ r"""Benchmark of the FOCUS training pipeline (run by hand; writes benchmarks/res
    error (mm, after similarity alignment). With ``--prior_faces`` > 0 it also builds
    a misfit prior from that many unoccluded synthetic fits and runs stage 4 again
    with the prior in the EM UNet losses (``TrainConfig.unet_prior``).
+   With ``--test_adapt_steps`` > 0, test-time adaptation on the synthetic *test*
+   images (unsupervised: images and landmarks, never the ground truth; DESIGN.md
+   step 6): the same number of steps from (a) the stage-4 EM networks (stage
+   'adapt'), (b) the stage-1 encoder with the stage-3 UNet (stage 'adapt', no EM on
+   the training split), (c) the stage-1 encoder alone (its robust loss), each scored
+   on the same test images, with per-image 3D differences to stage 1.
 3. Test-time adaptation of the EM networks on the real unlabelled faces of
    ../shared/data/occluded_faces (landmarks detected with dlib, cached) and a
    tile of inputs, fits and masks.
@@ -17,6 +23,7 @@ r"""Benchmark of the FOCUS training pipeline (run by hand; writes benchmarks/res
 Usage::
 
     python benchmarks/train.py [--out /tmp/focus_bench] [--no_paper] [--keep_runs]
+        [--test_adapt_steps 120]
 """
 
 from __future__ import annotations
@@ -78,10 +85,23 @@ def main():
   ap.add_argument("--pretrain_steps", type=int, default=300)
   ap.add_argument("--unet_steps", type=int, default=100)
   ap.add_argument("--em_steps", type=int, default=240)
-  ap.add_argument("--adapt_steps", type=int, default=24)
+  ap.add_argument("--adapt_steps", type=int, default=24,
+                  help="test-time adaptation steps on the real unlabelled faces")
+  ap.add_argument("--test_adapt_steps", type=int, default=120,
+                  help="test-time adaptation steps on the synthetic test split (its images "
+                       "and landmarks only; 0: skip those rows)")
+  ap.add_argument("--test_adapt_lr", type=float, default=0.0,
+                  help="encoder learning rate of the test-time adaptation rows (0: the "
+                       "config's, EM encoder lr for the EM rows and the stage-1 lr for the "
+                       "robust-loss row)")
   ap.add_argument("--prior_faces", type=int, default=16,
                   help="unoccluded synthetic fits for the misfit prior of a second EM run "
                        "(0: no prior, one EM run)")
+  ap.add_argument("--encoder_stages", default="",
+                  help="comma-separated ResNet blocks per stage, overriding the tiny config's "
+                       "(1,1): e.g. 1,1,1,1 pools 64 features instead of 16")
+  ap.add_argument("--no_real", action="store_true",
+                  help="skip the adaptation on the real unlabelled faces (no tile)")
   ap.add_argument("--no_paper", action="store_true",
                   help="skip the paper-config timing (the report keeps an earlier run's)")
   ap.add_argument("--keep_runs", action="store_true",
@@ -92,6 +112,8 @@ def main():
 
   cfg = config_lib.tiny(progress=False, log_every=10, image_every=100, checkpoint_every=100,
                         batch_size=8, em_unet_steps=20, em_encoder_steps=40)
+  if args.encoder_stages:
+    cfg = cfg.replace(encoder_stages=tuple(int(n) for n in args.encoder_stages.split(",")))
   data = os.path.join(args.out, "data")
   t0 = time.perf_counter()
   if not os.path.exists(os.path.join(data, "params.npz")):
@@ -106,22 +128,25 @@ def main():
   d = lambda name: os.path.join(root, name)
   rows, timing = [], {}
 
-  def run(stage, steps, **kw):
+  def run(stage, steps, name=None, config=None, **kw):
+    name = name or stage
     t = time.perf_counter()
-    r = trainer.train(cfg.replace(stage=stage, num_steps=steps), d(stage), data, **kw)
-    timing[stage] = dict(total_s=time.perf_counter() - t, steps=steps,
-                         seconds_per_step=r.seconds_per_step,
-                         first_loss=float(np.nanmean(r.history["loss"][:3])),
-                         last_loss=float(np.nanmean(r.history["loss"][-3:])))
-    print(stage, timing[stage], flush=True)
+    r = trainer.train((config or cfg).replace(stage=stage, num_steps=steps), d(name), data,
+                      **kw)
+    timing[name] = dict(total_s=time.perf_counter() - t, steps=steps,
+                        seconds_per_step=r.seconds_per_step,
+                        first_loss=float(np.nanmean(r.history["loss"][:3])),
+                        last_loss=float(np.nanmean(r.history["loss"][-3:])))
+    print(name, timing[name], flush=True)
     return r
 
   run("pretrain", args.pretrain_steps)
   ev = stages.evaluate(cfg, d("pretrain"), data, "test", with_unet=False)
   rows.append(("1: encoder (robust loss), robust-likelihood mask", ev))
+  mean_face = mean_face_errors(cfg, data)
   rows.append(("(baselines: every face pixel inlier; 3D: the mean face)",
                dict(all_inlier_scores(cfg, d("pretrain"), data),
-                    median_3d_mm=mean_face_error(cfg, data))))
+                    median_3d_mm=float(np.median(mean_face)), per_image_3d_mm=mean_face)))
   t = time.perf_counter()
   stages.make_pseudo_masks(cfg.replace(stage="pretrain"), d("pseudo"), data, d("pretrain"))
   timing["pseudo"] = dict(total_s=time.perf_counter() - t)
@@ -141,20 +166,16 @@ def main():
                if not os.path.exists(prior_path) else {})
     timing["prior"] = dict(total_s=time.perf_counter() - t, summary=summary)
     cfg_prior = cfg.replace(unet_prior=prior_path)
-    t = time.perf_counter()
-    r = trainer.train(cfg_prior.replace(stage="em", num_steps=args.em_steps), d("em_prior"),
-                      data, init_from=d("unet"))
-    timing["em_prior"] = dict(total_s=time.perf_counter() - t, steps=args.em_steps,
-                              seconds_per_step=r.seconds_per_step,
-                              first_loss=float(np.nanmean(r.history["loss"][:3])),
-                              last_loss=float(np.nanmean(r.history["loss"][-3:])))
+    run("em", args.em_steps, name="em_prior", config=cfg_prior, init_from=d("unet"))
     rows.append(("4: joint EM with the misfit prior in the UNet losses",
                  stages.evaluate(cfg_prior, d("em_prior"), data, "test")))
+  if args.test_adapt_steps > 0:
+    rows += test_time_adaptation(args, cfg, data, run, d)
   for name, ev in rows:
-    print(name, ev, flush=True)
+    print(name, {k: v for k, v in ev.items() if k != "per_image_3d_mm"}, flush=True)
 
   real = None
-  if os.path.isdir(REAL):
+  if os.path.isdir(REAL) and not args.no_real:
     t = time.perf_counter()
     r = trainer.train(cfg.replace(stage="adapt", num_steps=args.adapt_steps), d("adapt"), REAL,
                       init_from=d("em"))
@@ -174,6 +195,47 @@ def main():
   write_report(args, cfg, rows, timing, real, paper, curves)
 
 
+def test_time_adaptation(args, cfg, data, run, d) -> list:
+  """Rows of test-time adaptation on the synthetic test split (no labels).
+
+  Three starting points, the same number of steps on the test images (their images
+  and landmarks, the same inputs as the training split's; the ground-truth masks and
+  meshes are only read by the evaluation afterwards): the EM networks (the full
+  pipeline), the stage-1 encoder with the stage-3 UNet (adaptation without EM on the
+  training split), and the stage-1 encoder with its own robust loss (no UNet at all).
+  """
+  n, lr = args.test_adapt_steps, args.test_adapt_lr
+  tcfg, tag, at = cfg, "", ""
+  if lr > 0:   # other run directories than the default's: a checkpoint's lr is fixed
+    tcfg = cfg.replace(encoder_lr=lr, em_encoder_lr=lr)
+    tag, at = f"_s{n}_lr{lr:g}", f", encoder lr {lr:g}"
+  run("adapt", n, name="tta_em" + tag, config=tcfg, init_from=d("em"), split="test")
+  run("adapt", n, name="tta_unet" + tag, config=tcfg, init_from=d("unet"), split="test")
+  run("pretrain", n, name="tta_pretrain" + tag, config=tcfg, init_from=d("pretrain"),
+      split="test")
+  return [
+      (f"5: joint EM + test-time adaptation ({n} EM steps on the test images{at})",
+       stages.evaluate(cfg, d("tta_em" + tag), data, "test")),
+      (f"5: no EM: stage 1 + stage-3 UNet + the same {n}-step test-time adaptation",
+       stages.evaluate(cfg, d("tta_unet" + tag), data, "test")),
+      (f"5: no UNet: stage 1 + {n} stage-1 (robust loss) steps on the test images{at}, "
+       "robust-likelihood mask",
+       stages.evaluate(cfg, d("tta_pretrain" + tag), data, "test", with_unet=False)),
+  ]
+
+
+def paired_3d(ev: dict, reference: dict) -> str:
+  """Mean ± standard error of the per-image 3D difference (mm) of a row minus the
+  reference row on the same test images, and the share of images it improves."""
+  a = np.asarray(ev.get("per_image_3d_mm") or [], np.float64)
+  b = np.asarray(reference.get("per_image_3d_mm") or [], np.float64)
+  if a.size < 2 or a.shape != b.shape:
+    return "–"
+  diff = a - b
+  se = diff.std(ddof=1) / np.sqrt(diff.size)
+  return f"{diff.mean():+.3f} ± {se:.3f} ({np.mean(diff < 0):.0%})"
+
+
 def all_inlier_scores(cfg, run_dir, data) -> dict:
   """Scores of the trivial mask (all inlier) inside a run's rendered face, test split."""
   from focus_jax.eval import mask_metrics
@@ -188,9 +250,9 @@ def all_inlier_scores(cfg, run_dir, data) -> dict:
   return dict(s, median_3d_mm=float("nan"), examples=len(truth))
 
 
-def mean_face_error(cfg, data) -> float:
-  """Median 3D error (mm) of the model's mean face (all coefficients 0), test split:
-  the 3D error a shape regressor must beat."""
+def mean_face_errors(cfg, data) -> list:
+  """Per-image 3D errors (mm) of the model's mean face (all coefficients 0), test split
+  in dataset order: the 3D error a shape regressor must beat."""
   import jax.numpy as jnp
   from focus_jax.eval import mesh_metrics
   from focus_jax.morphable import model as model_lib
@@ -206,8 +268,9 @@ def mean_face_error(cfg, data) -> float:
   for i in range(len(ds)):
     g = gt[row[ds[i].name]]
     t = mesh_metrics.similarity_transform(v, g)
-    errors.append(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g, axis=-1)))
-  return float(np.median(errors))
+    errors.append(float(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g,
+                                                 axis=-1))))
+  return errors
 
 
 def previous_paper(report: str):
@@ -225,7 +288,10 @@ def write_report(args, cfg, rows, timing, real, paper, curves):
            f"{jax.__version__} on {jax.default_backend()}. Generated by "
            "`python benchmarks/train.py`.", "",
            "## Synthetic occluded faces: each stage", "",
-           f"Tiny configuration (64², ResNet-18 width {cfg.encoder_width}, UNet width "
+           f"Tiny configuration (64², ResNet-18 width {cfg.encoder_width} with "
+           f"{len(cfg.encoder_stages)} stages of {'/'.join(map(str, cfg.encoder_stages))} "
+           f"blocks ({cfg.encoder_width * 2 ** (len(cfg.encoder_stages) - 1)} pooled "
+           f"features), UNet width "
            f"{cfg.unet_width}, built-in model resolution {cfg.model_resolution} with "
            f"{cfg.num_shape}/{cfg.num_expression}/{cfg.num_albedo} components, no identity "
            f"net, encoder translation units {cfg.translation_scale:g} mm (x/y) / "
@@ -241,13 +307,23 @@ def write_report(args, cfg, rows, timing, real, paper, curves):
                                 else ""), "",
            "Mask F1: inlier (visible skin) class inside the rendered face region vs the "
            "ground-truth visible-skin mask. 3D: median over test images of the per-image "
-           "median vertex error after similarity alignment (mm).", "",
-           "| after stage | mask F1 | precision | recall | accuracy | median 3D error (mm) |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "median vertex error after similarity alignment (mm); Δ3D vs stage 1: mean ± "
+           "standard error over the test images of the per-image error minus stage 1's "
+           "(negative = better; in brackets the share of images it improves)."
+           + (f" Rows 5 adapt on the {rows[0][1]['examples']} *test* images for "
+              f"{args.test_adapt_steps} steps (batch {cfg.batch_size}; the EM rows in "
+              "cycles as above, starting with a UNet block): unsupervised, as the paper's "
+              "test-time adaptation — the steps see the test images and their landmarks, "
+              "never the ground-truth masks or meshes, which only the scoring reads."
+              if args.test_adapt_steps > 0 else ""), "",
+           "| after stage | mask F1 | precision | recall | accuracy | median 3D error (mm) | "
+           "Δ3D vs stage 1 (mm) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
   for name, ev in rows:
     err = "–" if not np.isfinite(ev["median_3d_mm"]) else f"{ev['median_3d_mm']:.2f}"
+    paired = "–" if name.startswith(("1:", "2:")) else paired_3d(ev, rows[0][1])
     lines.append(f"| {name} | {ev['f1']:.3f} | {ev['precision']:.3f} | {ev['recall']:.3f} | "
-                 f"{ev['accuracy']:.3f} | {err} |")
+                 f"{ev['accuracy']:.3f} | {err} | {paired} |")
   lines += ["", "Losses and time per stage (loss = mean of the first / last three logged "
             "values; seconds/step excludes the first log interval, which holds the "
             "compilation):", "", "| stage | steps | first loss | last loss | s/step | "

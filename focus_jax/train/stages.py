@@ -113,7 +113,9 @@ def evaluate(config: TrainConfig, run_dir: str, data_dir: str, split: str = "tes
   inlier mask (UNet, or the robust-likelihood inliers with ``with_unet=False``) with
   the ground-truth visible skin inside the rendered face region. 3D error: per image,
   the median vertex distance (mm) between the predicted and the true mesh after a
-  similarity alignment (same topology); reported as the median over images.
+  similarity alignment (same topology); reported as the median over images
+  (``median_3d_mm``) and per image (``per_image_3d_mm``, in dataset order; empty
+  without ground-truth meshes), so runs can be compared image by image.
   """
   from focus_jax.eval import mask_metrics  # pylint: disable=import-outside-toplevel
   from focus_jax.eval import mesh_metrics  # pylint: disable=import-outside-toplevel
@@ -127,13 +129,12 @@ def evaluate(config: TrainConfig, run_dir: str, data_dir: str, split: str = "tes
   region = preds["face"] > 0.5
   scores = mask_metrics.mask_scores(preds["mask"] > 0.5, np.stack(truth), region)
   params_path = os.path.join(data_dir, "params.npz")
-  err = float("nan")
+  err, errors = float("nan"), []
   if os.path.exists(params_path):
     with np.load(params_path) as z:
       row = {str(nm): i for i, nm in enumerate(z["names"])}
       gt = z["vertices"] if "vertices" in z else None
     if gt is not None:
-      errors = []
       for i, v in zip(preds["index"], preds["vertices"]):
         g = gt[row[source.ds[int(i)].name]]
         if g.shape != v.shape:
@@ -141,11 +142,12 @@ def evaluate(config: TrainConfig, run_dir: str, data_dir: str, split: str = "tes
                            f"the model {v.shape[0]}: evaluate with the model the data was "
                            "made with")
         t = mesh_metrics.similarity_transform(v, g)
-        errors.append(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g,
-                                               axis=-1)))
+        errors.append(float(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g,
+                                                     axis=-1))))
       err = float(np.median(errors))
   return dict(f1=scores["f1"], precision=scores["precision"], recall=scores["recall"],
-              accuracy=scores["accuracy"], median_3d_mm=err, examples=int(n))
+              accuracy=scores["accuracy"], median_3d_mm=err, per_image_3d_mm=errors,
+              examples=int(n))
 
 
 def run_pipeline(config: TrainConfig, root: str, data_dir: str, *, steps: dict,
