@@ -79,7 +79,7 @@ def build_model(level: int):
 def run_one(mesh: str, batch: int, mode: str, repeats: int):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from focus_jax.render import camera, render, shading  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import camera, cpu_kernels, render, shading  # pylint: disable=import-outside-toplevel
   model, source = build_model(MESHES[mesh])
   intr = camera.Intrinsics.reference(224)
   rng = np.random.default_rng(0)
@@ -115,6 +115,7 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int):
               source=source, batch=batch, mode=mode, ms=1000 * float(np.median(times)),
               ms_min=1000 * float(np.min(times)), cpu_ms=1000 * float(np.median(cpu)),
               compile_s=compile_s, peak_mib=peak,
+              kernels="C++" if cpu_kernels.use_for_default_backend() else "JAX",
               jax=jax.__version__, device=str(jax.devices()[0]))
 
 
@@ -146,7 +147,8 @@ def main():
           continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{row['triangles']:>7} tri  batch {batch:>2}  {mode:4}  {row['ms']:9.1f} ms  "
+        print(f"{row['triangles']:>7} tri  batch {batch:>2}  {mode:4}  {row['kernels']:3}  "
+              f"{row['ms']:9.1f} ms  "
               f"(CPU {row['cpu_ms']:9.1f} ms)  "
               f"peak {row['peak_mib']:7.0f} MiB  (compile {row['compile_s']:.0f} s)", flush=True)
   write_report(rows, args.output, load_start)
@@ -177,12 +179,16 @@ def write_report(rows, path, load_start):
       "<= 3x hard; peak memory at 108k, batch 12 < 4 GiB. Compare on an idle machine (see "
       "the load average above).",
       "",
-      "| triangles | mesh | batch | mode | fwd+bwd ms / batch | ms / image | CPU ms / batch "
-      "| peak MiB | compile s |",
-      "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+      "Kernels: `C++` = the CPU kernels of focus_jax/render/cpu_kernels.cc (the default on "
+      "CPU), `JAX` = the pure-JAX path (`FOCUS_JAX_NATIVE=0`, what runs on GPU/TPU).",
+      "",
+      "| triangles | mesh | batch | mode | kernels | fwd+bwd ms / batch | ms / image "
+      "| CPU ms / batch | peak MiB | compile s |",
+      "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
   ]
   for r in rows:
     lines.append(f"| {r['triangles']} | {r['source']} | {r['batch']} | {r['mode']} | "
+                 f"{r.get('kernels', '?')} | "
                  f"{r['ms']:.1f} | {r['ms'] / r['batch']:.1f} | {r.get('cpu_ms', float('nan')):.1f} | "
                  f"{r['peak_mib']:.0f} | "
                  f"{r['compile_s']:.0f} |")

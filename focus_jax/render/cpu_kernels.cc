@@ -335,18 +335,16 @@ struct PixelGeometry {
   float ax[3], ay[3], dx, dy, total, bary[3];
 };
 
-bool GetPixelGeometry(const float* points, const int32_t* tris, int32_t t, const Camera& cam,
-                      int64_t pixel, PixelGeometry* g) {
+bool GetPixelGeometry(const float* points, const int32_t* tris, int32_t t, float dx, float dy,
+                      PixelGeometry* g) {
   if (t < 0) return false;
-  const int32_t row = static_cast<int32_t>(pixel / cam.width);
-  const int32_t col = static_cast<int32_t>(pixel - static_cast<int64_t>(row) * cam.width);
-  g->dx = (static_cast<float>(col) + 0.5f - cam.cx) / cam.focal;
-  g->dy = (static_cast<float>(row) + 0.5f - cam.cy) / cam.focal;
+  g->dx = dx;
+  g->dy = dy;
   for (int k = 0; k < 3; ++k) {
     g->v[k] = tris[3 * static_cast<int64_t>(t) + k];
     const float* p = points + 3 * static_cast<int64_t>(g->v[k]);
-    g->ax[k] = p[0] - p[2] * g->dx;
-    g->ay[k] = p[1] - p[2] * g->dy;
+    g->ax[k] = p[0] - p[2] * dx;
+    g->ay[k] = p[1] - p[2] * dy;
   }
   float e[3];
   for (int i = 0; i < 3; ++i) {
@@ -359,6 +357,20 @@ bool GetPixelGeometry(const float* points, const int32_t* tris, int32_t t, const
   return true;
 }
 
+// Viewing-ray slopes of the pixel centres: x per column, y per row (as
+// rasterize._pixel_rays).
+struct PixelRays {
+  std::vector<float> x, y;
+  explicit PixelRays(const Camera& cam) : x(cam.width), y(cam.height) {
+    for (int32_t j = 0; j < cam.width; ++j) {
+      x[j] = (static_cast<float>(j) + 0.5f - cam.cx) / cam.focal;
+    }
+    for (int32_t i = 0; i < cam.height; ++i) {
+      y[i] = (static_cast<float>(i) + 0.5f - cam.cy) / cam.focal;
+    }
+  }
+};
+
 // attributes: [..., V, C]; points: [..., V, 3]; triangle_id: [..., H, W];
 // triangles: [..., F, 3]. Result: [..., H, W, C], 0 on background.
 ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F32> points,
@@ -369,6 +381,7 @@ ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F3
   if (ffi::Error err = GetMeshBatch("interpolate", points, triangles, &m); err.failure()) return err;
   const int64_t channels = attributes.dimensions().back();
   const Camera cam{width, height, focal, cx, cy, 0.0f};
+  const PixelRays rays(cam);
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
   const int64_t bands = BandsPerImage(m.num_images, height);
   ParallelFor(m.num_images * bands, [&](int64_t unit) {
@@ -378,11 +391,14 @@ ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F3
     const int32_t* ids = triangle_id.typed_data() + image * num_pixels;
     const int32_t* tris = m.TrianglesOf(image);
     float* o = out->typed_data() + image * num_pixels * channels;
-    const int64_t p0 = num_pixels * band / bands, p1 = num_pixels * (band + 1) / bands;
+    const int32_t r0 = static_cast<int32_t>(height * band / bands);
+    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
     PixelGeometry g;
-    for (int64_t i = p0; i < p1; ++i) {
+    for (int64_t i = static_cast<int64_t>(r0) * width; i < static_cast<int64_t>(r1) * width;
+         ++i) {
       float* oi = o + i * channels;
-      if (!GetPixelGeometry(pts, tris, ids[i], cam, i, &g)) {
+      const int64_t row = i / width;
+      if (!GetPixelGeometry(pts, tris, ids[i], rays.x[i - row * width], rays.y[row], &g)) {
         std::fill(oi, oi + channels, 0.0f);
         continue;
       }
@@ -411,6 +427,7 @@ ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi
   if (ffi::Error err = GetMeshBatch("interpolate_grad", points, triangles, &m); err.failure()) return err;
   const int64_t channels = attributes.dimensions().back();
   const Camera cam{width, height, focal, cx, cy, 0.0f};
+  const PixelRays rays(cam);
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
   const int64_t bands = BandsPerImage(m.num_images, height);
   const int64_t row_size = channels + 3;  // per vertex: d_attributes then d_points.
@@ -438,10 +455,16 @@ ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi
       std::fill(da, da + m.num_vertices * channels, 0.0f);
       std::fill(dp, dp + m.num_vertices * 3, 0.0f);
     }
-    const int64_t p0 = num_pixels * band / bands, p1 = num_pixels * (band + 1) / bands;
+    const int32_t r0 = static_cast<int32_t>(height * band / bands);
+    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
     PixelGeometry g;
-    for (int64_t i = p0; i < p1; ++i) {
-      if (!GetPixelGeometry(pts, tris, ids[i], cam, i, &g)) continue;
+    for (int64_t i = static_cast<int64_t>(r0) * width; i < static_cast<int64_t>(r1) * width;
+         ++i) {
+      if (ids[i] < 0) continue;
+      const int64_t row = i / width;
+      if (!GetPixelGeometry(pts, tris, ids[i], rays.x[i - row * width], rays.y[row], &g)) {
+        continue;
+      }
       const float* gi = gout + i * channels;
       float d_bary[3] = {0.0f, 0.0f, 0.0f};
       for (int k = 0; k < 3; ++k) {
