@@ -272,3 +272,35 @@ def test_extend_inliers_adds_matching_contour_pixels_only():
   assert not (ext & face).any() and not (ext & ~near).any()    # one pixel outside only
   assert ext[ring & near].all()                                # matching skin: added
   assert not ext[xx > 16].any() and not ext[r >= 8.0].any()    # occluder, background: not
+
+
+def test_initial_tint_ridge_prevents_label_swap_under_large_white_mask(model):
+  # A white, slightly shaded mask over the lower half of the face (48 % of it):
+  # with a free first light the fit takes the mask for the face and the skin
+  # for the outlier (the label swap of benchmark faces 37, 63 and 66).
+  rng = np.random.default_rng(0)
+  shape = jnp.asarray(rng.normal(0, 1.0, (1, model.num_shape)), jnp.float32)
+  albedo = jnp.asarray(rng.normal(0, 0.5, (1, model.num_albedo)), jnp.float32)
+  bg = jnp.asarray(rng.random((1, SIZE, SIZE, 3)) * 0.3, jnp.float32)
+  out = render_lib.render(model, shape, jnp.zeros((1, model.num_expression)), albedo,
+                          jnp.array([[0.05, 0.2, 0.0]]), jnp.zeros((1, 3)),
+                          shading.default_light((1,)), camera.Intrinsics.reference(SIZE),
+                          background=bg)
+  face = np.asarray(out.triangle_id[0] >= 0)
+  rows = np.nonzero(face.any(1))[0]
+  occ = np.zeros_like(face)
+  occ[int(rows[-1] - 0.55 * (rows[-1] - rows[0])) + 1:] = True
+  white = 0.9 * np.linspace(1.0, 0.85, SIZE, dtype=np.float32)[None, :, None]
+  image = np.where(occ[..., None], white, np.asarray(out.image[0])).astype(np.float32)
+  occ &= face
+  skin = face & ~occ
+  assert 0.4 < occ.sum() / face.sum() < 0.55
+  landmarks = np.asarray(out.landmarks[0])
+
+  guarded = np.asarray(fitting.fit(model, image, landmarks, config=CFG).inlier) > 0.5
+  assert CFG.initial_tint_ridge > 0
+  assert guarded[skin].mean() > 0.9 and guarded[occ].mean() < 0.1
+  free = fitting.fit(model, image, landmarks,
+                     config=dataclasses.replace(CFG, initial_tint_ridge=0.0))
+  free = np.asarray(free.inlier) > 0.5
+  assert free[skin].mean() < 0.5, "the scene no longer provokes the swap without the guard"
