@@ -1,11 +1,14 @@
-// CPU kernels for the hard rasterization path, called from JAX through the XLA
-// FFI (see cpu_kernels.py, which compiles this file on first use).
+// CPU kernels for the hard rendering path, called from JAX through the XLA FFI
+// (see cpu_kernels.py, which compiles this file on first use): visibility,
+// attribute interpolation and its transpose, the antialiasing pair search, and
+// vertex normals and their transpose.
 //
-// They compute exactly what the pure-JAX code in rasterize.py computes (same
-// float32 formulas, same order of operations, same tie-break), but as plain
+// They compute what the pure-JAX code in rasterize.py and shading.py computes
+// (same float32 formulas and order of operations, same tie-break), but as plain
 // loops: XLA:CPU runs the JAX versions' gathers and scatters one element at a
-// time through generic code, which made visibility and the interpolation
-// backward pass the bulk of a training step on a CPU.
+// time through generic code, which made them the bulk of a rendering step on a
+// CPU. Work is split over threads by image (and by bands of rows when there are
+// fewer images than cores); results do not depend on the thread schedule.
 //
 // Conventions (see rasterize.py): camera-space vertices in mm, pixel (row i,
 // col j) sampled at (j + 0.5, i + 0.5), homogeneous edge functions
@@ -296,7 +299,9 @@ ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> tri
                          ffi::ResultBuffer<ffi::S32> fragments, int32_t width, int32_t height,
                          float focal, float cx, float cy, float near, int32_t cull) {
   MeshBatch m;
-  if (ffi::Error err = GetMeshBatch("rasterize", points, triangles, &m); err.failure()) return err;
+  if (ffi::Error err = GetMeshBatch("rasterize", points, triangles, &m); err.failure()) {
+    return err;
+  }
   const Camera cam{width, height, focal, cx, cy, near};
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
   float* zbuf = depth->typed_data();  // inverse depth until ResolveRows.
@@ -378,7 +383,9 @@ ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F3
                            ffi::ResultBuffer<ffi::F32> out, int32_t width, int32_t height,
                            float focal, float cx, float cy) {
   MeshBatch m;
-  if (ffi::Error err = GetMeshBatch("interpolate", points, triangles, &m); err.failure()) return err;
+  if (ffi::Error err = GetMeshBatch("interpolate", points, triangles, &m); err.failure()) {
+    return err;
+  }
   const int64_t channels = attributes.dimensions().back();
   const Camera cam{width, height, focal, cx, cy, 0.0f};
   const PixelRays rays(cam);
@@ -424,7 +431,9 @@ ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi
                                ffi::ResultBuffer<ffi::F32> d_points, int32_t width,
                                int32_t height, float focal, float cx, float cy) {
   MeshBatch m;
-  if (ffi::Error err = GetMeshBatch("interpolate_grad", points, triangles, &m); err.failure()) return err;
+  if (ffi::Error err = GetMeshBatch("interpolate_grad", points, triangles, &m); err.failure()) {
+    return err;
+  }
   const int64_t channels = attributes.dimensions().back();
   const Camera cam{width, height, focal, cx, cy, 0.0f};
   const PixelRays rays(cam);
@@ -700,8 +709,8 @@ ffi::Error SilhouettePairsImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S3
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
   const int64_t bands = BandsPerImage(m.num_images, height);
   std::vector<std::vector<PairRecord>> found(m.num_images * bands);
-  // Per-image triangle tables, computed once per image (by band 0's thread
-  // would serialise; cheap enough to compute per unit).
+  // Each unit computes its image's per-triangle silhouette tables itself (a few
+  // passes over F; sharing them between bands would need a second phase).
   ParallelFor(m.num_images * bands, [&](int64_t unit) {
     const int64_t image = unit / bands, band = unit % bands;
     const float* pts = points.typed_data() + image * m.num_vertices * 3;

@@ -1,4 +1,4 @@
-"""Differentiable rasterization of triangle meshes, in pure JAX.
+"""Differentiable rasterization of triangle meshes in JAX (with C++ kernels on CPU).
 
 The design follows nvdiffrast's split of rendering into small primitives:
 
@@ -42,7 +42,10 @@ total bounding-box area, not to triangles x pixels, and triangles of any size ar
 handled exactly.
 
 All functions take one image's geometry ([V, 3]) or a batch ([B, V, 3]) and work
-under ``jit``, ``vmap``, ``grad`` and ``pmap``.
+under ``jit``, ``vmap``, ``grad`` and ``pmap``. On the CPU backend, rasterize,
+interpolate and antialias's pair search call the C++ kernels of
+:mod:`focus_jax.render.cpu_kernels` (same results; ``native=False`` or
+``FOCUS_JAX_NATIVE=0`` selects the JAX code below, which runs on GPU/TPU).
 
 Performance notes (XLA:CPU, which runs gathers and scatters serially): a batch is
 processed as one flat problem (B * F triangles into B * H * W pixels, vertex
@@ -353,17 +356,6 @@ def default_chunk_size(intrinsics: Intrinsics) -> int:
 # rasterize
 
 
-def _fragments_from_buffers(points, triangles, intrinsics: Intrinsics, tid, inv_z,
-                            num_fragments) -> Fragments:
-  """Completes :class:`Fragments` from the triangle-id and inverse-depth buffers
-  ([B, H, W]; -1 / 0 on background)."""
-  mask = tid >= 0
-  bary = jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
-  depth = jnp.where(mask, 1.0 / jnp.where(mask, inv_z, 1.0), 0.0)
-  return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=mask,
-                   num_fragments=num_fragments)
-
-
 @functools.partial(jax.jit, static_argnames=("intrinsics", "cull_backfaces", "near",
                                              "chunk_size", "footprint", "native"))
 def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: bool,
@@ -439,8 +431,11 @@ def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: 
   mask = idbuf != _NO_TRIANGLE
   image_of_pixel = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), height * width)
   tid = jnp.where(mask, idbuf - image_of_pixel * num_faces, -1).reshape(shape)
-  return _fragments_from_buffers(points, triangles, intrinsics, tid, zbuf.reshape(shape),
-                                 jnp.sum(counts.reshape(batch, num_faces), axis=1))
+  mask = mask.reshape(shape)
+  bary = jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
+  depth = jnp.where(mask, 1.0 / jnp.where(mask, zbuf.reshape(shape), 1.0), 0.0)
+  return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=mask,
+                   num_fragments=jnp.sum(counts.reshape(batch, num_faces), axis=1))
 
 
 def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool = False,
@@ -462,8 +457,8 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
       pixel centres take the fixed-size fast path (static).
     native: use the C++ CPU kernel (:mod:`focus_jax.render.cpu_kernels`; same
       result) instead of the pure-JAX code. None (default): when JAX's default
-      backend is the CPU and the kernel is available. ``chunk_size`` and
-      ``footprint`` only tune the JAX code.
+      backend is the CPU, ``points`` are float32 and the kernel is available.
+      ``chunk_size`` and ``footprint`` only tune the JAX code.
 
   Returns:
     :class:`Fragments` with [H, W] (or [B, H, W]) buffers. Exact depth test,
@@ -472,7 +467,7 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
   """
   native = cpu_kernels.resolve(native, points)
   kwargs = dict(intrinsics=intrinsics, cull_backfaces=cull_backfaces, near=near,
-                chunk_size=chunk_size, footprint=footprint, native=bool(native))
+                chunk_size=chunk_size, footprint=footprint, native=native)
   if points.ndim == 2:
     return jax.tree_util.tree_map(lambda x: x[0],
                                   _rasterize_batch(points[None], triangles, **kwargs))
