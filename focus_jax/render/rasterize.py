@@ -867,6 +867,33 @@ def _candidate_pairs(triangle_id, depth, pixel_bits):
   return jnp.concatenate(out)
 
 
+def _blend(image, pix_a, pix_b, a_front, t):
+  """Blends pixel pairs across their silhouette edge.
+
+  Args:
+    image: [B, H, W, C]; pix_a, pix_b: [K] flat pixel indices of each pair;
+    a_front: [K] bool, pixel a shows the front (occluding) surface;
+    t: [K] where the edge crosses the segment, as a fraction from the inner
+      (front) pixel centre; 0.5 = no blending.
+
+  Returns:
+    [B, H, W, C]: the front colour grows onto the outer pixel (t > 0.5) or the
+    back colour onto the inner one (t < 0.5), in proportion to |t - 0.5|.
+  """
+  flat = image.reshape(-1, image.shape[-1])
+  get = lambda x, k: x.at[k].get(mode="promise_in_bounds")
+  ca, cb = get(flat, pix_a), get(flat, pix_b)
+  c_in = jnp.where(a_front[:, None], ca, cb)
+  c_out = jnp.where(a_front[:, None], cb, ca)
+  grow = jnp.maximum(t - 0.5, 0.0)[:, None] * (c_in - c_out)    # onto the outer pixel
+  shrink = jnp.maximum(0.5 - t, 0.0)[:, None] * (c_out - c_in)  # onto the inner pixel
+  delta_a = jnp.where(a_front[:, None], shrink, grow)
+  delta_b = jnp.where(a_front[:, None], grow, shrink)
+  out = flat.at[jnp.concatenate([pix_a, pix_b])].add(
+      jnp.concatenate([delta_a, delta_b]), mode="promise_in_bounds")
+  return out.reshape(image.shape)
+
+
 def _antialias_pairs(image, points, triangle_id, depth, triangles, neighbours, tri_bits,
                      pair_index, intrinsics: Intrinsics):
   """Blending of a compact list of candidate pairs (differentiable).
@@ -882,7 +909,7 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, neighbours, t
   Returns:
     [B, H, W, C] the image plus the blending deltas.
   """
-  batch, height, width, channels = image.shape
+  batch, height, width, _ = image.shape
   num_vertices = points.shape[1]
   num_faces = triangles.shape[0]
   num_h = batch * height * (width - 1)
@@ -945,17 +972,7 @@ def _antialias_pairs(image, points, triangle_id, depth, triangles, neighbours, t
     t = t_next
   done = jax.lax.stop_gradient(done)
   t = jnp.where(done, t_hit, 0.5)
-  flat = image.reshape(-1, channels)
-  ca, cb = get(flat, pix_a), get(flat, pix_b)
-  c_in = jnp.where(a_front[:, None], ca, cb)
-  c_out = jnp.where(a_front[:, None], cb, ca)
-  grow = jnp.maximum(t - 0.5, 0.0)[:, None] * (c_in - c_out)    # onto the outer pixel
-  shrink = jnp.maximum(0.5 - t, 0.0)[:, None] * (c_out - c_in)  # onto the inner pixel
-  delta_a = jnp.where(a_front[:, None], shrink, grow)
-  delta_b = jnp.where(a_front[:, None], grow, shrink)
-  out = flat.at[jnp.concatenate([pix_a, pix_b])].add(
-      jnp.concatenate([delta_a, delta_b]), mode="promise_in_bounds")
-  return out.reshape(image.shape)
+  return _blend(image, pix_a, pix_b, a_front, t)
 
 
 def _max_pairs(batch, height, width):
@@ -1037,7 +1054,7 @@ def _blend_pairs(image, points, triangles, pairs, intrinsics: Intrinsics):
   Returns:
     [B, H, W, C] the image plus the blending deltas.
   """
-  batch, height, width, channels = image.shape
+  batch, height, width, _ = image.shape
   num_vertices = points.shape[1]
   num_pixels = batch * height * width
   pixel, flags, tri = pairs[:, 0], pairs[:, 1], pairs[:, 2]
@@ -1071,17 +1088,7 @@ def _blend_pairs(image, points, triangles, pairs, intrinsics: Intrinsics):
   ei, eo = pick(e_in), pick(e_out)
   denom = jnp.where(used, ei - eo, 1.0)
   t = jnp.where(used, ei / denom, 0.5)
-  flat = image.reshape(-1, channels)
-  ca, cb = get(flat, pix_a), get(flat, pix_b)
-  c_in = jnp.where(a_front[:, None], ca, cb)
-  c_out = jnp.where(a_front[:, None], cb, ca)
-  grow = jnp.maximum(t - 0.5, 0.0)[:, None] * (c_in - c_out)    # onto the outer pixel
-  shrink = jnp.maximum(0.5 - t, 0.0)[:, None] * (c_out - c_in)  # onto the inner pixel
-  delta_a = jnp.where(a_front[:, None], shrink, grow)
-  delta_b = jnp.where(a_front[:, None], grow, shrink)
-  out = flat.at[jnp.concatenate([pix_a, pix_b])].add(
-      jnp.concatenate([delta_a, delta_b]), mode="promise_in_bounds")
-  return out.reshape(image.shape)
+  return _blend(image, pix_a, pix_b, a_front, t)
 
 
 def _antialias_native(image, points, triangle_id, depth, triangles, neighbours,
