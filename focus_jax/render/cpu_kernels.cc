@@ -134,29 +134,51 @@ bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Came
   return true;
 }
 
-// Perspective-correct barycentrics of pixel centre (col, row) in a triangle,
-// from the ray through it (as _barycentrics_batch). False if the edge
-// functions sum to zero.
-bool PixelBarycentrics(const float* p0, const float* p1, const float* p2, const Camera& cam,
-                       int32_t col, int32_t row, float out[3]) {
-  const float dx = (static_cast<float>(col) + 0.5f - cam.cx) / cam.focal;
-  const float dy = (static_cast<float>(row) + 0.5f - cam.cy) / cam.focal;
-  const float* p[3] = {p0, p1, p2};
-  float ax[3], ay[3];
+// Per-pixel geometry of a pixel centre in its triangle: vertex rows, the edge
+// functions' operands and perspective-correct barycentrics (as
+// _barycentrics_batch / _interpolate_forward), used by rasterize's resolve pass
+// and by interpolation. False on background pixels and where the edge
+// functions sum to zero (the JAX code then gives 0).
+struct PixelGeometry {
+  int32_t v[3];
+  float ax[3], ay[3], dx, dy, total, bary[3];
+};
+
+bool GetPixelGeometry(const float* points, const int32_t* tris, int32_t t, float dx, float dy,
+                      PixelGeometry* g) {
+  if (t < 0) return false;
+  g->dx = dx;
+  g->dy = dy;
   for (int k = 0; k < 3; ++k) {
-    ax[k] = p[k][0] - p[k][2] * dx;
-    ay[k] = p[k][1] - p[k][2] * dy;
+    g->v[k] = tris[3 * static_cast<int64_t>(t) + k];
+    const float* p = points + 3 * static_cast<int64_t>(g->v[k]);
+    g->ax[k] = p[0] - p[2] * dx;
+    g->ay[k] = p[1] - p[2] * dy;
   }
   float e[3];
   for (int i = 0; i < 3; ++i) {
     const int j = (i + 1) % 3, k = (i + 2) % 3;
-    e[i] = ax[j] * ay[k] - ay[j] * ax[k];
+    e[i] = g->ax[j] * g->ay[k] - g->ay[j] * g->ax[k];
   }
-  const float total = e[0] + e[1] + e[2];
-  if (total == 0.0f) return false;
-  for (int i = 0; i < 3; ++i) out[i] = e[i] / total;
+  g->total = e[0] + e[1] + e[2];
+  if (g->total == 0.0f) return false;
+  for (int i = 0; i < 3; ++i) g->bary[i] = e[i] / g->total;
   return true;
 }
+
+// Viewing-ray slopes of the pixel centres: x per column, y per row (as
+// rasterize._pixel_rays).
+struct PixelRays {
+  std::vector<float> x, y;
+  explicit PixelRays(const Camera& cam) : x(cam.width), y(cam.height) {
+    for (int32_t j = 0; j < cam.width; ++j) {
+      x[j] = (static_cast<float>(j) + 0.5f - cam.cx) / cam.focal;
+    }
+    for (int32_t i = 0; i < cam.height; ++i) {
+      y[i] = (static_cast<float>(i) + 0.5f - cam.cy) / cam.focal;
+    }
+  }
+};
 
 // Draws the triangles of one image into rows [row_begin, row_end) of its
 // buffers. Triangles are visited in id order and a fragment replaces the
@@ -206,20 +228,23 @@ void RasterizeRows(const float* points, const int32_t* triangles, int64_t num_fa
 // Fills barycentrics [.., 3] of rows [row_begin, row_end) of one image from its
 // triangle ids, and turns its inverse depths into depths (mm), in place.
 void ResolveRows(const float* points, const int32_t* triangles, const Camera& cam,
-                 int32_t row_begin, int32_t row_end, const int32_t* triangle_id,
-                 float* barycentric, float* depth) {
-  for (int64_t i = static_cast<int64_t>(row_begin) * cam.width;
-       i < static_cast<int64_t>(row_end) * cam.width; ++i) {
-    float* bary = barycentric + 3 * i;
-    bary[0] = bary[1] = bary[2] = 0.0f;
-    const int32_t t = triangle_id[i];
-    if (t < 0) continue;
-    const int32_t* v = triangles + 3 * static_cast<int64_t>(t);
-    const int32_t row = static_cast<int32_t>(i / cam.width);
-    const int32_t col = static_cast<int32_t>(i - static_cast<int64_t>(row) * cam.width);
-    PixelBarycentrics(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam, col, row,
-                      bary);
-    depth[i] = 1.0f / depth[i];
+                 const PixelRays& rays, int32_t row_begin, int32_t row_end,
+                 const int32_t* triangle_id, float* barycentric, float* depth) {
+  PixelGeometry g;
+  for (int32_t row = row_begin; row < row_end; ++row) {
+    for (int32_t col = 0; col < cam.width; ++col) {
+      const int64_t i = static_cast<int64_t>(row) * cam.width + col;
+      float* bary = barycentric + 3 * i;
+      bary[0] = bary[1] = bary[2] = 0.0f;
+      const int32_t t = triangle_id[i];
+      if (t < 0) continue;
+      if (GetPixelGeometry(points, triangles, t, rays.x[col], rays.y[row], &g)) {
+        bary[0] = g.bary[0];
+        bary[1] = g.bary[1];
+        bary[2] = g.bary[2];
+      }
+      depth[i] = 1.0f / depth[i];
+    }
   }
 }
 
@@ -303,6 +328,7 @@ ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> tri
     return err;
   }
   const Camera cam{width, height, focal, cx, cy, near};
+  const PixelRays rays(cam);
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
   float* zbuf = depth->typed_data();  // inverse depth until ResolveRows.
   float* bary = barycentric->typed_data();
@@ -323,58 +349,14 @@ ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> tri
               image_ids + static_cast<int64_t>(r1) * width, -1);
     RasterizeRows(image_points, tris, m.num_faces, cam, cull != 0, r0, r1, image_z, image_ids,
                   band == 0 ? &counts[image] : nullptr);
-    ResolveRows(image_points, tris, cam, r0, r1, image_ids, bary + 3 * image * num_pixels,
-                image_z);
+    ResolveRows(image_points, tris, cam, rays, r0, r1, image_ids,
+                bary + 3 * image * num_pixels, image_z);
   });
   for (int64_t i = 0; i < m.num_images; ++i) {
     fragments->typed_data()[i] = static_cast<int32_t>(counts[i]);
   }
   return ffi::Error::Success();
 }
-
-// Per-pixel geometry of interpolation: vertex rows, edge functions' operands
-// and barycentrics (as _interpolate_forward). False on background pixels and
-// where the edge functions sum to zero (the JAX code then gives 0).
-struct PixelGeometry {
-  int32_t v[3];
-  float ax[3], ay[3], dx, dy, total, bary[3];
-};
-
-bool GetPixelGeometry(const float* points, const int32_t* tris, int32_t t, float dx, float dy,
-                      PixelGeometry* g) {
-  if (t < 0) return false;
-  g->dx = dx;
-  g->dy = dy;
-  for (int k = 0; k < 3; ++k) {
-    g->v[k] = tris[3 * static_cast<int64_t>(t) + k];
-    const float* p = points + 3 * static_cast<int64_t>(g->v[k]);
-    g->ax[k] = p[0] - p[2] * dx;
-    g->ay[k] = p[1] - p[2] * dy;
-  }
-  float e[3];
-  for (int i = 0; i < 3; ++i) {
-    const int j = (i + 1) % 3, k = (i + 2) % 3;
-    e[i] = g->ax[j] * g->ay[k] - g->ay[j] * g->ax[k];
-  }
-  g->total = e[0] + e[1] + e[2];
-  if (g->total == 0.0f) return false;
-  for (int i = 0; i < 3; ++i) g->bary[i] = e[i] / g->total;
-  return true;
-}
-
-// Viewing-ray slopes of the pixel centres: x per column, y per row (as
-// rasterize._pixel_rays).
-struct PixelRays {
-  std::vector<float> x, y;
-  explicit PixelRays(const Camera& cam) : x(cam.width), y(cam.height) {
-    for (int32_t j = 0; j < cam.width; ++j) {
-      x[j] = (static_cast<float>(j) + 0.5f - cam.cx) / cam.focal;
-    }
-    for (int32_t i = 0; i < cam.height; ++i) {
-      y[i] = (static_cast<float>(i) + 0.5f - cam.cy) / cam.focal;
-    }
-  }
-};
 
 // attributes: [..., V, C]; points: [..., V, 3]; triangle_id: [..., H, W];
 // triangles: [..., F, 3]. Result: [..., H, W, C], 0 on background.
