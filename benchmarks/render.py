@@ -76,7 +76,18 @@ def build_model(level: int):
   return model, source
 
 
-def run_one(mesh: str, batch: int, mode: str, repeats: int):
+def device_peak_mib():
+  """Peak accelerator memory of this process in MiB (None where the backend has no
+  allocator statistics, e.g. CPU)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
+
+
+def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
+  """Times one configuration; ``before_timing()`` (if given) runs after the warm-up
+  call, e.g. to wait for a turn on a shared accelerator (benchmarks/gpu.py)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from focus_jax.render import camera, cpu_kernels, render, shading  # pylint: disable=import-outside-toplevel
@@ -104,6 +115,8 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int):
   t0 = time.perf_counter()
   jax.block_until_ready(fn(params))
   compile_s = time.perf_counter() - t0
+  if before_timing is not None:
+    before_timing()
   times, cpu = [], []
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -114,7 +127,7 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int):
   return dict(mesh=mesh, triangles=model.num_triangles, vertices=model.num_vertices,
               source=source, batch=batch, mode=mode, ms=1000 * float(np.median(times)),
               ms_min=1000 * float(np.min(times)), cpu_ms=1000 * float(np.median(cpu)),
-              compile_s=compile_s, peak_mib=peak,
+              compile_s=compile_s, peak_mib=peak, device_peak_mib=device_peak_mib(),
               kernels="C++" if cpu_kernels.use_for_default_backend() else "JAX",
               jax=jax.__version__, device=str(jax.devices()[0]))
 

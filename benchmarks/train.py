@@ -49,31 +49,40 @@ from focus_jax.train import plot, stages, trainer  # noqa: E402
 REAL = os.path.join(os.path.dirname(REPO), "shared", "data", "occluded_faces")
 
 
-def paper_seconds_per_step(steps: int = 2) -> dict:
-  """Compile time and seconds/step of the paper config's stage-1 and EM steps."""
+def step_seconds(cfg, phase: str, steps: int = 2, seed: int = 5, before_timing=None) -> dict:
+  """Compile time (first call) and seconds/step of one pmapped training step of ``cfg``
+  (``phase``: pretrain, unet, em_encoder or em_unet) on a synthetic batch of
+  ``cfg.batch_size`` faces; ``before_timing()`` (if given) runs after the first call."""
   from focus_jax.train import parallel, state as state_lib, steps as steps_lib
-  cfg = config_lib.paper(identity="dlib")
   nets = state_lib.make_networks(cfg)
   identity = trainer.load_identity(cfg)
   st = parallel.replicate(state_lib.to_host(state_lib.init_state(cfg, nets)))
-  gen = synthetic.SyntheticFaces(nets.model, synthetic.SyntheticConfig(size=224), seed=5,
-                                 batch_size=12)
-  samples = gen.generate(range(12))
+  gen = synthetic.SyntheticFaces(nets.model, synthetic.SyntheticConfig(size=cfg.image_size),
+                                 seed=seed, batch_size=cfg.batch_size)
+  samples = gen.generate(range(cfg.batch_size))
   batch = parallel.put_sharded(parallel.shard(dict(
       image=np.stack([s.image for s in samples]).astype(np.float32),
       landmarks=np.stack([s.landmarks for s in samples]).astype(np.float32))))
+  fn = parallel.pmap_step(steps_lib.make_step(cfg, nets, phase))
+  t = time.perf_counter()
+  s2, m = fn(st, batch, nets.model, identity)
+  jax.block_until_ready(m)
+  first = time.perf_counter() - t
+  if before_timing is not None:
+    before_timing()
+  t = time.perf_counter()
+  for _ in range(steps):
+    s2, m = fn(s2, batch, nets.model, identity)
+  jax.block_until_ready(m)
+  return dict(first_call_s=first, seconds_per_step=(time.perf_counter() - t) / steps)
+
+
+def paper_seconds_per_step(steps: int = 2) -> dict:
+  """Compile time and seconds/step of the paper config's stage-1 and EM steps."""
+  cfg = config_lib.paper(identity="dlib")
   out = {}
   for phase in ("pretrain", "em_encoder", "em_unet"):
-    fn = parallel.pmap_step(steps_lib.make_step(cfg, nets, phase))
-    t = time.perf_counter()
-    s2, m = fn(st, batch, nets.model, identity)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(steps):
-      s2, m = fn(s2, batch, nets.model, identity)
-    jax.block_until_ready(m)
-    out[phase] = dict(first_call_s=first, seconds_per_step=(time.perf_counter() - t) / steps)
+    out[phase] = step_seconds(cfg, phase, steps)
     print(phase, out[phase], flush=True)
   return out
 
