@@ -106,6 +106,8 @@ def main():
   ap.add_argument("--prior_faces", type=int, default=16,
                   help="unoccluded synthetic fits for the misfit prior of a second EM run "
                        "(0: no prior, one EM run)")
+  ap.add_argument("--encoder_width", type=int, default=0,
+                  help="ResNet width of the encoder's first stage (0 = the tiny config's)")
   ap.add_argument("--encoder_stages", default="",
                   help="comma-separated ResNet blocks per stage, overriding the tiny config's "
                        "(1,1): e.g. 1,1,1,1 pools 64 features instead of 16")
@@ -121,6 +123,8 @@ def main():
 
   cfg = config_lib.tiny(progress=False, log_every=10, image_every=100, checkpoint_every=100,
                         batch_size=8, em_unet_steps=20, em_encoder_steps=40)
+  if args.encoder_width:
+    cfg = cfg.replace(encoder_width=args.encoder_width)
   if args.encoder_stages:
     cfg = cfg.replace(encoder_stages=tuple(int(n) for n in args.encoder_stages.split(",")))
   data = os.path.join(args.out, "data")
