@@ -399,3 +399,29 @@ def test_cli_every_stage_end_to_end(tiny_data, jax_cache, tmp_path):
           cache=jax_cache)
   m = logs.read_metrics(str(root / "long" / "metrics.csv"))
   assert np.mean(m["loss"][-8:]) < np.mean(m["loss"][:8])
+
+
+def test_example_cache_serves_identical_read_only_examples_within_its_budget(tiny_data):
+  from focus_jax.train import data as data_lib
+  ds = data_lib.open_data(str(tiny_data), "train")
+  plain = data_lib.AlignedSource(ds, 32)
+  cached = data_lib.AlignedSource(ds, 32, cache_mb=64)
+  loads = []
+  cached._load = lambda i, f=cached._load: loads.append(i) or f(i)  # pylint: disable=protected-access
+  for _ in range(2):
+    for i in range(len(ds)):
+      a, b = plain.load(i), cached.load(i)
+      assert sorted(a) == sorted(b)
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+  assert loads == list(range(len(ds)))          # each example decoded once
+  with pytest.raises(ValueError):
+    cached.load(0)["image"][0, 0, 0] = 1.0       # cached arrays are read-only
+  one = sum(v.nbytes for v in plain.load(0).values() if isinstance(v, np.ndarray))
+  small = data_lib.AlignedSource(ds, 32, cache_mb=1.5 * one / 2**20)
+  small._load = lambda i, f=small._load: loads.append(i) or f(i)  # pylint: disable=protected-access
+  loads.clear()
+  for _ in range(2):
+    for i in range(3):
+      small.load(i)
+  assert loads == [0, 1, 2, 1, 2]               # only the first fits the budget

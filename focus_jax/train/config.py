@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 # checkpoint cadence, fault injection for tests); every other field must match.
 RUN_FIELDS = frozenset({
     "num_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
-    "max_bad_steps", "prefetch", "num_threads", "progress", "fault_step",
+    "max_bad_steps", "prefetch", "num_threads", "cache_mb", "progress", "fault_step",
 })
 
 STAGES = ("pretrain", "unet", "em", "adapt")
@@ -82,6 +82,7 @@ class TrainConfig:
       cadences [steps]; keep_checkpoints: how many to keep.
     max_bad_steps: stop after this many non-finite steps in a row.
     prefetch, num_threads: input pipeline (batches ahead, parallel loads).
+    cache_mb: host memory for decoded, aligned examples [MiB] (0: none).
     progress: draw a progress bar.
     fault_step: test hook: from this step on the loss is NaN (-1: never).
   """
@@ -134,6 +135,7 @@ class TrainConfig:
   max_bad_steps: int = 20
   prefetch: int = 2
   num_threads: int = 4
+  cache_mb: int = 2048
   progress: bool = True
   fault_step: int = -1
 
@@ -158,6 +160,8 @@ class TrainConfig:
                       f"{self.translation_scale} and {self.depth_scale}")
     if self.em_encoder_lr < 0:
       problems.append(f"em_encoder_lr must be >= 0 (0 = encoder_lr), got {self.em_encoder_lr}")
+    if self.cache_mb < 0:
+      problems.append(f"cache_mb must be >= 0 (0 = no cache), got {self.cache_mb}")
     for name in ("batch_size", "num_steps", "log_every", "image_every", "checkpoint_every",
                  "keep_checkpoints", "max_bad_steps", "lr_decay_steps"):
       if getattr(self, name) < 1:

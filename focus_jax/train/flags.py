@@ -72,6 +72,8 @@ HELP = dict(
     max_bad_steps="Stop after this many non-finite steps in a row.",
     prefetch="Batches the input thread prepares ahead.",
     num_threads="Parallel image loads per batch.",
+    cache_mb="Host memory [MiB] for decoded, aligned training examples: a dataset that "
+             "fits is read from disk once (0: no cache; the cache never changes results).",
     progress="Show a progress bar.",
     fault_step="Testing: from this step on the loss is NaN (-1: never).",
 )

@@ -176,7 +176,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
       raise FocusError("stage unet needs --pseudo_dir (the output of make_pseudo_masks.py)")
     pseudo = data_lib.load_pseudo(pseudo_dir)
   source = data_lib.AlignedSource(data_lib.open_data(data_dir, split), config.image_size,
-                                  pseudo)
+                                  pseudo, cache_mb=config.cache_mb)
 
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config)
   template = state_lib.to_host(state_lib.init_state(config, nets, jax.process_count()))

@@ -1,0 +1,59 @@
+"""Is the host the bottleneck of training? (run by hand; prints, writes nothing)
+
+Times the tiny configuration's stage-1 step three ways on one synthetic dataset:
+the bare pmapped step on one fixed batch (``benchmarks/train.py``'s ``step_seconds``),
+and the whole training loop (``trainer.train``: input pipeline, prefetch, logging)
+without and with the in-memory example cache (``TrainConfig.cache_mb``). Checkpoints
+and image tiles are turned off, so the difference between the loop and the bare step
+is the input pipeline and the loop's own overhead.
+
+  python benchmarks/input_pipeline.py [--steps 200] [--batch 8] [--num 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import train as train_bench  # noqa: E402  (benchmarks/train.py)
+from focus_jax import morphable  # noqa: E402
+from focus_jax.data import synthetic  # noqa: E402
+from focus_jax.train import config as config_lib, trainer  # noqa: E402
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--steps", type=int, default=200, help="steps of each training loop")
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--num", type=int, default=80, help="synthetic faces (80%% train split)")
+  ap.add_argument("--image_size", type=int, default=64)
+  args = ap.parse_args()
+  tmp = tempfile.mkdtemp(prefix="focus_input_bench_")
+  try:
+    cfg = config_lib.tiny(progress=False, log_every=10, image_every=10**9,
+                          checkpoint_every=10**9, batch_size=args.batch,
+                          image_size=args.image_size, num_steps=args.steps)
+    gen = synthetic.SyntheticFaces(morphable.builtin(resolution=cfg.model_resolution),
+                                   synthetic.SyntheticConfig(size=args.image_size), seed=0,
+                                   batch_size=16)
+    synthetic.write_dataset(os.path.join(tmp, "data"), gen, args.num, progress=False,
+                            save_maps=False)
+    bare = train_bench.step_seconds(cfg, "pretrain", steps=20)["seconds_per_step"]
+    print(f"bare step (one fixed batch): {1000 * bare:.1f} ms", flush=True)
+    for cache_mb in (0, cfg.cache_mb):
+      run = trainer.train(cfg.replace(cache_mb=cache_mb), os.path.join(tmp, f"run{cache_mb}"),
+                          os.path.join(tmp, "data"))
+      print(f"training loop, cache_mb={cache_mb}: {1000 * run.seconds_per_step:.1f} ms/step "
+            f"({run.seconds_per_step / bare:.2f}x the bare step)", flush=True)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
