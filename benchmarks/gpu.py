@@ -156,6 +156,7 @@ def orchestrate(specs, args) -> list:
       if time.time() - start > args.deadline:
         for q in pending:
           q["proc"].kill()
+          q["log"].close()
           rows.append(dict(spec=q["spec"], error=f"not compiled after {args.deadline:.0f} s"))
         break
       time.sleep(0.5)
@@ -177,6 +178,11 @@ def orchestrate(specs, args) -> list:
     rows.append(row)
     print(summary_line(row), flush=True)
     write_report(rows, args.output)
+  # One file with every worker's stderr (XLA warnings, tracebacks) beside the report.
+  with open(os.path.splitext(args.output)[0] + ".log", "w") as out:
+    for p in procs:
+      with open(p["base"] + ".log") as f:
+        out.write(f"==== {p['spec']}\n{f.read()}\n")
   return rows
 
 
@@ -265,7 +271,9 @@ def main():
                   help="seconds a worker may take for its timed section")
   ap.add_argument("--allow_cpu", action="store_true",
                   help="run on a CPU-only machine (a smoke test of this script)")
-  ap.add_argument("--output", default=RESULTS, help="markdown report (a .json beside it)")
+  ap.add_argument("--output", default=RESULTS,
+                  help="markdown report (a .json with every row and a .log with every "
+                       "worker's stderr beside it)")
   ap.add_argument("--worker", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
