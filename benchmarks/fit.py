@@ -17,8 +17,8 @@ writes benchmarks/results/fit.md (after every variant, so a partial run leaves i
 ``--landmark_noise`` / ``--occluded_landmark_noise`` replace the ground-truth landmarks
 with detector-like ones (Gaussian noise, larger on landmarks under an occluder);
 ``--variants`` runs a subset of a, b, c, d, u, s. The mask scores are also reported
-for the faces from ``--tuning_faces`` on (settings were chosen on the first ones). The landmark-only peer comparison with eos
-is benchmarks/eos_peer.py.
+for the faces from ``--tuning_faces`` on (settings were chosen on the first ones). The
+landmark-only peer comparison with eos is benchmarks/eos_peer.py.
 """
 
 from __future__ import annotations

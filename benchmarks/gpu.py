@@ -245,8 +245,8 @@ def write_report(rows, path):
   failed = [r for r in rows if "error" in r]
   if failed:
     lines += ["## Failed or cut off", ""]
-    lines += [f"- `{r['spec']}`: {r['error'].strip().splitlines()[-1][:300] if r['error'].strip() else 'no output'}"
-              for r in failed]
+    last_line = lambda e: e.strip().splitlines()[-1][:300] if e.strip() else "no output"
+    lines += [f"- `{r['spec']}`: {last_line(r['error'])}" for r in failed]
     lines.append("")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
