@@ -132,6 +132,69 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
               jax=jax.__version__, device=str(jax.devices()[0]))
 
 
+def breakdown(mesh: str, batch: int, repeats: int):
+  """CPU time of each stage of the hard-mode step, forward + backward, each jitted
+  alone on the same inputs (the full step is not their sum: XLA fuses across the
+  stages of the composed function, and the stages' inputs are fixed here)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from focus_jax.morphable import model as model_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import camera, rasterize, render, shading  # pylint: disable=import-outside-toplevel
+  model, _ = build_model(MESHES[mesh])
+  intr = camera.Intrinsics.reference(224)
+  rng = np.random.default_rng(0)
+  p = dict(shape=jnp.asarray(rng.normal(size=(batch, model.num_shape)) * 0.5, jnp.float32),
+           expression=jnp.zeros((batch, model.num_expression), jnp.float32),
+           albedo_coeffs=jnp.zeros((batch, model.num_albedo), jnp.float32),
+           angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
+           translation=jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32),
+           light=shading.default_light((batch,)) + jnp.asarray(
+               rng.normal(size=(batch, 9, 3)) * 0.3, jnp.float32))
+  tri = model.triangles
+  target = jnp.full((batch, 224, 224, 3), 0.5, jnp.float32)
+
+  def geometry(q):
+    verts = model_lib.vertices(model, q["shape"], q["expression"])
+    albedo = model_lib.albedo(model, q["albedo_coeffs"])
+    cam = camera.to_camera(verts, q["angles"], q["translation"])
+    normals = camera.rotate_to_camera(shading.vertex_normals(verts, tri), q["angles"])
+    return verts, albedo, cam, shading.shade(albedo, normals, q["light"])
+
+  verts, albedo, cam, colors = jax.jit(geometry)(p)
+  frags = jax.jit(lambda c: rasterize.rasterize(c, tri, intr, cull_backfaces=True))(cam)
+  image = jax.jit(lambda c, a: rasterize.interpolate(a, c, tri, frags, intr))(cam, colors)
+  rgba = jnp.concatenate([image, frags.mask[..., None].astype(jnp.float32)], -1)
+  stages = {
+      "basis (vertices + albedo)": (lambda q: jnp.sum(model_lib.vertices(
+          model, q["shape"], q["expression"])) + jnp.sum(model_lib.albedo(
+              model, q["albedo_coeffs"])), p),
+      "camera": (lambda v: jnp.sum(camera.to_camera(v, p["angles"], p["translation"])),
+                 verts),
+      "vertex normals": (lambda v: jnp.sum(shading.vertex_normals(v, tri)), verts),
+      "SH shading": (lambda a: jnp.sum(shading.shade(
+          a, shading.vertex_normals(verts, tri), p["light"])), albedo),
+      "rasterize (no gradient)": (lambda c: jnp.sum(rasterize.rasterize(
+          c, tri, intr, cull_backfaces=True).depth) * 0.0 + jnp.sum(c) * 0.0, cam),
+      "interpolate": (lambda ca: jnp.sum(rasterize.interpolate(
+          ca[1], ca[0], tri, frags, intr) ** 2), (cam, colors)),
+      "antialias": (lambda cr: jnp.sum(rasterize.antialias(
+          cr[1], cr[0], tri, frags, intr) ** 2), (cam, rgba)),
+      "full step (render + loss)": (lambda q: render.photometric_loss(
+          *(lambda o: (o.image, target, o.mask))(render.render(
+              model, intrinsics=intr, mode="hard", buffers=False, **q))), p),
+  }
+  print(f"{mesh} x {batch}: CPU ms per forward + backward (median of {repeats})")
+  for name, (fn, arg) in stages.items():
+    step = jax.jit(jax.value_and_grad(fn))
+    jax.block_until_ready(step(arg))
+    cpu = []
+    for _ in range(repeats):
+      c0 = time.process_time()
+      jax.block_until_ready(step(arg))
+      cpu.append(time.process_time() - c0)
+    print(f"  {name:28s} {1000 * float(np.median(cpu)):8.1f}", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,8 +203,14 @@ def main():
   parser.add_argument("--modes", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--output", default=RESULTS)
+  parser.add_argument("--breakdown", metavar="MESH,BATCH",
+                      help="print the CPU time of each hard-mode stage (e.g. 27k,12) instead")
   parser.add_argument("--single", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.breakdown:
+    mesh, batch = args.breakdown.split(",")
+    breakdown(mesh, int(batch), args.repeats)
+    return
   if args.single:
     mesh, batch, mode = args.single.split(",")
     print(json.dumps(run_one(mesh, int(batch), mode, args.repeats)))
