@@ -425,3 +425,36 @@ def test_example_cache_serves_identical_read_only_examples_within_its_budget(tin
     for i in range(3):
       small.load(i)
   assert loads == [0, 1, 2, 1, 2]               # only the first fits the budget
+
+
+def test_shape_coefficients_share_units_across_encoder_model_and_generator():
+  """Issue 7: the encoder's shape/expression outputs, the truncated training model and the
+  synthetic generator's coefficients are all in the model's std units (N(0, 1) identity),
+  so the coefficient regulariser and the 3D scoring see the same numbers."""
+  from focus_jax import morphable
+  from focus_jax.data import synthetic
+  from focus_jax.morphable import model as model_lib
+  from focus_jax.train import state as state_lib
+  cfg = config_lib.tiny()
+  nets = state_lib.make_networks(cfg, axis_name=None)
+  m = nets.model
+  ks, ke = m.num_shape, m.num_expression
+  rng = np.random.default_rng(0)
+  raw = rng.normal(size=(2, nets.encoder.num_outputs)).astype(np.float32)
+  out = nets.encoder.postprocess(raw)
+  np.testing.assert_array_equal(np.asarray(out.shape), raw[:, :ks])
+  np.testing.assert_array_equal(np.asarray(out.expression), raw[:, ks:ks + ke])
+  # The training model's leading components are the generator's model's, unscaled.
+  full = morphable.builtin(resolution=cfg.model_resolution)
+  pad = lambda x, k: np.concatenate([x, np.zeros((x.shape[0], k - x.shape[1]), x.dtype)], 1)
+  np.testing.assert_allclose(
+      np.asarray(model_lib.vertices(m, out.shape, out.expression)),
+      np.asarray(model_lib.vertices(full, pad(raw[:, :ks], full.num_shape),
+                                    pad(raw[:, ks:ks + ke], full.num_expression))),
+      atol=1e-3)
+  # The generator draws N(0, shape_std) coefficients of that model.
+  gen = synthetic.SyntheticFaces(full, synthetic.SyntheticConfig(size=cfg.image_size), seed=0)
+  shapes = np.stack([gen.params(i)["shape"] for i in range(200)])
+  assert shapes.shape[1] == full.num_shape
+  assert abs(shapes[:, :ks].std() - gen.config.shape_std) < 0.1
+  assert abs(shapes[:, :ks].mean()) < 0.05
