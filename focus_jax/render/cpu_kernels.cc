@@ -1,7 +1,8 @@
-// CPU kernels for the hard rendering path, called from JAX through the XLA FFI
+// CPU kernels for the rendering paths, called from JAX through the XLA FFI
 // (see cpu_kernels.py, which compiles this file on first use): visibility,
-// attribute interpolation and its transpose, the antialiasing pair search, and
-// vertex normals and their transpose.
+// attribute interpolation and its transpose, the antialiasing pair search,
+// vertex normals and their transpose, and soft (SoftRas) aggregation and its
+// transpose.
 //
 // They compute what the pure-JAX code in rasterize.py and shading.py computes
 // (same float32 formulas and order of operations, same tie-break), but as plain
@@ -46,7 +47,7 @@ struct Setup {
 // Pixel-centre range [first, first + count) of one axis covered by the
 // near-clipped bounding box of a triangle (_screen_bounds).
 void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_t size,
-                float near, int32_t* first_out, int32_t* count_out) {
+                float near, int32_t* first_out, int32_t* count_out, float pad = 0.0f) {
   const float inf = std::numeric_limits<float>::infinity();
   float lo = inf, hi = -inf;
   for (int k = 0; k < 3; ++k) {
@@ -68,8 +69,8 @@ void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_
       }
     }
   }
-  lo = lo - kBboxSlack;
-  hi = hi + kBboxSlack;
+  lo = lo - pad - kBboxSlack;
+  hi = hi + pad + kBboxSlack;
   const float fsize = static_cast<float>(size);
   // Clip before the integer conversion (inf, huge values), as the JAX code.
   const float lo_c = std::min(std::max(lo - 0.5f, -1.0f), fsize);
@@ -835,6 +836,560 @@ ffi::Error VertexNormalsGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------
+// Soft rasterization (SoftRas aggregation, rasterize.soft_rasterize): forward
+// and its hand-written transpose. Same float32 formulas as _soft_triangles,
+// _soft_fragments and _soft_aggregate, without a fragment budget.
+
+// Per-call constants. sigma, gamma and radius may be traced values in JAX, so
+// they come in a buffer (SoftScalars); the rest are static attributes.
+struct SoftParams {
+  float sigma, gamma, radius;
+  float eps, zf, zden, cutoff, keep_den;
+  bool cull;
+  float x_skip;  // x <= x_skip: sigmoid(x) <= cutoff for sure.
+  float dist2_skip;  // (squared px) -x_skip * sigma, plus a margin.
+};
+
+// Per-triangle set-up of _soft_triangles (only triangles that draw something).
+struct SoftTri {
+  int32_t vid[3];
+  float u[3], v[3], iz[3], eu[3], ev[3], len2[3], inv_len2[3], orient;
+  int32_t col0, row0, ncols, nrows;
+};
+
+// False for triangles that are skipped: reaching behind the near plane,
+// zero screen area, non-finite projection, culled, or outside the image.
+bool SoftSetup(const float* points, const int32_t* tri, const Camera& cam,
+               const SoftParams& prm, SoftTri* s) {
+  float x[3], y[3], z[3];
+  for (int k = 0; k < 3; ++k) {
+    s->vid[k] = tri[k];
+    const float* p = points + 3 * static_cast<int64_t>(tri[k]);
+    x[k] = p[0];
+    y[k] = p[1];
+    z[k] = p[2];
+  }
+  if (!(z[0] >= cam.near && z[1] >= cam.near && z[2] >= cam.near)) return false;
+  const float f = cam.focal;
+  for (int k = 0; k < 3; ++k) {
+    s->iz[k] = 1.0f / z[k];
+    s->u[k] = f * x[k] * s->iz[k] + cam.cx;
+    s->v[k] = f * y[k] * s->iz[k] + cam.cy;
+    if (!(std::isfinite(s->u[k]) && std::isfinite(s->v[k]))) return false;
+  }
+  const float area = (s->u[1] - s->u[0]) * (s->v[2] - s->v[0]) -
+                     (s->v[1] - s->v[0]) * (s->u[2] - s->u[0]);
+  if (area == 0.0f) return false;
+  const bool front = area < 0.0f;
+  if (prm.cull && !front) return false;
+  AxisBounds(x, z, f, cam.cx, cam.width, cam.near, &s->col0, &s->ncols, prm.radius);
+  AxisBounds(y, z, f, cam.cy, cam.height, cam.near, &s->row0, &s->nrows, prm.radius);
+  if (s->ncols == 0 || s->nrows == 0) return false;
+  for (int k = 0; k < 3; ++k) {
+    const int n = (k + 1) % 3;
+    s->eu[k] = s->u[n] - s->u[k];
+    s->ev[k] = s->v[n] - s->v[k];
+    s->len2[k] = s->eu[k] * s->eu[k] + s->ev[k] * s->ev[k];
+    s->inv_len2[k] = 1.0f / (s->len2[k] > 0.0f ? s->len2[k] : 1.0f);
+  }
+  s->orient = front ? -1.0f : 1.0f;
+  return true;
+}
+
+// The soft-rasterizable triangles [begin, end) of one image, ordered by their
+// first row (stable): the per-pixel buffers are then visited row after row
+// and stay in cache (mesh order jumps around the image). Only the rounding of
+// the per-pixel sums depends on this order.
+std::vector<SoftTri> SoftSetupAll(const float* points, const int32_t* tris, int64_t begin,
+                                  int64_t end, const Camera& cam, const SoftParams& prm) {
+  std::vector<SoftTri> drawn;
+  drawn.reserve(end - begin);
+  SoftTri s;
+  std::vector<int64_t> start(cam.height + 1, 0);
+  for (int64_t t = begin; t < end; ++t) {
+    if (SoftSetup(points, tris + 3 * t, cam, prm, &s)) {
+      drawn.push_back(s);
+      ++start[s.row0 + 1];
+    }
+  }
+  for (int32_t r = 0; r < cam.height; ++r) start[r + 1] += start[r];
+  std::vector<SoftTri> out(drawn.size());
+  for (const SoftTri& d : drawn) out[start[d.row0]++] = d;
+  return out;
+}
+
+// One fragment of _soft_fragments with the intermediates the transpose needs.
+struct SoftFragment {
+  float au[3], av[3], s[3], t_raw[3], t[3], du[3], dv[3], d2[3], dist2_01, dist2;
+  bool inside;
+  float x, raw, prob, miss;  // miss = 1 - prob
+  float lam[3], lam_sum, w[3], w_sum, inv_w, z;
+  bool w_ok;
+};
+
+// Returns prob > 0 (the fragment is aggregated); fills the geometry part of
+// *q and prob, 1 - prob and the scaled depth z.
+inline bool SoftEval(const SoftTri& s, float px, float py, const SoftParams& prm,
+                     SoftFragment* q) {
+  for (int k = 0; k < 3; ++k) {
+    q->au[k] = px - s.u[k];
+    q->av[k] = py - s.v[k];
+    q->s[k] = (s.eu[k] * q->av[k] - s.ev[k] * q->au[k]) * s.orient;
+  }
+  // Farther than the aggregation radius from an edge's line, on its outer
+  // side: the distance to the triangle is larger still (a margin of 0.1%
+  // covers the rounding), so x <= x_skip below.
+  for (int k = 0; k < 3; ++k) {
+    if (q->s[k] < 0.0f && q->s[k] * q->s[k] > prm.dist2_skip * s.len2[k]) return false;
+  }
+  q->inside = q->s[0] >= 0.0f && q->s[1] >= 0.0f && q->s[2] >= 0.0f;
+  for (int k = 0; k < 3; ++k) {
+    q->t_raw[k] = (q->au[k] * s.eu[k] + q->av[k] * s.ev[k]) * s.inv_len2[k];
+    q->t[k] = std::min(std::max(0.0f, q->t_raw[k]), 1.0f);
+    q->du[k] = q->au[k] - q->t[k] * s.eu[k];
+    q->dv[k] = q->av[k] - q->t[k] * s.ev[k];
+    q->d2[k] = q->du[k] * q->du[k] + q->dv[k] * q->dv[k];
+  }
+  q->dist2_01 = std::min(q->d2[0], q->d2[1]);
+  q->dist2 = std::min(q->dist2_01, q->d2[2]);
+  q->x = (q->inside ? q->dist2 : -q->dist2) / prm.sigma;
+  // Far outside: sigmoid(x) <= cutoff without evaluating it (x_skip is below
+  // logit(cutoff) by far more than the sigmoid's rounding).
+  if (!(q->x > prm.x_skip)) return false;
+  // sigmoid(x) and 1 - sigmoid(x), both accurate, from one exp(-|x|).
+  const float e = std::exp(-std::fabs(q->x));
+  const float r = 1.0f / (1.0f + e);
+  q->raw = q->x >= 0.0f ? r : e * r;
+  const bool keep = q->raw > prm.cutoff;
+  q->prob = keep ? (q->raw - prm.cutoff) / prm.keep_den : 0.0f;
+  if (!(q->prob > 0.0f)) return false;
+  // 1 - D = (1 - sigmoid) / (1 - cutoff): the JAX code sums its logarithm,
+  // -softplus(x) - log1p(-cutoff), and exponentiates the sum; the product
+  // is the same up to rounding, without a logarithm per fragment.
+  q->miss = (q->x >= 0.0f ? e * r : r) / prm.keep_den;
+  for (int k = 0; k < 3; ++k) q->lam[k] = std::max(q->s[(k + 1) % 3], 0.0f);
+  q->lam_sum = q->lam[0] + q->lam[1] + q->lam[2];
+  for (int k = 0; k < 3; ++k) q->w[k] = q->lam[k] * s.iz[k];
+  q->w_sum = q->w[0] + q->w[1] + q->w[2];
+  q->w_ok = q->w_sum > 0.0f;
+  q->inv_w = 1.0f / (q->w_ok ? q->w_sum : 1.0f);
+  const float depth = q->w_ok ? q->lam_sum * q->inv_w : 1.0f;
+  q->z = (prm.zf - depth) / prm.zden;
+  return true;
+}
+
+// Interpolated attribute c of a fragment (after SoftEval).
+inline float SoftValue(const SoftFragment& q, const float* a0, const float* a1,
+                       const float* a2, int64_t c) {
+  return (q.w[0] * a0[c] + q.w[1] * a1[c] + q.w[2] * a2[c]) * q.inv_w;
+}
+
+// Forward of rows [r0, r1) of one image: each fragment is evaluated once
+// into a buffer (pixel, prob, z, log(1 - D), attributes) while the per-pixel
+// maximum scaled depth is found, then aggregated in the same order.
+void SoftForwardRows(const std::vector<SoftTri>& tris, const float* attr, int64_t channels,
+                     const float* bg, const Camera& cam, const SoftParams& prm, int32_t r0,
+                     int32_t r1, float* image, float* alpha, float* zmax, float* total,
+                     float* miss) {
+  const int64_t width = cam.width;
+  const int64_t first = r0 * width, last = r1 * width;
+  std::fill(zmax + first, zmax + last, prm.eps);
+  const int64_t frag_size = 3 + channels;
+  std::vector<int32_t> frag_pixel(8 * tris.size() + 64);
+  std::vector<float> frag(frag_pixel.size() * frag_size);
+  size_t num_frags = 0;
+  SoftFragment q;
+  for (const SoftTri& s : tris) {
+    const int32_t rb = std::max(s.row0, r0), re = std::min(s.row0 + s.nrows, r1);
+    if (rb >= re) continue;
+    const size_t box = static_cast<size_t>(re - rb) * s.ncols;
+    if (num_frags + box > frag_pixel.size()) {
+      frag_pixel.resize(2 * (num_frags + box));
+      frag.resize(frag_pixel.size() * frag_size);
+    }
+    const float* a0 = attr + channels * s.vid[0];
+    const float* a1 = attr + channels * s.vid[1];
+    const float* a2 = attr + channels * s.vid[2];
+    for (int32_t row = rb; row < re; ++row) {
+      const float py = static_cast<float>(row) + 0.5f;
+      for (int32_t col = s.col0; col < s.col0 + s.ncols; ++col) {
+        if (!SoftEval(s, static_cast<float>(col) + 0.5f, py, prm, &q)) continue;
+        const int32_t i = static_cast<int32_t>(row * width + col);
+        zmax[i] = std::max(zmax[i], q.z);
+        frag_pixel[num_frags] = i;
+        float* f = frag.data() + num_frags * frag_size;
+        f[0] = q.prob;
+        f[1] = q.z;
+        f[2] = q.miss;
+        for (int64_t c = 0; c < channels; ++c) f[3 + c] = SoftValue(q, a0, a1, a2, c);
+        ++num_frags;
+      }
+    }
+  }
+  const int64_t row_size = channels + 2;
+  std::vector<float> acc((last - first) * row_size, 0.0f);
+  for (int64_t i = 0; i < last - first; ++i) acc[i * row_size + 1 + channels] = 1.0f;
+  for (size_t j = 0; j < num_frags; ++j) {
+    const int64_t i = frag_pixel[j];
+    const float* f = frag.data() + j * frag_size;
+    const float weight = f[0] * std::exp((f[1] - zmax[i]) / prm.gamma);
+    float* a = acc.data() + (i - first) * row_size;
+    a[0] += weight;
+    for (int64_t c = 0; c < channels; ++c) a[1 + c] += weight * f[3 + c];
+    a[1 + channels] *= f[2];
+  }
+  for (int64_t i = first; i < last; ++i) {
+    const float* a = acc.data() + (i - first) * row_size;
+    const float w_bg = std::exp((prm.eps - zmax[i]) / prm.gamma);
+    total[i] = a[0] + w_bg;
+    for (int64_t c = 0; c < channels; ++c) {
+      image[i * channels + c] = (a[1 + c] + w_bg * bg[i * channels + c]) / total[i];
+    }
+    miss[i] = a[1 + channels];
+    alpha[i] = 1.0f - miss[i];
+  }
+}
+
+// Gradient factor of jnp.maximum / jnp.minimum w.r.t. operand x of result z
+// (the other operand y): JAX splits ties evenly.
+inline float Balanced(float x, float z, float y) {
+  return x == z ? (y == z ? 0.5f : 1.0f) : 0.0f;
+}
+
+// Transpose of a fragment's squared distance to the triangle (gradient g_dist2)
+// and of its edge functions s (gradients g_s, or none), into the gradients of
+// the triangle's fields.
+inline void SoftBackwardDistance(const SoftTri& s, const SoftFragment& q, float g_dist2,
+                                 const float* g_s, float* g_u, float* g_v, float* g_eu,
+                                 float* g_ev, float* g_il) {
+  const float g_d01 = g_dist2 * Balanced(q.dist2_01, q.dist2, q.d2[2]);
+  const float g_d2[3] = {g_d01 * Balanced(q.d2[0], q.dist2_01, q.d2[1]),
+                         g_d01 * Balanced(q.d2[1], q.dist2_01, q.d2[0]),
+                         g_dist2 * Balanced(q.d2[2], q.dist2, q.dist2_01)};
+  for (int k = 0; k < 3; ++k) {
+    float g_au = 0.0f, g_av = 0.0f;
+    if (g_d2[k] != 0.0f) {
+      const float g_du = 2.0f * q.du[k] * g_d2[k];
+      const float g_dv = 2.0f * q.dv[k] * g_d2[k];
+      g_au += g_du;
+      g_av += g_dv;
+      g_eu[k] -= q.t[k] * g_du;
+      g_ev[k] -= q.t[k] * g_dv;
+      const float g_t = -(g_du * s.eu[k] + g_dv * s.ev[k]);
+      // t = min(1, max(0, t_raw)) (jnp.clip).
+      const float m = std::max(0.0f, q.t_raw[k]);
+      const float g_tr = g_t * Balanced(m, q.t[k], 1.0f) * Balanced(q.t_raw[k], m, 0.0f);
+      if (g_tr != 0.0f) {
+        const float dotp = q.au[k] * s.eu[k] + q.av[k] * s.ev[k];
+        g_il[k] += g_tr * dotp;
+        const float g_dotp = g_tr * s.inv_len2[k];
+        g_au += g_dotp * s.eu[k];
+        g_eu[k] += g_dotp * q.au[k];
+        g_av += g_dotp * s.ev[k];
+        g_ev[k] += g_dotp * q.av[k];
+      }
+    }
+    if (g_s != nullptr && g_s[k] != 0.0f) {
+      const float g_c = g_s[k] * s.orient;
+      g_eu[k] += g_c * q.av[k];
+      g_av += g_c * s.eu[k];
+      g_ev[k] -= g_c * q.au[k];
+      g_au -= g_c * s.ev[k];
+    }
+    g_u[k] -= g_au;
+    g_v[k] -= g_av;
+  }
+}
+
+// Transpose of the fragments of one triangle: pix holds per pixel
+// (g_c / total for each channel c, sum_c g_c image_c / total, -g_alpha * miss);
+// adds d points [V, 3] and d attributes [V, C] of its vertices. kChannels > 0:
+// compiled for that many channels (the common case, unrolled), else any.
+template <int kChannels>
+void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* attr,
+                          int64_t num_channels, const float* pix, const float* zmax,
+                          const Camera& cam, const SoftParams& prm, float* d_points,
+                          int64_t dp_stride, float* d_attr, int64_t da_stride,
+                          std::vector<float>& g_attr_buffer) {
+  const int64_t channels = kChannels > 0 ? kChannels : num_channels;
+  float g_attr_fixed[3 * (kChannels > 0 ? kChannels : 1)];
+  float* g_attr = kChannels > 0 ? g_attr_fixed : g_attr_buffer.data();
+  const int64_t width = cam.width;
+  const int64_t pix_size = channels + 2;
+  const float* av[3] = {attr + channels * s.vid[0], attr + channels * s.vid[1],
+                        attr + channels * s.vid[2]};
+  float g_u[3] = {0, 0, 0}, g_v[3] = {0, 0, 0}, g_iz[3] = {0, 0, 0};
+  float g_eu[3] = {0, 0, 0}, g_ev[3] = {0, 0, 0}, g_il[3] = {0, 0, 0};
+  std::fill(g_attr, g_attr + 3 * channels, 0.0f);
+  SoftFragment q;
+  for (int32_t row = s.row0; row < s.row0 + s.nrows; ++row) {
+    const float py = static_cast<float>(row) + 0.5f;
+    for (int32_t col = s.col0; col < s.col0 + s.ncols; ++col) {
+      if (!SoftEval(s, static_cast<float>(col) + 0.5f, py, prm, &q)) continue;
+      const int64_t i = row * width + col;
+      const float* p = pix + i * pix_size;
+      const float e = std::exp((q.z - zmax[i]) / prm.gamma);
+      const float weight = q.prob * e;
+      const float g_lm = p[channels + 1];
+      if (e == 0.0f) {
+        // A fragment far behind: only log(1 - D) has a gradient.
+        const float g_dist2 = (q.inside ? -g_lm * q.raw : g_lm * q.raw) / prm.sigma;
+        SoftBackwardDistance(s, q, g_dist2, nullptr, g_u, g_v, g_eu, g_ev, g_il);
+        continue;
+      }
+      // Through image = (sum w a + w_bg bg) / total and alpha = 1 - exp(sum lm).
+      float g_w = -p[channels];
+      float num_dot = 0.0f;  // sum_c g_value_c * (w . a_c)
+      float g_wk_attr[3] = {0, 0, 0};
+      for (int64_t c = 0; c < channels; ++c) {
+        const float num = q.w[0] * av[0][c] + q.w[1] * av[1][c] + q.w[2] * av[2][c];
+        g_w += p[c] * (num * q.inv_w);
+        const float g_val = p[c] * weight;
+        num_dot += g_val * num;
+        const float g_num = g_val * q.inv_w;
+        for (int k = 0; k < 3; ++k) {
+          g_wk_attr[k] += g_num * av[k][c];
+          g_attr[k * channels + c] += g_num * q.w[k];
+        }
+      }
+      const float g_prob = g_w * e;
+      const float g_z = g_w * weight / prm.gamma;
+      // Depth and attribute interpolation.
+      float g_lam_sum = 0.0f, g_wsum = 0.0f;
+      if (q.w_ok) {
+        const float g_depth = -g_z / prm.zden;
+        const float g_inv_w = g_depth * q.lam_sum + num_dot;
+        g_lam_sum = g_depth * q.inv_w;
+        g_wsum = -g_inv_w * q.inv_w * q.inv_w;
+      }
+      float g_s[3] = {0, 0, 0};
+      for (int k = 0; k < 3; ++k) {
+        const float g_wk = g_wsum + g_wk_attr[k];
+        g_iz[k] += g_wk * q.lam[k];
+        const float g_lam = g_wk * s.iz[k] + g_lam_sum;
+        const int n = (k + 1) % 3;
+        g_s[n] += g_lam * Balanced(q.s[n], q.lam[k], 0.0f);
+      }
+      // Probability and log(1 - D) through x = ±dist2 / sigma.
+      const float g_x = g_prob / prm.keep_den * (q.raw * (1.0f - q.raw)) - g_lm * q.raw;
+      const float g_dist2 = (q.inside ? g_x : -g_x) / prm.sigma;
+      SoftBackwardDistance(s, q, g_dist2, g_s, g_u, g_v, g_eu, g_ev, g_il);
+    }
+  }
+  // Edge set-up, projection and the vertex gathers.
+  for (int k = 0; k < 3; ++k) {
+    if (s.len2[k] > 0.0f) {
+      const float g_len2 = -g_il[k] * s.inv_len2[k] * s.inv_len2[k];
+      g_eu[k] += 2.0f * s.eu[k] * g_len2;
+      g_ev[k] += 2.0f * s.ev[k] * g_len2;
+    }
+    const int n = (k + 1) % 3;
+    g_u[n] += g_eu[k];
+    g_u[k] -= g_eu[k];
+    g_v[n] += g_ev[k];
+    g_v[k] -= g_ev[k];
+  }
+  const float f = cam.focal;
+  for (int k = 0; k < 3; ++k) {
+    const float* pk = points + 3 * static_cast<int64_t>(s.vid[k]);
+    const float g_izk = g_iz[k] + g_u[k] * (f * pk[0]) + g_v[k] * (f * pk[1]);
+    float* dp = d_points + dp_stride * s.vid[k];
+    dp[0] += g_u[k] * s.iz[k] * f;
+    dp[1] += g_v[k] * s.iz[k] * f;
+    dp[2] -= g_izk * s.iz[k] * s.iz[k];
+    float* da = d_attr + da_stride * s.vid[k];
+    for (int64_t c = 0; c < channels; ++c) da[c] += g_attr[k * channels + c];
+  }
+}
+
+// Shapes shared by the soft entry points; params: [..., 3] (sigma, gamma,
+// radius) per group of images (as the triangle lists, see MeshBatch).
+struct SoftBatch {
+  MeshBatch m;
+  int64_t channels, images_per_param;
+};
+
+ffi::Error GetSoftBatch(const char* op, ffi::Buffer<ffi::F32>& points,
+                        ffi::Buffer<ffi::F32>& attributes, ffi::Buffer<ffi::S32>& triangles,
+                        ffi::Buffer<ffi::F32>& params, SoftBatch* out) {
+  if (ffi::Error err = GetMeshBatch(op, points, triangles, &out->m); err.failure()) return err;
+  const auto adims = attributes.dimensions();
+  out->channels = adims.size() ? adims.back() : 0;
+  const int64_t num_params = params.element_count() / 3;
+  if (out->channels < 1 ||
+      static_cast<int64_t>(attributes.element_count()) !=
+          out->m.num_images * out->m.num_vertices * out->channels ||
+      num_params < 1 || out->m.num_images % num_params != 0) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": inconsistent shapes");
+  }
+  out->images_per_param = std::max<int64_t>(1, out->m.num_images / num_params);
+  return ffi::Error::Success();
+}
+
+SoftParams MakeSoftParams(const float* params, int32_t cull, float eps, float zf, float zden,
+                          float cutoff, float keep_den) {
+  const float x_skip = static_cast<float>(
+      std::log(static_cast<double>(cutoff) / (1.0 - static_cast<double>(cutoff))) - 1e-2);
+  return SoftParams{params[0], params[1], params[2], eps, zf, zden, cutoff, keep_den,
+                    cull != 0, x_skip, -x_skip * params[0] * 1.001f};
+}
+
+// points [..., V, 3], attributes [..., V, C], background [..., H, W, C],
+// triangles [..., F, 3], params [..., 3]. Results: image [..., H, W, C], alpha,
+// and the residuals of the transpose: zmax, total (sum of the weights with
+// the background's), miss (1 - alpha, exactly) [..., H, W].
+ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32> attributes,
+                             ffi::Buffer<ffi::F32> background, ffi::Buffer<ffi::S32> triangles,
+                             ffi::Buffer<ffi::F32> params, ffi::ResultBuffer<ffi::F32> image,
+                             ffi::ResultBuffer<ffi::F32> alpha,
+                             ffi::ResultBuffer<ffi::F32> zmax, ffi::ResultBuffer<ffi::F32> total,
+                             ffi::ResultBuffer<ffi::F32> miss, int32_t width, int32_t height,
+                             float focal, float cx, float cy, float near, int32_t cull,
+                             float eps, float zf, float zden, float cutoff,
+                             float keep_den) {
+  SoftBatch b;
+  if (ffi::Error err = GetSoftBatch("soft_rasterize", points, attributes, triangles, params, &b);
+      err.failure()) {
+    return err;
+  }
+  const MeshBatch& m = b.m;
+  const int64_t channels = b.channels;
+  const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  if (static_cast<int64_t>(background.element_count()) != m.num_images * num_pixels * channels) {
+    return ffi::Error::InvalidArgument("soft_rasterize: background must be [..., H, W, C]");
+  }
+  const Camera cam{width, height, focal, cx, cy, near};
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t im = unit / bands, band = unit % bands;
+    const SoftParams prm =
+        MakeSoftParams(params.typed_data() + 3 * (im / b.images_per_param), cull, eps, zf, zden,
+                       cutoff, keep_den);
+    const int32_t r0 = static_cast<int32_t>(height * band / bands);
+    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
+    const float* pts = points.typed_data() + im * m.num_vertices * 3;
+    std::vector<SoftTri> tris = SoftSetupAll(pts, m.TrianglesOf(im), 0, m.num_faces, cam, prm);
+    if (bands > 1) {
+      tris.erase(std::remove_if(tris.begin(), tris.end(), [&](const SoftTri& s) {
+                   return s.row0 >= r1 || s.row0 + s.nrows <= r0;
+                 }), tris.end());
+    }
+    SoftForwardRows(tris, attributes.typed_data() + im * m.num_vertices * channels, channels,
+                    background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
+                    image->typed_data() + im * num_pixels * channels,
+                    alpha->typed_data() + im * num_pixels, zmax->typed_data() + im * num_pixels,
+                    total->typed_data() + im * num_pixels, miss->typed_data() + im * num_pixels);
+  });
+  return ffi::Error::Success();
+}
+
+// The transpose of SoftRasterizeImpl w.r.t. points, attributes and background,
+// given its residuals and the cotangents of image and alpha. Work units are
+// groups of triangles of one image; with several per image each accumulates
+// into a private buffer, summed afterwards (independent of the schedule).
+ffi::Error SoftRasterizeGradImpl(
+    ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32> attributes,
+    ffi::Buffer<ffi::S32> triangles, ffi::Buffer<ffi::F32> params, ffi::Buffer<ffi::F32> zmax,
+    ffi::Buffer<ffi::F32> total, ffi::Buffer<ffi::F32> miss, ffi::Buffer<ffi::F32> image,
+    ffi::Buffer<ffi::F32> g_image, ffi::Buffer<ffi::F32> g_alpha,
+    ffi::ResultBuffer<ffi::F32> d_points, ffi::ResultBuffer<ffi::F32> d_attributes,
+    ffi::ResultBuffer<ffi::F32> d_background, int32_t width, int32_t height, float focal,
+    float cx, float cy, float near, int32_t cull, float eps, float zf, float zden, float cutoff,
+    float keep_den) {
+  SoftBatch b;
+  if (ffi::Error err =
+          GetSoftBatch("soft_rasterize_grad", points, attributes, triangles, params, &b);
+      err.failure()) {
+    return err;
+  }
+  const MeshBatch& m = b.m;
+  const int64_t channels = b.channels;
+  const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  const Camera cam{width, height, focal, cx, cy, near};
+  const int64_t pix_size = channels + 2;
+  auto prm_of = [&](int64_t im) {
+    return MakeSoftParams(params.typed_data() + 3 * (im / b.images_per_param), cull, eps, zf,
+                          zden, cutoff, keep_den);
+  };
+  // Per-pixel factors and the background's gradient.
+  std::vector<float> pix(m.num_images * num_pixels * pix_size);
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t im = unit / bands, band = unit % bands;
+    const SoftParams prm = prm_of(im);
+    const int64_t first = im * num_pixels + num_pixels * band / bands;
+    const int64_t last = im * num_pixels + num_pixels * (band + 1) / bands;
+    for (int64_t i = first; i < last; ++i) {
+      float* p = pix.data() + i * pix_size;
+      const float w_bg = std::exp((prm.eps - zmax.typed_data()[i]) / prm.gamma);
+      const float tot = total.typed_data()[i];
+      float dot = 0.0f;
+      for (int64_t c = 0; c < channels; ++c) {
+        const float g = g_image.typed_data()[i * channels + c] / tot;
+        p[c] = g;
+        dot += g * image.typed_data()[i * channels + c];
+        d_background->typed_data()[i * channels + c] = g * w_bg;
+      }
+      p[channels] = dot;
+      p[channels + 1] = -g_alpha.typed_data()[i] * miss.typed_data()[i];
+    }
+  });
+  const int64_t parts = bands;
+  const int64_t row_size = 3 + channels;
+  std::vector<float> scratch(parts > 1 ? m.num_images * parts * m.num_vertices * row_size : 0,
+                             0.0f);
+  ParallelFor(m.num_images * parts, [&](int64_t unit) {
+    const int64_t im = unit / parts, part = unit % parts;
+    const SoftParams prm = prm_of(im);
+    const float* pts = points.typed_data() + im * m.num_vertices * 3;
+    const float* attr = attributes.typed_data() + im * m.num_vertices * channels;
+    float* dp = d_points->typed_data() + im * m.num_vertices * 3;
+    float* da = d_attributes->typed_data() + im * m.num_vertices * channels;
+    int64_t dp_stride = 3, da_stride = channels;
+    if (parts > 1) {
+      dp = scratch.data() + unit * m.num_vertices * row_size;
+      da = dp + 3;
+      dp_stride = da_stride = row_size;
+    } else {
+      std::fill(dp, dp + m.num_vertices * 3, 0.0f);
+      std::fill(da, da + m.num_vertices * channels, 0.0f);
+    }
+    const std::vector<SoftTri> tris =
+        SoftSetupAll(pts, m.TrianglesOf(im), m.num_faces * part / parts,
+                     m.num_faces * (part + 1) / parts, cam, prm);
+    std::vector<float> g_attr(3 * channels);
+    const float* image_pix = pix.data() + im * num_pixels * pix_size;
+    const float* image_zmax = zmax.typed_data() + im * num_pixels;
+    for (const SoftTri& s : tris) {
+      if (channels == 3) {
+        SoftBackwardTriangle<3>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
+                                dp_stride, da, da_stride, g_attr);
+      } else {
+        SoftBackwardTriangle<0>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
+                                dp_stride, da, da_stride, g_attr);
+      }
+    }
+  });
+  if (parts > 1) {
+    ParallelFor(m.num_images, [&](int64_t im) {
+      float* dp = d_points->typed_data() + im * m.num_vertices * 3;
+      float* da = d_attributes->typed_data() + im * m.num_vertices * channels;
+      for (int64_t v = 0; v < m.num_vertices; ++v) {
+        for (int64_t c = 0; c < 3; ++c) dp[3 * v + c] = 0.0f;
+        for (int64_t c = 0; c < channels; ++c) da[channels * v + c] = 0.0f;
+        for (int64_t part = 0; part < parts; ++part) {
+          const float* r =
+              scratch.data() + ((im * parts + part) * m.num_vertices + v) * row_size;
+          for (int64_t c = 0; c < 3; ++c) dp[3 * v + c] += r[c];
+          for (int64_t c = 0; c < channels; ++c) da[channels * v + c] += r[3 + c];
+        }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusRasterize, RasterizeImpl,
@@ -910,3 +1465,56 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusVertexNormalsGrad, VertexNormalsGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusSoftRasterize, SoftRasterizeImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy")
+                                  .Attr<float>("near")
+                                  .Attr<int32_t>("cull")
+                                  .Attr<float>("eps")
+                                  .Attr<float>("zf")
+                                  .Attr<float>("zden")
+                                  .Attr<float>("cutoff")
+                                  .Attr<float>("keep_den"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusSoftRasterizeGrad, SoftRasterizeGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy")
+                                  .Attr<float>("near")
+                                  .Attr<int32_t>("cull")
+                                  .Attr<float>("eps")
+                                  .Attr<float>("zf")
+                                  .Attr<float>("zden")
+                                  .Attr<float>("cutoff")
+                                  .Attr<float>("keep_den"));

@@ -1,14 +1,17 @@
-"""Native CPU kernels for the hard rendering path (XLA FFI custom calls).
+"""Native CPU kernels for the rendering paths (XLA FFI custom calls).
 
 ``cpu_kernels.cc`` holds C++ versions of the operations that XLA:CPU runs
 slowest (serial generic gathers and scatters) in :mod:`focus_jax.render`: the
 z-buffer visibility pass, the interpolation of vertex attributes (forward and
-backward), the search for the pixel pairs that antialiasing blends, and the
-area-weighted vertex normals (forward and backward). They compute the same
-float32 formulas as the pure-JAX code. On the CPU backend the rasterizer
-calls them through :func:`jax.ffi.ffi_call`, which works under ``jit``, ``vmap``,
-``grad`` (through the same ``custom_vjp`` as the JAX path) and ``pmap``; on GPU
-and TPU, and wherever the kernels are unavailable, the pure-JAX code runs.
+backward), the search for the pixel pairs that antialiasing blends, the
+area-weighted vertex normals (forward and backward), and SoftRas aggregation
+(``soft_rasterize``, forward and a hand-written backward from the vertices to
+the image). They compute the same float32 formulas as the pure-JAX code (see
+:func:`soft_rasterize` for where soft aggregation rounds differently). On the
+CPU backend the rasterizer calls them through :func:`jax.ffi.ffi_call`, which
+works under ``jit``, ``vmap``, ``grad`` (through the same ``custom_vjp`` as the
+JAX path, or a hand-written one) and ``pmap``; on GPU and TPU, and wherever the
+kernels are unavailable, the pure-JAX code runs.
 
 The library is compiled on first use with the system C++ compiler (``$CXX`` or
 ``c++``; a few seconds) against the XLA FFI headers that ship with jaxlib, and
@@ -43,7 +46,9 @@ _TARGETS = {"focus_rasterize": "FocusRasterize", "focus_interpolate": "FocusInte
             "focus_interpolate_grad": "FocusInterpolateGrad",
             "focus_silhouette_pairs": "FocusSilhouettePairs",
             "focus_vertex_normals": "FocusVertexNormals",
-            "focus_vertex_normals_grad": "FocusVertexNormalsGrad"}
+            "focus_vertex_normals_grad": "FocusVertexNormalsGrad",
+            "focus_soft_rasterize": "FocusSoftRasterize",
+            "focus_soft_rasterize_grad": "FocusSoftRasterizeGrad"}
 
 _lock = threading.Lock()
 _state = {"loaded": None, "error": None}
@@ -236,6 +241,71 @@ def vertex_normals_grad(verts, triangles, eps: float, cotangent):
                           vmap_method="broadcast_all")
   return call(verts.astype(jnp.float32), triangles.astype(jnp.int32),
               cotangent.astype(jnp.float32), eps=np.float32(eps))
+
+
+def _soft_attributes(intrinsics, near, cull_backfaces, eps, depth_range, cutoff):
+  """Static attributes of the soft kernels: the constants of
+  ``rasterize._soft_fragments`` and ``_soft_aggregate``, rounded to float32 as
+  JAX rounds them (Python-float arithmetic first, then float32)."""
+  zn, zf = depth_range
+  return dict(near=np.float32(near), cull=np.int32(cull_backfaces), eps=np.float32(eps),
+              zf=np.float32(zf), zden=np.float32(zf - zn), cutoff=np.float32(cutoff),
+              keep_den=np.float32(1.0 - cutoff), **_camera(intrinsics))
+
+
+def soft_rasterize(points, attributes, background, triangles, params, intrinsics, *, near,
+                   cull_backfaces, eps, depth_range, cutoff):
+  """SoftRas aggregation of a batch (the kernel behind ``rasterize.soft_rasterize``).
+
+  Args:
+    points: [B, V, 3] float32 camera-space vertices (mm); attributes: [B, V, C]
+      float32; background: [B, H, W, C] float32; triangles: [F, 3] int32.
+    params: [3] float32 (sigma px², gamma, radius px: the box margin), which
+      may be traced values.
+    near, cull_backfaces, eps, depth_range, cutoff: as ``soft_rasterize``
+      (static).
+
+  Returns:
+    (image [B, H, W, C], alpha [B, H, W], and the residuals of
+    :func:`soft_rasterize_grad`: zmax, total, miss [B, H, W]) float32.
+
+  Same formulas as ``rasterize._soft_triangles`` / ``_soft_fragments`` /
+  ``_soft_aggregate``, fragment by fragment over each triangle's padded
+  bounding box (no fragment budget), with three differences in rounding only:
+  exp and the sigmoid are libm's, not XLA's; the per-pixel sums run in
+  another order (triangles sorted by first row); and the coverage is
+  ``1 - prod(1 - D)`` (with ``1 - D = (1 - sigmoid) / (1 - cutoff)``) instead
+  of ``1 - exp(sum log(1 - D))``. The depth softmax amplifies such rounding by
+  up to ``1 / gamma`` (see tests/test_cpu_kernels.py).
+  """
+  shape = background.shape[:-1]
+  f32 = lambda s: jax.ShapeDtypeStruct(s, jnp.float32)
+  call = jax.ffi.ffi_call("focus_soft_rasterize",
+                          (f32(background.shape), f32(shape), f32(shape), f32(shape),
+                           f32(shape)), vmap_method="broadcast_all")
+  return call(points.astype(jnp.float32), attributes.astype(jnp.float32),
+              background.astype(jnp.float32), triangles.astype(jnp.int32),
+              params.astype(jnp.float32),
+              **_soft_attributes(intrinsics, near, cull_backfaces, eps, depth_range, cutoff))
+
+
+def soft_rasterize_grad(points, attributes, triangles, params, residuals, image, g_image,
+                        g_alpha, intrinsics, *, near, cull_backfaces, eps, depth_range, cutoff):
+  """The transpose of :func:`soft_rasterize` w.r.t. points, attributes and
+  background; ``residuals`` = (zmax, total, miss) of the forward call.
+
+  Returns:
+    (d_points [B, V, 3], d_attributes [B, V, C], d_background [B, H, W, C]).
+  """
+  f32 = lambda s: jax.ShapeDtypeStruct(s, jnp.float32)
+  call = jax.ffi.ffi_call("focus_soft_rasterize_grad",
+                          (f32(points.shape), f32(attributes.shape), f32(image.shape)),
+                          vmap_method="broadcast_all")
+  zmax, total, miss = residuals
+  return call(points.astype(jnp.float32), attributes.astype(jnp.float32),
+              triangles.astype(jnp.int32), params.astype(jnp.float32), zmax, total, miss,
+              image, g_image.astype(jnp.float32), g_alpha.astype(jnp.float32),
+              **_soft_attributes(intrinsics, near, cull_backfaces, eps, depth_range, cutoff))
 
 
 def _camera(intrinsics):

@@ -1209,7 +1209,7 @@ class SoftOutput:
     alpha: [H, W] soft coverage ``1 - prod_j (1 - D_j)`` in [0, 1].
     overflow: [] int32 fragment slots of large triangles that did not fit
       into ``max_fragments`` and were dropped (0 unless the budget is too
-      small).
+      small; always 0 with the CPU kernels, which have no budget).
   """
   image: jnp.ndarray
   alpha: jnp.ndarray
@@ -1437,11 +1437,57 @@ def _soft_rasterize_batch(points, attributes, background, triangles, intrinsics:
                     alpha=alpha.reshape(batch, height, width), overflow=overflow)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _soft_native_core(points, attributes, background, triangles, params, static):
+  return _soft_native_fwd(points, attributes, background, triangles, params, static)[0]
+
+
+def _soft_native_fwd(points, attributes, background, triangles, params, static):
+  intrinsics, kwargs = static
+  image, alpha, *residuals = cpu_kernels.soft_rasterize(
+      points, attributes, background, triangles, params, intrinsics, **dict(kwargs))
+  return (image, alpha), (points, attributes, triangles, params, tuple(residuals), image)
+
+
+def _soft_native_bwd(static, saved, g):
+  """The C++ transpose: the fragments are recomputed from the vertices and
+  their gradients go straight to the vertices (no per-fragment residuals).
+  sigma and gamma get no gradient."""
+  intrinsics, kwargs = static
+  points, attributes, triangles, params, residuals, image = saved
+  d_points, d_attributes, d_background = cpu_kernels.soft_rasterize_grad(
+      points, attributes, triangles, params, residuals, image, g[0], g[1], intrinsics,
+      **dict(kwargs))
+  return (d_points.astype(points.dtype), d_attributes.astype(attributes.dtype), d_background,
+          None, jnp.zeros_like(params))
+
+
+_soft_native_core.defvjp(_soft_native_fwd, _soft_native_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "intrinsics", "zrange", "eps", "near", "cull_backfaces", "cutoff"))
+def _soft_native_batch(points, attributes, background, triangles, intrinsics: Intrinsics,
+                       sigma, gamma, zrange, eps: float, near: float, cull_backfaces: bool,
+                       cutoff: float):
+  """:func:`soft_rasterize` of a batch [B, V, 3] with the C++ CPU kernels."""
+  sigma = jnp.asarray(sigma, jnp.float32)
+  # As in _soft_rasterize_batch (float32 arithmetic on a possibly traced sigma).
+  radius = jnp.sqrt(sigma * math.log(1.0 / cutoff - 1.0))
+  params = jnp.stack([sigma, jnp.asarray(gamma, jnp.float32), radius])
+  static = (intrinsics, (("near", near), ("cull_backfaces", cull_backfaces), ("eps", eps),
+                         ("depth_range", zrange), ("cutoff", cutoff)))
+  image, alpha = _soft_native_core(points, attributes, background, triangles, params, static)
+  return SoftOutput(image=image, alpha=alpha,
+                    overflow=jnp.zeros(points.shape[:1], jnp.int32))
+
+
 def soft_rasterize(points, triangles, attributes, intrinsics: Intrinsics, *,
                    background=None, sigma: float = 0.1, gamma: float = 1e-4,
                    depth_range=(1.0, 1e4), eps: float = 1e-3, near: float = 1.0,
                    cull_backfaces: bool = False, footprint: int = 3,
-                   max_fragments: Optional[int] = None, cutoff: float = 1e-3) -> SoftOutput:
+                   max_fragments: Optional[int] = None, cutoff: float = 1e-3,
+                   native: Optional[bool] = None) -> SoftOutput:
   """SoftRas-style probabilistic rasterization (Liu et al. 2019), differentiable.
 
   Every triangle j influences every pixel centre p near it with probability
@@ -1463,7 +1509,10 @@ def soft_rasterize(points, triangles, attributes, intrinsics: Intrinsics, *,
   attributes) are set up once, then gathered once per tile of footprint²
   fragments; the fragment values are recomputed in the backward pass rather
   than stored, and batches of more than ``_SOFT_GROUP_TRIANGLES`` triangles in
-  all go in groups of images (bounded memory).
+  all go in groups of images (bounded memory). On the CPU backend the C++
+  kernels of :mod:`~focus_jax.render.cpu_kernels` do the setup and the
+  aggregation instead, and their hand-written backward pass recomputes the
+  fragments and accumulates straight into the vertex gradients.
 
   Args:
     points: [(B,) V, 3] camera-space vertices (mm).
@@ -1484,10 +1533,17 @@ def soft_rasterize(points, triangles, attributes, intrinsics: Intrinsics, *,
       triangles (static, default 4*H*W); :attr:`SoftOutput.overflow` counts
       what was dropped.
     cutoff: smallest probability that is aggregated.
+    native: the C++ CPU kernels (forward and a hand-written backward) instead
+      of the JAX code; None: on the CPU backend for float32 inputs (as
+      :func:`rasterize`). They compute the same float32 formulas, fragment by
+      fragment without a budget: ``footprint`` and ``max_fragments`` do not
+      apply and :attr:`SoftOutput.overflow` is 0. No gradient w.r.t. sigma and
+      gamma on this path.
 
   Returns:
     :class:`SoftOutput`.
   """
+  native = cpu_kernels.resolve(native, points, attributes)
   if background is None:
     background = jnp.zeros((attributes.shape[-1],), jnp.float32)
   background = jnp.asarray(background, jnp.float32)
@@ -1497,12 +1553,17 @@ def soft_rasterize(points, triangles, attributes, intrinsics: Intrinsics, *,
                          else attributes, intrinsics, background=bg, sigma=sigma, gamma=gamma,
                          depth_range=depth_range, eps=eps, near=near,
                          cull_backfaces=cull_backfaces, footprint=footprint,
-                         max_fragments=max_fragments, cutoff=cutoff)
+                         max_fragments=max_fragments, cutoff=cutoff, native=native)
     return jax.tree_util.tree_map(lambda x: x[0], out)
   if attributes.ndim == 2:
     attributes = jnp.broadcast_to(attributes, (points.shape[0],) + attributes.shape)
   background = jnp.broadcast_to(background, points.shape[:1] + (
       intrinsics.height, intrinsics.width, attributes.shape[-1]))
+  if native:
+    return _soft_native_batch(points, attributes, background, triangles,
+                              intrinsics=intrinsics, sigma=sigma, gamma=gamma,
+                              zrange=tuple(depth_range), eps=eps, near=near,
+                              cull_backfaces=cull_backfaces, cutoff=cutoff)
   core = functools.partial(_soft_rasterize_batch, triangles=triangles,
                            intrinsics=intrinsics, sigma=sigma, gamma=gamma,
                            zrange=tuple(depth_range), eps=eps, near=near,
