@@ -44,6 +44,19 @@ struct Setup {
   int32_t col0, row0, ncols, nrows;  // ncols * nrows == 0: draws nothing.
 };
 
+// Pixel-centre range [first, first + count) inside [lo, hi] on an axis of
+// ``size`` pixels (the tail of _screen_bounds).
+void PixelRange(float lo, float hi, int32_t size, int32_t* first_out, int32_t* count_out) {
+  const float fsize = static_cast<float>(size);
+  // Clip before the integer conversion (inf, huge values), as the JAX code.
+  const float lo_c = std::min(std::max(lo - 0.5f, -1.0f), fsize);
+  const float hi_c = std::min(std::max(hi - 0.5f, -1.0f), fsize);
+  const int32_t first = std::max(static_cast<int32_t>(std::ceil(lo_c)), 0);
+  const int32_t last = std::min(static_cast<int32_t>(std::floor(hi_c)), size - 1);
+  *first_out = first;
+  *count_out = std::max(last - first + 1, 0);
+}
+
 // Pixel-centre range [first, first + count) of one axis covered by the
 // near-clipped bounding box of a triangle (_screen_bounds).
 void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_t size,
@@ -69,24 +82,28 @@ void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_
       }
     }
   }
-  lo = lo - pad - kBboxSlack;
-  hi = hi + pad + kBboxSlack;
-  const float fsize = static_cast<float>(size);
-  // Clip before the integer conversion (inf, huge values), as the JAX code.
-  const float lo_c = std::min(std::max(lo - 0.5f, -1.0f), fsize);
-  const float hi_c = std::min(std::max(hi - 0.5f, -1.0f), fsize);
-  int32_t first = static_cast<int32_t>(std::ceil(lo_c));
-  int32_t last = static_cast<int32_t>(std::floor(hi_c));
-  first = std::max(first, 0);
-  last = std::min(last, size - 1);
-  *first_out = first;
-  *count_out = std::max(last - first + 1, 0);
+  PixelRange(lo - pad - kBboxSlack, hi + pad + kBboxSlack, size, first_out, count_out);
+}
+
+// AxisBounds of a triangle whose three vertices are in front of the near plane,
+// from their projections (focal * u / z + c, precomputed per vertex).
+void ProjectedBounds(const float proj[3], int32_t size, int32_t* first_out, int32_t* count_out) {
+  const float inf = std::numeric_limits<float>::infinity();
+  float lo = inf, hi = -inf;
+  for (int k = 0; k < 3; ++k) {
+    if (std::isfinite(proj[k])) {
+      lo = std::min(lo, proj[k]);
+      hi = std::max(hi, proj[k]);
+    }
+  }
+  PixelRange(lo - 0.0f - kBboxSlack, hi + 0.0f + kBboxSlack, size, first_out, count_out);
 }
 
 // Returns false for triangles that draw nothing (degenerate, non-finite, or
 // culled); otherwise fills *s.
 bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Camera& cam,
-                   bool cull_backfaces, Setup* s) {
+                   bool cull_backfaces, Setup* s, const float* proj0 = nullptr,
+                   const float* proj1 = nullptr, const float* proj2 = nullptr) {
   const float x[3] = {p0[0], p1[0], p2[0]};
   const float y[3] = {p0[1], p1[1], p2[1]};
   const float z[3] = {p0[2], p1[2], p2[2]};
@@ -105,6 +122,18 @@ bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Came
                           z[2] < cam.near)) {
     return false;
   }
+  // The box first: it is cheaper than the degeneracy test below and empty for
+  // many small triangles (the order of the tests does not change the result).
+  if (proj0 != nullptr && z[0] >= cam.near && z[1] >= cam.near && z[2] >= cam.near) {
+    const float u[3] = {proj0[0], proj1[0], proj2[0]};
+    const float v[3] = {proj0[1], proj1[1], proj2[1]};
+    ProjectedBounds(u, cam.width, &s->col0, &s->ncols);
+    ProjectedBounds(v, cam.height, &s->row0, &s->nrows);
+  } else {
+    AxisBounds(x, z, cam.focal, cam.cx, cam.width, cam.near, &s->col0, &s->ncols);
+    AxisBounds(y, z, cam.focal, cam.cy, cam.height, cam.near, &s->row0, &s->nrows);
+  }
+  if (s->ncols == 0 || s->nrows == 0) return false;
   auto sq = [](const float* v) { return v[0] * v[0] + v[1] * v[1] + v[2] * v[2]; };
   const float nn = std::sqrt(sq(normal));
   const float edges = std::sqrt(sq(a) * sq(b));
@@ -112,9 +141,6 @@ bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Came
   if (!((nn > 1e-6f * edges) && (std::fabs(plane) > 1e-6f * nn * std::sqrt(sq(origin))))) {
     return false;
   }
-  AxisBounds(x, z, cam.focal, cam.cx, cam.width, cam.near, &s->col0, &s->ncols);
-  AxisBounds(y, z, cam.focal, cam.cy, cam.height, cam.near, &s->row0, &s->nrows);
-  if (s->ncols == 0 || s->nrows == 0) return false;
   const float f = cam.focal;
   const float dx0 = (static_cast<float>(s->col0) + 0.5f - cam.cx) / f;
   const float dy0 = (static_cast<float>(s->row0) + 0.5f - cam.cy) / f;
@@ -181,20 +207,32 @@ struct PixelRays {
   }
 };
 
+// Projections (focal * x / z + cx, focal * y / z + cy) of the vertices [V, 3]
+// in front of the near plane, as AxisBounds computes them; [V, 2].
+void ProjectVertices(const float* points, int64_t num_vertices, const Camera& cam,
+                     float* proj) {
+  for (int64_t i = 0; i < num_vertices; ++i) {
+    const float* p = points + 3 * i;
+    proj[2 * i] = cam.focal * p[0] / p[2] + cam.cx;
+    proj[2 * i + 1] = cam.focal * p[1] / p[2] + cam.cy;
+  }
+}
+
 // Draws the triangles of one image into rows [row_begin, row_end) of its
 // buffers. Triangles are visited in id order and a fragment replaces the
 // buffer only when strictly nearer, so equal depths keep the smaller id.
 // inv_depth holds 1 / depth on return (0 on background).
-void RasterizeRows(const float* points, const int32_t* triangles, int64_t num_faces,
-                   const Camera& cam, bool cull_backfaces, int32_t row_begin, int32_t row_end,
-                   float* inv_depth, int32_t* triangle_id, int64_t* fragments) {
+void RasterizeRows(const float* points, const float* proj, const int32_t* triangles,
+                   int64_t num_faces, const Camera& cam, bool cull_backfaces,
+                   int32_t row_begin, int32_t row_end, float* inv_depth,
+                   int32_t* triangle_id, int64_t* fragments) {
   const float max_inv_z = 1.0f / cam.near;
   int64_t count = 0;
   for (int64_t t = 0; t < num_faces; ++t) {
     const int32_t* v = triangles + 3 * t;
     Setup s;
     if (!TriangleSetup(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam,
-                       cull_backfaces, &s)) {
+                       cull_backfaces, &s, proj + 2 * v[0], proj + 2 * v[1], proj + 2 * v[2])) {
       continue;
     }
     count += static_cast<int64_t>(s.ncols) * s.nrows;
@@ -336,6 +374,11 @@ ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> tri
   int32_t* ids = triangle_id->typed_data();
   const int64_t bands = BandsPerImage(m.num_images, height);
   std::vector<int64_t> counts(m.num_images, 0);
+  std::vector<float> proj(m.num_images * m.num_vertices * 2);
+  ParallelFor(m.num_images, [&](int64_t image) {
+    ProjectVertices(points.typed_data() + image * m.num_vertices * 3, m.num_vertices, cam,
+                    proj.data() + image * m.num_vertices * 2);
+  });
   ParallelFor(m.num_images * bands, [&](int64_t unit) {
     const int64_t image = unit / bands, band = unit % bands;
     const int32_t r0 = static_cast<int32_t>(height * band / bands);
@@ -348,7 +391,8 @@ ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> tri
               image_z + static_cast<int64_t>(r1) * width, 0.0f);
     std::fill(image_ids + static_cast<int64_t>(r0) * width,
               image_ids + static_cast<int64_t>(r1) * width, -1);
-    RasterizeRows(image_points, tris, m.num_faces, cam, cull != 0, r0, r1, image_z, image_ids,
+    RasterizeRows(image_points, proj.data() + image * m.num_vertices * 2, tris, m.num_faces,
+                  cam, cull != 0, r0, r1, image_z, image_ids,
                   band == 0 ? &counts[image] : nullptr);
     ResolveRows(image_points, tris, cam, rays, r0, r1, image_ids,
                 bary + 3 * image * num_pixels, image_z);
@@ -384,19 +428,20 @@ ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F3
     const int32_t r0 = static_cast<int32_t>(height * band / bands);
     const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
     PixelGeometry g;
-    for (int64_t i = static_cast<int64_t>(r0) * width; i < static_cast<int64_t>(r1) * width;
-         ++i) {
-      float* oi = o + i * channels;
-      const int64_t row = i / width;
-      if (!GetPixelGeometry(pts, tris, ids[i], rays.x[i - row * width], rays.y[row], &g)) {
-        std::fill(oi, oi + channels, 0.0f);
-        continue;
-      }
-      const float* a0 = attr + channels * g.v[0];
-      const float* a1 = attr + channels * g.v[1];
-      const float* a2 = attr + channels * g.v[2];
-      for (int64_t c = 0; c < channels; ++c) {
-        oi[c] = g.bary[0] * a0[c] + g.bary[1] * a1[c] + g.bary[2] * a2[c];
+    for (int32_t row = r0; row < r1; ++row) {
+      for (int32_t col = 0; col < width; ++col) {
+        const int64_t i = static_cast<int64_t>(row) * width + col;
+        float* oi = o + i * channels;
+        if (!GetPixelGeometry(pts, tris, ids[i], rays.x[col], rays.y[row], &g)) {
+          std::fill(oi, oi + channels, 0.0f);
+          continue;
+        }
+        const float* a0 = attr + channels * g.v[0];
+        const float* a1 = attr + channels * g.v[1];
+        const float* a2 = attr + channels * g.v[2];
+        for (int64_t c = 0; c < channels; ++c) {
+          oi[c] = g.bary[0] * a0[c] + g.bary[1] * a1[c] + g.bary[2] * a2[c];
+        }
       }
     }
   });
@@ -453,7 +498,7 @@ ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi
     for (int64_t i = static_cast<int64_t>(r0) * width; i < static_cast<int64_t>(r1) * width;
          ++i) {
       if (ids[i] < 0) continue;
-      const int64_t row = i / width;
+      const int64_t row = i / width;  // only on face pixels
       if (!GetPixelGeometry(pts, tris, ids[i], rays.x[i - row * width], rays.y[row], &g)) {
         continue;
       }
