@@ -15,6 +15,10 @@ The design follows nvdiffrast's split of rendering into small primitives:
 * :func:`soft_rasterize` — SoftRas-style probabilistic aggregation of all nearby
   triangles (blur ``sigma``, depth temperature ``gamma``): smooth everywhere.
 
+On the CPU backend each of these runs as a C++ kernel by default
+(:mod:`focus_jax.render.cpu_kernels`; ``native=`` chooses per call); the JAX code
+below is what runs on GPU/TPU and what the kernels are tested against.
+
 Geometry enters in **camera space** ([V, 3] mm, x right, y down, z = depth, see
 :mod:`focus_jax.render.camera`) together with the :class:`Intrinsics`, so that
 triangles that cross or lie behind the camera plane are clipped exactly instead
