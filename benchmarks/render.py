@@ -76,6 +76,24 @@ def build_model(level: int):
   return model, source
 
 
+def face_params(model, batch: int) -> dict:
+  """The benchmark's render(...) coefficients for ``batch`` faces (fixed seed)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import shading  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  return dict(
+      shape=jnp.asarray(rng.normal(size=(batch, model.num_shape)) * 0.5, jnp.float32),
+      expression=jnp.zeros((batch, model.num_expression), jnp.float32),
+      albedo_coeffs=jnp.zeros((batch, model.num_albedo), jnp.float32),
+      angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
+      translation=jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32),
+      # A non-ambient light, so that the colours vary over the mesh and the
+      # geometry gets meaningful gradients (the SFM shape model has a constant
+      # albedo); the cost does not depend on it.
+      light=shading.default_light((batch,)) + jnp.asarray(
+          rng.normal(size=(batch, 9, 3)) * 0.3, jnp.float32))
+
+
 def device_peak_mib():
   """Peak accelerator memory of this process in MiB (None where the backend has no
   allocator statistics, e.g. CPU)."""
@@ -90,21 +108,10 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
   call, e.g. to wait for a turn on a shared accelerator (benchmarks/gpu.py)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from focus_jax.render import camera, cpu_kernels, render, shading  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import camera, cpu_kernels, render  # pylint: disable=import-outside-toplevel
   model, source = build_model(MESHES[mesh])
   intr = camera.Intrinsics.reference(224)
-  rng = np.random.default_rng(0)
-  params = dict(
-      shape=jnp.asarray(rng.normal(size=(batch, model.num_shape)) * 0.5, jnp.float32),
-      expression=jnp.zeros((batch, model.num_expression), jnp.float32),
-      albedo_coeffs=jnp.zeros((batch, model.num_albedo), jnp.float32),
-      angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
-      translation=jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32),
-      # A non-ambient light, so that the colours vary over the mesh and the
-      # geometry gets meaningful gradients (the SFM shape model has a constant
-      # albedo); the cost does not depend on it.
-      light=shading.default_light((batch,)) + jnp.asarray(
-          rng.normal(size=(batch, 9, 3)) * 0.3, jnp.float32))
+  params = face_params(model, batch)
   target = jnp.full((batch, 224, 224, 3), 0.5, jnp.float32)
 
   def loss(p):
@@ -142,14 +149,7 @@ def breakdown(mesh: str, batch: int, repeats: int):
   from focus_jax.render import camera, rasterize, render, shading  # pylint: disable=import-outside-toplevel
   model, _ = build_model(MESHES[mesh])
   intr = camera.Intrinsics.reference(224)
-  rng = np.random.default_rng(0)
-  p = dict(shape=jnp.asarray(rng.normal(size=(batch, model.num_shape)) * 0.5, jnp.float32),
-           expression=jnp.zeros((batch, model.num_expression), jnp.float32),
-           albedo_coeffs=jnp.zeros((batch, model.num_albedo), jnp.float32),
-           angles=jnp.asarray(rng.normal(size=(batch, 3)) * 0.01, jnp.float32),
-           translation=jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32),
-           light=shading.default_light((batch,)) + jnp.asarray(
-               rng.normal(size=(batch, 9, 3)) * 0.3, jnp.float32))
+  p = face_params(model, batch)
   tri = model.triangles
   target = jnp.full((batch, 224, 224, 3), 0.5, jnp.float32)
 
