@@ -309,7 +309,10 @@ def test_antialias_skips_interior_edges_and_blends_silhouettes():
   assert np.abs(grad[[0, 2]]).max() > 0           # the diagonal's vertices
 
 
-def test_soft_rasterize_approaches_hard_and_has_gradients():
+# native=None: the C++ kernels on CPU (the default); False: the JAX path (what runs
+# on GPU/TPU), which the kernel parity tests cover only against each other.
+@pytest.mark.parametrize("native", [None, False])
+def test_soft_rasterize_approaches_hard_and_has_gradients(native):
   points, triangles = sphere(subdivisions=2, radius=60.0)
   rng = np.random.default_rng(4)
   colors = jnp.asarray(rng.uniform(size=(1024, 3)), jnp.float32)
@@ -318,7 +321,8 @@ def test_soft_rasterize_approaches_hard_and_has_gradients():
 
   @jax.jit
   def loss(p, c, sigma, gamma):
-    out = R.soft_rasterize(p, tri, c, WIDE, sigma=sigma, gamma=gamma, max_fragments=60000)
+    out = R.soft_rasterize(p, tri, c, WIDE, sigma=sigma, gamma=gamma, max_fragments=60000,
+                           native=native)
     value = jnp.sum(out.image * weights) + jnp.sum(out.alpha * weights[..., 0])
     return value, out
 
@@ -349,7 +353,8 @@ def test_soft_rasterize_approaches_hard_and_has_gradients():
 
 def test_soft_rasterize_in_groups_matches_one_batch(monkeypatch):
   """Large batches go through soft rasterization in groups of images
-  (rematerialised); the result and its gradients must not depend on that."""
+  (rematerialised); the result and its gradients must not depend on that. The
+  JAX path only: the C++ kernels do not group."""
   points, triangles = sphere(subdivisions=2, radius=20.0)
   pts, tri = padded(points, triangles)
   rng = np.random.default_rng(5)
@@ -359,7 +364,7 @@ def test_soft_rasterize_in_groups_matches_one_batch(monkeypatch):
   weights = jnp.asarray(rng.normal(size=(4, 48, 48, 3)), jnp.float32)
 
   def loss(p, c):
-    out = R.soft_rasterize(p, tri, c, WIDE, sigma=0.5, gamma=1e-2)
+    out = R.soft_rasterize(p, tri, c, WIDE, sigma=0.5, gamma=1e-2, native=False)
     assert out.overflow.shape == (4,)
     return jnp.sum(out.image * weights) + jnp.sum(out.alpha * weights[..., 0]), out.overflow
 
