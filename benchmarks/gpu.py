@@ -212,35 +212,46 @@ def write_report(rows, path):
       "one subprocess; the timed sections ran one at a time after all workers had "
       "compiled (compile times overlap, so 'first call' is inflated). Device peak = the "
       "allocator's peak bytes in use of that process.", ""]
-  render_rows = [r for r in ok if r["kind"] == "render"]
-  if render_rows:
-    lines += ["## Renderer (forward + backward of a photometric loss at 224², as "
-              "benchmarks/render.py; kernels: JAX = the pure-JAX path that runs on accelerators)",
-              "", "| triangles | batch | mode | kernels | ms / batch (median) | images/s | "
-              "device peak MiB | first call s |",
-              "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['triangles']} | {r['batch']} | {r['mode']} | {r['kernels']} | {r['ms']:.2f} | "
-              f"{r['images_per_s']:.0f} | {mib(r)} | {r['compile_s']:.0f} |" for r in render_rows]
-    lines.append("")
-  train_rows = [r for r in ok if r["kind"] == "train"]
-  if train_rows:
-    lines += ["## Training steps (one pmapped step on one device, synthetic batch)", "",
-              "| config | image | phase | activations | batch | s / step | images/s | "
-              "device peak MiB | first call s |",
-              "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['config']} | {r['image_size']}² | {r['phase']} | {r['dtype']} | "
-              f"{r['batch']} | {r['seconds_per_step']:.4f} | {r['images_per_s']:.1f} | "
-              f"{mib(r)} | {r['first_call_s']:.0f} |" for r in train_rows]
-    lines.append("")
-  fit_rows = [r for r in ok if r["kind"] == "fit"]
-  if fit_rows:
-    lines += ["## Robust fit (FitConfig() defaults, built-in model)", "",
-              "| image | batch | iterations | s / call (best) | s / image | images/s | "
-              "device peak MiB | first call s |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['size']}² | {r['batch']} | {r['iterations']} | {r['seconds']:.3f} | "
-              f"{r['seconds_per_image']:.4f} | {r['images_per_s']:.1f} | {mib(r)} | "
-              f"{r['first_call_s']:.0f} |" for r in fit_rows]
+  # Per worker kind: section title and (column header, right-aligned, cell) triples.
+  sections = {
+      "render": ("Renderer (forward + backward of a photometric loss at 224², as "
+                 "benchmarks/render.py; kernels: JAX = the pure-JAX path that runs on "
+                 "accelerators)", [
+                     ("triangles", True, lambda r: r["triangles"]),
+                     ("batch", True, lambda r: r["batch"]),
+                     ("mode", False, lambda r: r["mode"]),
+                     ("kernels", False, lambda r: r["kernels"]),
+                     ("ms / batch (median)", True, lambda r: f"{r['ms']:.2f}"),
+                     ("images/s", True, lambda r: f"{r['images_per_s']:.0f}"),
+                     ("device peak MiB", True, mib),
+                     ("first call s", True, lambda r: f"{r['compile_s']:.0f}")]),
+      "train": ("Training steps (one pmapped step on one device, synthetic batch)", [
+          ("config", False, lambda r: r["config"]),
+          ("image", True, lambda r: f"{r['image_size']}²"),
+          ("phase", False, lambda r: r["phase"]),
+          ("activations", False, lambda r: r["dtype"]),
+          ("batch", True, lambda r: r["batch"]),
+          ("s / step", True, lambda r: f"{r['seconds_per_step']:.4f}"),
+          ("images/s", True, lambda r: f"{r['images_per_s']:.1f}"),
+          ("device peak MiB", True, mib),
+          ("first call s", True, lambda r: f"{r['first_call_s']:.0f}")]),
+      "fit": ("Robust fit (FitConfig() defaults, built-in model)", [
+          ("image", True, lambda r: f"{r['size']}²"),
+          ("batch", True, lambda r: r["batch"]),
+          ("iterations", True, lambda r: r["iterations"]),
+          ("s / call (best)", True, lambda r: f"{r['seconds']:.3f}"),
+          ("s / image", True, lambda r: f"{r['seconds_per_image']:.4f}"),
+          ("images/s", True, lambda r: f"{r['images_per_s']:.1f}"),
+          ("device peak MiB", True, mib),
+          ("first call s", True, lambda r: f"{r['first_call_s']:.0f}")]),
+  }
+  for kind, (title, columns) in sections.items():
+    kind_rows = [r for r in ok if r["kind"] == kind]
+    if not kind_rows:
+      continue
+    lines += [f"## {title}", "", "| " + " | ".join(c[0] for c in columns) + " |",
+              "| " + " | ".join("---:" if c[1] else "---" for c in columns) + " |"]
+    lines += ["| " + " | ".join(str(c[2](r)) for c in columns) + " |" for r in kind_rows]
     lines.append("")
   failed = [r for r in rows if "error" in r]
   if failed:

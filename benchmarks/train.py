@@ -49,11 +49,10 @@ from focus_jax.train import plot, stages, trainer  # noqa: E402
 REAL = os.path.join(os.path.dirname(REPO), "shared", "data", "occluded_faces")
 
 
-def step_seconds(cfg, phase: str, steps: int = 2, seed: int = 5, before_timing=None) -> dict:
-  """Compile time (first call) and seconds/step of one pmapped training step of ``cfg``
-  (``phase``: pretrain, unet, em_encoder or em_unet) on a synthetic batch of
-  ``cfg.batch_size`` faces; ``before_timing()`` (if given) runs after the first call."""
-  from focus_jax.train import parallel, state as state_lib, steps as steps_lib
+def step_inputs(cfg, seed: int = 5):
+  """(networks, identity net, replicated state, sharded batch of ``cfg.batch_size``
+  synthetic faces) for :func:`step_seconds`."""
+  from focus_jax.train import parallel, state as state_lib
   nets = state_lib.make_networks(cfg)
   identity = trainer.load_identity(cfg)
   st = parallel.replicate(state_lib.to_host(state_lib.init_state(cfg, nets)))
@@ -63,6 +62,15 @@ def step_seconds(cfg, phase: str, steps: int = 2, seed: int = 5, before_timing=N
   batch = parallel.put_sharded(parallel.shard(dict(
       image=np.stack([s.image for s in samples]).astype(np.float32),
       landmarks=np.stack([s.landmarks for s in samples]).astype(np.float32))))
+  return nets, identity, st, batch
+
+
+def step_seconds(cfg, phase: str, steps: int = 2, inputs=None, before_timing=None) -> dict:
+  """Compile time (first call) and seconds/step of one pmapped training step of ``cfg``
+  (``phase``: pretrain, unet, em_encoder or em_unet) on :func:`step_inputs` (built
+  here unless given); ``before_timing()`` (if given) runs after the first call."""
+  from focus_jax.train import parallel, steps as steps_lib
+  nets, identity, st, batch = step_inputs(cfg) if inputs is None else inputs
   fn = parallel.pmap_step(steps_lib.make_step(cfg, nets, phase))
   t = time.perf_counter()
   s2, m = fn(st, batch, nets.model, identity)
@@ -80,9 +88,10 @@ def step_seconds(cfg, phase: str, steps: int = 2, seed: int = 5, before_timing=N
 def paper_seconds_per_step(steps: int = 2) -> dict:
   """Compile time and seconds/step of the paper config's stage-1 and EM steps."""
   cfg = config_lib.paper(identity="dlib")
+  inputs = step_inputs(cfg)
   out = {}
   for phase in ("pretrain", "em_encoder", "em_unet"):
-    out[phase] = step_seconds(cfg, phase, steps)
+    out[phase] = step_seconds(cfg, phase, steps, inputs=inputs)
     print(phase, out[phase], flush=True)
   return out
 
