@@ -1,5 +1,6 @@
 """The focus-jax command and the experiments scripts, run as a user runs them."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -112,3 +113,22 @@ def test_fit_outlier_model_flag_selects_the_e_step():
   assert (uniform.outlier_model, uniform.smoothing_edge_sigma, uniform.contour_margin) == (
       "uniform", 0.0, 0)
   assert colour.iterations == uniform.iterations == 200
+
+
+def test_fit_initial_tint_ridge_flag_reaches_the_fit_config():
+  from absl import flags
+  from focus_jax import fitting
+  from focus_jax.commands import fit as fit_cmd
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  try:
+    default = fit_cmd.fit_config()
+    flags.FLAGS["initial_tint_ridge"].value = 0.0
+    off = fit_cmd.fit_config()
+  finally:
+    flags.FLAGS["initial_tint_ridge"].value = 1.0
+    if not was_parsed:
+      flags.FLAGS.unparse_flags()
+  assert default.initial_tint_ridge == fitting.FitConfig().initial_tint_ridge
+  assert off.initial_tint_ridge == 0.0
+  assert off == dataclasses.replace(default, initial_tint_ridge=0.0)

@@ -56,15 +56,22 @@ OUTLIER_MODEL = flags.DEFINE_enum(
     "smoothing and a 2-px contour margin (the default: occluder IoU 0.79 vs 0.63 on "
     "benchmarks/results/fit.md); 'uniform': the FOCUS reference's uniform outlier density "
     "with uniform smoothing, mask inside the render.")
+INITIAL_TINT_RIDGE = flags.DEFINE_float(
+    "initial_tint_ridge", 1.0, "fit, now: how far the first closed-form light's colour tint is "
+    "pulled towards white (1 = halfway, 0 = off), so that a large bright occluder cannot be "
+    "taken for the face in the first E-step (see FitConfig.initial_tint_ridge). Lower it for "
+    "photos with a strong colour cast and no large occluder.", lower_bound=0.0)
 
 
 def fit_config():
-  """The FitConfig of the flags (--iterations, --non_robust, --outlier_model)."""
+  """The FitConfig of the flags (--iterations, --non_robust, --outlier_model,
+  --initial_tint_ridge)."""
   import dataclasses  # pylint: disable=import-outside-toplevel
   from focus_jax import fitting  # pylint: disable=import-outside-toplevel
   base = fitting.FitConfig()
   steps = max(1, -(-ITERATIONS.value // max(base.rounds, 1)))
-  config = dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value)
+  config = dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value,
+                               initial_tint_ridge=INITIAL_TINT_RIDGE.value)
   if OUTLIER_MODEL.value == "uniform":
     config = config.reference_e_step()
   return config
