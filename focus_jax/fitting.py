@@ -31,6 +31,10 @@ face image and an inlier mask (1 = visible face skin the model explains):
    may extend a pixel or two beyond the rendered outline where the image matches
    the adjacent skin).
 
+A fit may start from given coefficients and pose (``init``, e.g. a trained
+encoder's prediction) and take a given inlier segmentation (``inlier_mask``, e.g. a
+FOCUS UNet's output) in place of its E-step estimate.
+
 The whole fit is one jitted pure function (``lax.scan`` over rounds and steps);
 images are natively batched (every image is fitted independently: the loss is a
 sum over images and Adam is elementwise) and the single-image function is
@@ -509,12 +513,17 @@ def extend_inliers(render, face, inlier, target, sigma, margin: int, outlier_sig
 
 
 def _estep_one(verts_cam, colors, target, sigma_vertex, intr, config: FitConfig,
-               triangles, sigma_scale, robust: bool):
-  """Rasterizes one face and returns (render, face, posterior, vertex_weight, depth)."""
+               triangles, sigma_scale, robust: bool, fixed_mask=None):
+  """Rasterizes one face and returns (render, face, posterior, vertex_weight).
+
+  ``fixed_mask`` ([H, W] in [0, 1], or None): a given inlier segmentation that
+  replaces the robust posterior (robust fits only)."""
   frags = raster_lib.rasterize(verts_cam, triangles, intr, cull_backfaces=True)
   face = frags.mask
   render = raster_lib.interpolate(colors, verts_cam, triangles, frags, intr)
-  if robust:
+  if robust and fixed_mask is not None:
+    post = fixed_mask * face
+  elif robust:
     sigma_map = raster_lib.interpolate(sigma_vertex[:, None], verts_cam, triangles, frags,
                                        intr)[..., 0]
     sigma_map = jnp.where(face, jnp.maximum(sigma_map, 1e-3), 1.0)
@@ -680,7 +689,7 @@ def _learning_rates(config: FitConfig):
 
 @functools.partial(jax.jit, static_argnames=("config", "intrinsics"))
 def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: FitConfig,
-               intrinsics: camera_lib.Intrinsics) -> FitResult:
+               intrinsics: camera_lib.Intrinsics, init: dict, masks) -> FitResult:
   batch = images.shape[0]
   tri = model.triangles
   num_v = model.num_vertices
@@ -691,6 +700,8 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
   k = max(1, config.estep_downsample)
   intr_low = _scaled_intrinsics(intrinsics, k)
   images_low = jax.vmap(lambda im: _downsample(im, k))(images)
+  masks_low = None if masks is None else jax.vmap(
+      lambda m: _downsample(m[..., None], k)[..., 0])(masks)
 
   # Closed-form pose from the mean face's landmarks.
   mean_lm = model_lib.landmark_positions(model, model.mean)
@@ -701,19 +712,21 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
                 albedo=zeros(model.num_albedo), angles=angles, translation=translation,
                 light_sh=shading_lib.default_light((batch,))[..., 0],
                 light_tint=jnp.ones((batch, 3), jnp.float32))
+  params.update(init)
 
   lrs = _learning_rates(config)
   opt = optax.scale_by_adam()
   opt_state = opt.init(params)
 
-  def estep(params, intr, imgs, sigma_scale, robust_now):
-    def one(p, img, sv):
+  def estep(params, intr, imgs, sigma_scale, robust_now, fixed=None):
+    def one(p, img, sv, fixed_one):
       _, cam, normals, alb = _geometry(model, p)
       # Light first (closed form on the vertices visible last time would need
       # state; a light solve on the current inliers follows below).
       colors = shading_lib.shade(alb, normals, light_from_factors(p["light_sh"], p["light_tint"]))
-      return _estep_one(cam, colors, img, sv, intr, config, tri, sigma_scale, robust_now)
-    return jax.vmap(one)(params, imgs, sigma_vertex)
+      return _estep_one(cam, colors, img, sv, intr, config, tri, sigma_scale, robust_now,
+                        fixed_one)
+    return jax.vmap(one)(params, imgs, sigma_vertex, fixed)
 
   def relight(params, weight, tint_ridge=0.0):
     def one(p, img, w):
@@ -756,8 +769,9 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
     p, s, weight = carry
     sigma_scale = jnp.asarray(schedule)[jnp.minimum(r, len(schedule) - 1)]
     if robust:
-      # Inliers from the current estimate, then the light re-solved on them.
-      _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, True)
+      # Inliers from the current estimate (or the given masks), then the light
+      # re-solved on them.
+      _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, True, masks_low)
     else:
       _, _, _, weight = estep(p, intr_low, images_low, sigma_scale, False)
     p = set_light(p, relight(p, weight))
@@ -771,20 +785,21 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
   # Visible vertices of the initial pose give the first closed-form light, so
   # that the first E-step compares shaded colours, not the default grey; its
   # tint is pulled towards skin so that a large occluder cannot become "the face".
-  _, _, _, weight0 = estep(params, intr_low, images_low, 1.0, False)
+  _, _, _, weight0 = estep(params, intr_low, images_low, 1.0, robust and masks is not None,
+                           masks_low)
   params = set_light(params, relight(params, weight0, config.initial_tint_ridge))
   (params, _, _), trace = jax.lax.scan(round_body, (params, opt_state, weight0),
                                     jnp.arange(config.rounds))
   trace = jnp.swapaxes(trace.reshape(config.rounds * config.steps, batch, len(LOSS_NAMES)), 0, 1)
 
   final_scale = schedule[min(config.rounds, len(schedule)) - 1] if config.rounds else 1.0
-  render, face, post, weight = estep(params, intrinsics, images, final_scale, robust)
+  render, face, post, weight = estep(params, intrinsics, images, final_scale, robust, masks)
   verts = jax.vmap(lambda p: model_lib.vertices(model, p["shape"], p["expression"]))(params)
   cam = camera_lib.to_camera(verts, params["angles"], params["translation"])
   lms = camera_lib.project(model_lib.landmark_positions(model, cam), intrinsics)
   facef = face.astype(jnp.float32)
   inlier = (post > 0.5) & face
-  if robust and config.contour_margin > 0:
+  if robust and config.contour_margin > 0 and masks is None:
     extend = functools.partial(extend_inliers, margin=config.contour_margin,
                                outlier_sigmas=config.outlier_sigmas)
     inlier = inlier | jax.vmap(extend, in_axes=(0, 0, 0, 0, None))(
@@ -799,9 +814,13 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config: 
                    vertex_weight=weight, loss_trace=trace)
 
 
+INIT_KEYS = ("shape", "expression", "albedo", "angles", "translation")
+
+
 def fit(model: model_lib.MorphableModel, image, landmarks, *,
         config: FitConfig = FitConfig(), prior=None,
-        intrinsics: Optional[camera_lib.Intrinsics] = None) -> FitResult:
+        intrinsics: Optional[camera_lib.Intrinsics] = None, init: Optional[dict] = None,
+        inlier_mask=None) -> FitResult:
   """Fits the morphable model to one image or a batch (robust EM by default).
 
   Args:
@@ -813,12 +832,23 @@ def fit(model: model_lib.MorphableModel, image, landmarks, *,
     prior: a :class:`focus_jax.prior.MisfitPrior` (or a [V] array of per-vertex σ
       multipliers), used when ``config.use_prior``.
     intrinsics: the camera; default :meth:`Intrinsics.reference` for the image size.
+    init: optional starting point instead of the mean face at the closed-form
+      landmark pose, e.g. a trained encoder's prediction: a dict with any of
+      :data:`INIT_KEYS` ('shape' [Ks], 'expression' [Ke], 'albedo' [Ka] coefficients,
+      'angles' [3] rad, 'translation' [3] mm; with a leading B for a batch); missing
+      keys keep the default. The light is solved in closed form either way.
+    inlier_mask: optional [H, W] (or [B, H, W]) segmentation in [0, 1] of the face
+      pixels the model should explain, e.g. a FOCUS UNet's output: robust fits use it
+      in every E-step instead of estimating the mask (the M-step's residual gate
+      still applies), and the returned ``inlier`` is it inside the final render.
+      Ignored by non-robust fits.
 
   Returns:
     :class:`FitResult`, without the batch axis for a single image.
 
   Raises:
-    ValueError: wrong image or landmark shapes, or a prior for another model.
+    ValueError: wrong image, landmark, init or mask shapes, or a prior for another
+      model.
   """
   image = jnp.asarray(image, jnp.float32)
   landmarks = jnp.asarray(landmarks, jnp.float32)
@@ -839,11 +869,39 @@ def fit(model: model_lib.MorphableModel, image, landmarks, *,
   sigma_vertex = prior_scale(model, prior if config.use_prior else None)
   sigma_vertex = jnp.broadcast_to(sigma_vertex, (image.shape[0], model.num_vertices))
   sub_idx, lm_sub = sample_vertices(model, config.max_vertices)
+  start = _check_init(model, init, image.shape[0], single)
+  masks = None
+  if inlier_mask is not None:
+    masks = jnp.asarray(inlier_mask, jnp.float32)
+    masks = masks[None] if single and masks.ndim == 2 else masks
+    if masks.shape != image.shape[:3]:
+      raise ValueError(f"fit: inlier_mask must be [H, W] (or [B, H, W]) like the image "
+                       f"{tuple(image.shape)}, got {tuple(jnp.shape(inlier_mask))}")
   result = _fit_batch(model, image, landmarks, sigma_vertex, jnp.asarray(sub_idx),
-                      jnp.asarray(lm_sub), config, intrinsics)
+                      jnp.asarray(lm_sub), config, intrinsics, start, masks)
   if single:
     result = jax.tree_util.tree_map(lambda a: a[0], result)
   return result
+
+
+def _check_init(model, init: Optional[dict], batch: int, single: bool) -> dict:
+  """``fit``'s ``init`` as float32 [B, n] arrays, checked against the model."""
+  if not init:
+    return {}
+  sizes = dict(shape=model.num_shape, expression=model.num_expression,
+               albedo=model.num_albedo, angles=3, translation=3)
+  unknown = sorted(set(init) - set(sizes))
+  if unknown:
+    raise ValueError(f"fit: unknown init keys {unknown}; expected some of {list(INIT_KEYS)}")
+  start = {}
+  for key, value in init.items():
+    value = jnp.asarray(value, jnp.float32)
+    value = value[None] if single and value.ndim == 1 else value
+    if value.shape != (batch, sizes[key]):
+      raise ValueError(f"fit: init[{key!r}] must be [{sizes[key]}] (or [B, {sizes[key]}] "
+                       f"for B images) for this model, got {tuple(jnp.shape(init[key]))}")
+    start[key] = value
+  return start
 
 
 def prior_scale(model, prior) -> jnp.ndarray:

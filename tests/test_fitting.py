@@ -51,6 +51,10 @@ def _aligned_error(verts, truth):
 
 
 CFG = fitting.FitConfig(rounds=3, steps=25, estep_downsample=1, max_vertices=0)
+# A minimal robust EM (every stage present, each at its smallest size): cheap to
+# compile, and tests that share it share the compiled fit.
+MIN_CFG = fitting.FitConfig(rounds=1, steps=3, max_vertices=0, smoothing_iterations=1,
+                            neighbour_window=1, light_iterations=1)
 
 
 def test_init_pose_recovers_known_pose(model):
@@ -101,10 +105,7 @@ def test_robust_fit_finds_pasted_occluder(model):
 
 def test_batch_equals_single_and_vmaps(model):
   a, b = _scene(model, 0), _scene(model, 2)
-  # A minimal robust EM (every stage present, each at its smallest size) keeps the
-  # three compilations cheap; equality does not depend on the sizes.
-  cfg = fitting.FitConfig(rounds=1, steps=3, max_vertices=0, smoothing_iterations=1,
-                          neighbour_window=1, light_iterations=1)
+  cfg = MIN_CFG   # equality does not depend on the sizes
   batch = fitting.fit(model, np.stack([a["image"], b["image"]]),
                       np.stack([a["landmarks"], b["landmarks"]]), config=cfg)
   single = fitting.fit(model, b["image"], b["landmarks"], config=cfg)
@@ -112,6 +113,53 @@ def test_batch_equals_single_and_vmaps(model):
   vm = jax.vmap(functools.partial(fitting.fit, model, config=cfg))(
       jnp.stack([a["image"], b["image"]]), jnp.stack([a["landmarks"], b["landmarks"]]))
   np.testing.assert_allclose(vm.shape, batch.shape, atol=2e-3)
+
+
+def test_given_inlier_mask_replaces_the_e_step(model):
+  scene = _scene(model, seed=1, occlude=True)
+  # A mask that drops the whole left half of the image: a robust fit would never
+  # label that clean skin outlier, so these checks fail if the mask is ignored.
+  mask = np.ones((SIZE, SIZE), np.float32)
+  mask[:, :SIZE // 2] = 0.0
+  cfg = MIN_CFG
+  res = fitting.fit(model, scene["image"], scene["landmarks"], config=cfg, inlier_mask=mask)
+  face = np.asarray(res.mask) > 0.5
+  np.testing.assert_array_equal(np.asarray(res.inlier) > 0.5, face & (mask > 0.5))
+  vimg = np.asarray(camera.project(res.vertices_camera, camera.Intrinsics.reference(SIZE)))
+  weight = np.asarray(res.vertex_weight)
+  assert weight[vimg[:, 0] < SIZE // 2 - 1].max() == 0.0
+  assert weight[vimg[:, 0] > SIZE // 2 + 1].sum() > 50
+  free = fitting.fit(model, scene["image"], scene["landmarks"], config=cfg)
+  assert (np.asarray(free.inlier)[:, :SIZE // 2] > 0.5).sum() > 100
+
+
+def test_init_is_the_starting_point(model):
+  scene = _scene(model, seed=3)
+  rng = np.random.default_rng(0)
+  init = dict(shape=rng.normal(size=model.num_shape), angles=np.array([0.05, -0.2, 0.1]),
+              translation=np.array([1.0, 2.0, 30.0]))
+  still = fitting.fit(model, scene["image"], scene["landmarks"], init=init,
+                      config=dataclasses.replace(MIN_CFG, rounds=0))
+  for key, value in init.items():
+    np.testing.assert_allclose(getattr(still, key), value, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(still.expression, 0.0)
+  # Started at the truth, a short fit stays much closer to it than one from the mean face.
+  truth = dict(shape=scene["shape"], angles=scene["angles"], translation=scene["translation"])
+  cfg = MIN_CFG
+  near = fitting.fit(model, scene["image"], scene["landmarks"], init=truth, config=cfg)
+  cold = fitting.fit(model, scene["image"], scene["landmarks"], config=cfg)
+  assert (_aligned_error(near.vertices, scene["vertices"])
+          < 0.5 * _aligned_error(cold.vertices, scene["vertices"]))
+
+
+def test_fit_rejects_bad_init_and_mask(model):
+  image, lms = np.zeros((SIZE, SIZE, 3)), np.zeros((68, 2))
+  with pytest.raises(ValueError, match="init\\['shape'\\]"):
+    fitting.fit(model, image, lms, init=dict(shape=np.zeros(3)))
+  with pytest.raises(ValueError, match="unknown init keys"):
+    fitting.fit(model, image, lms, init=dict(pose=np.zeros(3)))
+  with pytest.raises(ValueError, match="inlier_mask"):
+    fitting.fit(model, image, lms, inlier_mask=np.ones((SIZE, SIZE + 1)))
 
 
 def test_fit_rejects_bad_landmarks(model):
