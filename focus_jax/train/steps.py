@@ -319,7 +319,8 @@ def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True, pr
   """(encoder vars, unet vars, images [b, S, S, 3], model) -> dict of eval-mode outputs:
   render [b,S,S,3] (over the target), face [b,S,S], inlier (robust likelihood) [b,S,S],
   mask (UNet, or the robust inliers without it) [b,S,S], landmarks [b,68,2],
-  vertices [b,V,3] (model space, mm), vertices_camera [b,V,3], shape/expression/albedo.
+  vertices [b,V,3] (model space, mm), vertices_camera [b,V,3], shape/expression/albedo,
+  angles [b,3] (rad) and translation [b,3] (mm) (the pose in ``nets.intrinsics``' camera).
 
   ``prior``: a :class:`focus_jax.prior.MisfitPrior` of the model: the robust
   inliers then use its per-pixel σ map (hard-to-fit skin is not an outlier)."""
@@ -338,6 +339,7 @@ def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True, pr
     verts = model_lib.vertices(model, out.shape, out.expression)
     return dict(render=r.image, face=r.mask, inlier=inlier, mask=m, landmarks=r.landmarks,
                 vertices=verts, vertices_camera=r.vertices_camera, shape=out.shape,
-                expression=out.expression, albedo=out.albedo)
+                expression=out.expression, albedo=out.albedo, angles=out.angles,
+                translation=out.translation)
 
   return predict
