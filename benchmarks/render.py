@@ -142,57 +142,59 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
 def breakdown(mesh: str, batch: int, repeats: int):
   """CPU time of each stage of the hard-mode step, forward + backward, each jitted
   alone on the same inputs (the full step is not their sum: XLA fuses across the
-  stages of the composed function, and the stages' inputs are fixed here)."""
+  stages of the composed function, and the stages' inputs are fixed here). Each
+  stage's loss weights its outputs with fixed random arrays passed as arguments,
+  so that XLA cannot fold its backward pass into constants (a plain sum would
+  let it, e.g. for the linear basis products)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from focus_jax.morphable import model as model_lib  # pylint: disable=import-outside-toplevel
-  from focus_jax.render import camera, rasterize, render, shading  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import camera, rasterize, render  # pylint: disable=import-outside-toplevel
   model, _ = build_model(MESHES[mesh])
   intr = camera.Intrinsics.reference(224)
   p = face_params(model, batch)
   tri = model.triangles
   target = jnp.full((batch, 224, 224, 3), 0.5, jnp.float32)
+  rng = np.random.default_rng(1)
+  weight = lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32)
 
-  def geometry(q):
-    verts = model_lib.vertices(model, q["shape"], q["expression"])
-    albedo = model_lib.albedo(model, q["albedo_coeffs"])
-    cam = camera.to_camera(verts, q["angles"], q["translation"])
-    normals = camera.rotate_to_camera(shading.vertex_normals(verts, tri), q["angles"])
-    return verts, albedo, cam, shading.shade(albedo, normals, q["light"])
+  def basis(q):
+    return (model_lib.vertices(model, q["shape"], q["expression"]),
+            model_lib.albedo(model, q["albedo_coeffs"]))
 
-  verts, albedo, cam, colors = jax.jit(geometry)(p)
+  verts, albedo = jax.jit(basis)(p)
+  stage_args = (verts, albedo, p["angles"], p["translation"], p["light"])
+  cam, _, colors = jax.jit(lambda a: render.vertex_stage(*a, tri))(stage_args)
   frags = jax.jit(lambda c: rasterize.rasterize(c, tri, intr, cull_backfaces=True))(cam)
   image = jax.jit(lambda c, a: rasterize.interpolate(a, c, tri, frags, intr))(cam, colors)
-  rgba = jnp.concatenate([image, frags.mask[..., None].astype(jnp.float32)], -1)
+  rgb_mask = (image, frags.mask[..., None].astype(jnp.float32))
   stages = {
-      "basis (vertices + albedo)": (lambda q: jnp.sum(model_lib.vertices(
-          model, q["shape"], q["expression"])) + jnp.sum(model_lib.albedo(
-              model, q["albedo_coeffs"])), p),
-      "camera": (lambda v: jnp.sum(camera.to_camera(v, p["angles"], p["translation"])),
-                 verts),
-      "vertex normals": (lambda v: jnp.sum(shading.vertex_normals(v, tri)), verts),
-      "SH shading": (lambda a: jnp.sum(shading.shade(
-          a, shading.vertex_normals(verts, tri), p["light"])), albedo),
-      "rasterize (no gradient)": (lambda c: jnp.sum(rasterize.rasterize(
-          c, tri, intr, cull_backfaces=True).depth) * 0.0 + jnp.sum(c) * 0.0, cam),
-      "interpolate": (lambda ca: jnp.sum(rasterize.interpolate(
-          ca[1], ca[0], tri, frags, intr) ** 2), (cam, colors)),
-      "antialias": (lambda cr: jnp.sum(rasterize.antialias(
-          cr[1], cr[0], tri, frags, intr) ** 2), (cam, rgba)),
+      "basis (vertices + albedo)": (basis, p),
+      "vertex stage (pose, normals, shading)": (
+          lambda a: render.vertex_stage(*a, tri), stage_args),
+      "rasterize (no gradient)": (lambda c: (rasterize.rasterize(
+          c, tri, intr, cull_backfaces=True).depth * 0.0, c * 0.0), cam),
+      "interpolate": (lambda ca: rasterize.interpolate(ca[1], ca[0], tri, frags, intr),
+                      (cam, colors)),
+      "antialias": (lambda cr: rasterize.antialias(cr[1], cr[0], tri, frags, intr),
+                    (cam, rgb_mask)),
       "full step (render + loss)": (lambda q: render.photometric_loss(
           *(lambda o: (o.image, target, o.mask))(render.render(
               model, intrinsics=intr, mode="hard", buffers=False, **q))), p),
   }
   print(f"{mesh} x {batch}: CPU ms per forward + backward (median of {repeats})")
   for name, (fn, arg) in stages.items():
-    step = jax.jit(jax.value_and_grad(fn))
-    jax.block_until_ready(step(arg))
+    weights = jax.tree_util.tree_map(weight, jax.eval_shape(fn, arg))
+    loss = lambda a, w, fn=fn: sum(jnp.sum(x * y) for x, y in zip(
+        jax.tree_util.tree_leaves(fn(a)), jax.tree_util.tree_leaves(w)))
+    step = jax.jit(jax.value_and_grad(loss))
+    jax.block_until_ready(step(arg, weights))
     cpu = []
     for _ in range(repeats):
       c0 = time.process_time()
-      jax.block_until_ready(step(arg))
+      jax.block_until_ready(step(arg, weights))
       cpu.append(time.process_time() - c0)
-    print(f"  {name:28s} {1000 * float(np.median(cpu)):8.1f}", flush=True)
+    print(f"  {name:38s} {1000 * float(np.median(cpu)):8.1f}", flush=True)
 
 
 def main():

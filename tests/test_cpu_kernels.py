@@ -66,6 +66,23 @@ def test_rasterize_kernel_matches_jax(cull, near):
                              atol=1e-5)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_rasterize_without_barycentrics(native):
+  """barycentrics=False: the same ids, depths and fragment counts, no
+  barycentrics (batched and unbatched)."""
+  points, triangles = soup(1)
+  points = jnp.stack([points, points * jnp.asarray([1.0, -1.0, 1.0])])
+  full = R.rasterize(points, triangles, INTR, cull_backfaces=True, native=native)
+  for p, want in ((points, full), (points[1], jax.tree_util.tree_map(lambda x: x[1], full))):
+    got = R.rasterize(p, triangles, INTR, cull_backfaces=True, native=native,
+                      barycentrics=False)
+    assert got.barycentric is None
+    for field in ("triangle_id", "depth", "mask", "num_fragments"):
+      np.testing.assert_array_equal(np.asarray(getattr(got, field)),
+                                    np.asarray(getattr(want, field)))
+  assert int(full.mask.sum()) > 100
+
+
 def test_interpolate_kernel_matches_jax_values_and_gradients():
   points, triangles = soup(1)
   rng = np.random.default_rng(1)
@@ -118,6 +135,86 @@ def test_antialias_kernel_matches_jax_values_and_gradients():
   for g, w in zip(got_grads, want_grads):
     assert float(jnp.abs(w).max()) > 0
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5 * float(jnp.abs(w).max()))
+
+
+@pytest.mark.parametrize("budget", [None, 5])
+def test_antialias_kernel_layers_and_pair_overflow(monkeypatch, budget):
+  """A tuple of layers (image, mask) blends as their concatenation does on the
+  JAX path, also when the pairs overflow the kernel's first, budget-sized
+  pair list (the second, full-size search then runs)."""
+  if budget is not None:
+    monkeypatch.setattr(R, "_pair_budget", lambda *shape: budget)
+  points, triangles = sphere_batch()
+  rng = np.random.default_rng(3)
+  frags = R.rasterize(points, triangles, INTR, cull_backfaces=True)
+  colors = jnp.asarray(rng.uniform(size=(2, points.shape[1], 3)), jnp.float32)
+  image = R.interpolate(colors, points, triangles, frags, INTR)
+  mask = frags.mask[..., None].astype(jnp.float32)
+  weights = jnp.asarray(rng.normal(size=image.shape[:-1] + (4,)), jnp.float32)
+
+  def native(im, m, p):
+    out = R.antialias((im, m), p, triangles, frags, INTR, native=True)
+    assert isinstance(out, tuple) and out[1].shape == m.shape
+    return jnp.concatenate(out, -1)
+
+  def jax_path(im, m, p):
+    return R.antialias(jnp.concatenate([im, m], -1), p, triangles, frags, INTR, native=False)
+
+  def output_and_grads(fn):
+    out, vjp = jax.vjp(fn, image, mask, points)
+    return out, vjp(weights)
+
+  got, got_grads = jax.jit(lambda: output_and_grads(native))()
+  want, want_grads = jax.jit(lambda: output_and_grads(jax_path))()
+  count = R._search_pairs(points, triangles, (frags.triangle_id, frags.depth,
+                                              R.edge_neighbours(triangles)), INTR, 5)[1]
+  assert int(count[0]) > 5           # the overflow case does overflow
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w),
+                               atol=1e-5 * max(float(jnp.abs(w).max()), 1.0))
+  assert float(jnp.abs(want_grads[2]).max()) > 0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_vertex_stage_kernel_matches_jax_values_and_gradients(batch):
+  """render.vertex_stage: the fused kernel (pose, normals, SH shading) against
+  the JAX composition, values and gradients w.r.t. every input; batch 1 splits
+  the vertices over threads."""
+  from focus_jax.render import render, shading  # pylint: disable=import-outside-toplevel
+  v, triangles = icosphere(3)
+  rng = np.random.default_rng(5)
+  verts = jnp.asarray(60.0 * v[None] + rng.normal(size=(batch,) + v.shape), jnp.float32)
+  albedo = jnp.asarray(rng.uniform(0.2, 1.0, verts.shape), jnp.float32)
+  angles = jnp.asarray(rng.normal(size=(batch, 3)) * 0.3, jnp.float32)
+  translation = jnp.asarray(rng.normal(size=(batch, 3)) * 5.0, jnp.float32)
+  light = shading.default_light((batch,)) + jnp.asarray(rng.normal(size=(batch, 9, 3)) * 0.3,
+                                                        jnp.float32)
+  triangles = jnp.asarray(triangles)
+  weights = [jnp.asarray(rng.normal(size=verts.shape), jnp.float32) for _ in range(3)]
+  args = (verts, albedo, angles, translation, light)
+
+  def loss(native, *a):
+    out = render.vertex_stage(*a, triangles, native=native)
+    return sum(jnp.sum(o * w) for o, w in zip(out, weights)), out
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3, 4, 5), has_aux=True),
+                 static_argnums=0)
+  (_, got), got_grads = step(True, *args)
+  (_, want), want_grads = step(False, *args)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6,
+                               atol=1e-6 * float(jnp.abs(w).max()))
+  for g, w in zip(got_grads, want_grads):
+    assert float(jnp.abs(w).max()) > 0
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w),
+                               atol=2e-5 * float(jnp.abs(w).max()))
+  # vmap over a leading axis: the same as each slice.
+  stacked = jax.vmap(lambda *a: render.vertex_stage(*a, triangles, native=True))(
+      *(x[:, None] for x in args))
+  for s, w in zip(stacked, want):
+    np.testing.assert_allclose(np.asarray(s[:, 0]), np.asarray(w), rtol=1e-6,
+                               atol=1e-6 * float(jnp.abs(w).max()))
 
 
 def test_vertex_normals_kernel_matches_jax_values_and_gradients():
@@ -292,21 +389,27 @@ def test_disabled_or_unbuildable_kernels_fall_back_to_jax(tmp_path):
   script = textwrap.dedent("""
       import json, sys
       import jax.numpy as jnp
-      from focus_jax.render import cpu_kernels, rasterize as R
+      from focus_jax.render import cpu_kernels, rasterize as R, render
       from focus_jax.render.camera import Intrinsics
       intr = Intrinsics(focal=50.0, cx=8.0, cy=8.0, width=16, height=16)
       p = jnp.asarray([[-30., -30., 100.], [30., -30., 100.], [0., 30., 100.]])
       f = R.rasterize(p, jnp.asarray([[0, 1, 2]]), intr)
       s = R.soft_rasterize(p, jnp.asarray([[0, 1, 2]]), jnp.ones((3, 1)), intr)
+      stage = lambda *a, **k: render.vertex_stage(
+          p[None], jnp.ones((1, 3, 3)), jnp.zeros((1, 3)), jnp.zeros((1, 3)),
+          jnp.ones((1, 9, 3)), jnp.asarray([[0, 1, 2]]), **k)
+      colours = stage()[2]
       raised = []
-      for fn in (R.rasterize, lambda *a, **k: R.soft_rasterize(a[0], a[1], p, a[2], **k)):
+      for fn in (R.rasterize, lambda *a, **k: R.soft_rasterize(a[0], a[1], p, a[2], **k),
+                 stage):
         try:
           fn(p, jnp.asarray([[0, 1, 2]]), intr, native=True)
           raised.append("")
         except RuntimeError as err:
           raised.append(str(err))
       print(json.dumps(dict(available=cpu_kernels.available(), covered=int(f.mask.sum()),
-                            soft=float(s.alpha.sum()), raised=raised)))
+                            soft=float(s.alpha.sum()), raised=raised,
+                            colours=float(jnp.abs(colours).sum()))))
   """)
   base = dict(os.environ, FOCUS_JAX_CACHE=str(tmp_path / "cache"))
   for extra in ({"FOCUS_JAX_NATIVE": "0"}, {"CXX": "/bin/false"}):
@@ -317,6 +420,7 @@ def test_disabled_or_unbuildable_kernels_fall_back_to_jax(tmp_path):
     assert result["covered"] > 50
     assert abs(result["soft"] - result["covered"]) < 0.1 * result["covered"]
     assert all("CPU kernels are unavailable" in r for r in result["raised"])
+    assert len(result["raised"]) == 3 and result["colours"] > 0
     if "CXX" in extra:
       assert "native CPU kernels unavailable" in out.stderr
       assert not list((tmp_path / "cache").rglob("*.so"))   # nothing half-written

@@ -1,8 +1,9 @@
 // CPU kernels for the rendering paths, called from JAX through the XLA FFI
 // (see cpu_kernels.py, which compiles this file on first use): visibility,
 // attribute interpolation and its transpose, the antialiasing pair search,
-// vertex normals and their transpose, and soft (SoftRas) aggregation and its
-// transpose.
+// vertex normals and their transpose, the per-vertex stage of render() (pose,
+// normals, SH shading) and its transpose, and soft (SoftRas) aggregation and
+// its transpose.
 //
 // They compute what the pure-JAX code in rasterize.py and shading.py computes
 // (same float32 formulas and order of operations, same tie-break), but as plain
@@ -218,54 +219,88 @@ void ProjectVertices(const float* points, int64_t num_vertices, const Camera& ca
   }
 }
 
-// Draws the triangles of one image into rows [row_begin, row_end) of its
-// buffers. Triangles are visited in id order and a fragment replaces the
-// buffer only when strictly nearer, so equal depths keep the smaller id.
-// inv_depth holds 1 / depth on return (0 on background).
-void RasterizeRows(const float* points, const float* proj, const int32_t* triangles,
-                   int64_t num_faces, const Camera& cam, bool cull_backfaces,
-                   int32_t row_begin, int32_t row_end, float* inv_depth,
-                   int32_t* triangle_id, int64_t* fragments) {
+// Draws one set-up triangle into rows [row_begin, row_end) of an image's
+// buffers. A fragment replaces the buffer only when strictly nearer, so with
+// triangles drawn in id order equal depths keep the smaller id.
+inline void DrawTriangle(const Setup& s, int32_t id, const Camera& cam, bool cull_backfaces,
+                         int32_t row_begin, int32_t row_end, float* inv_depth,
+                         int32_t* triangle_id) {
   const float max_inv_z = 1.0f / cam.near;
-  int64_t count = 0;
-  for (int64_t t = 0; t < num_faces; ++t) {
-    const int32_t* v = triangles + 3 * t;
-    Setup s;
-    if (!TriangleSetup(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam,
-                       cull_backfaces, &s, proj + 2 * v[0], proj + 2 * v[1], proj + 2 * v[2])) {
-      continue;
-    }
-    count += static_cast<int64_t>(s.ncols) * s.nrows;
-    const int32_t r0 = std::max(s.row0, row_begin);
-    const int32_t r1 = std::min(s.row0 + s.nrows, row_end);
-    for (int32_t row = r0; row < r1; ++row) {
-      const float drow = static_cast<float>(row - s.row0);
-      float* zrow = inv_depth + static_cast<int64_t>(row) * cam.width;
-      int32_t* idrow = triangle_id + static_cast<int64_t>(row) * cam.width;
-      for (int32_t dc = 0; dc < s.ncols; ++dc) {
-        const float dcol = static_cast<float>(dc);
-        const float e0 = s.e0[0] + s.gx[0] * dcol + s.gy[0] * drow;
-        const float e1 = s.e0[1] + s.gx[1] * dcol + s.gy[1] * drow;
-        const float e2 = s.e0[2] + s.gx[2] * dcol + s.gy[2] * drow;
-        const float total = e0 + e1 + e2;
-        const float inv_z = total * s.inv_det;
-        bool covered = (e0 >= 0.0f && e1 >= 0.0f && e2 >= 0.0f) ||
-                       (e0 <= 0.0f && e1 <= 0.0f && e2 <= 0.0f);
-        covered = covered && inv_z > 0.0f && inv_z <= max_inv_z;
-        if (cull_backfaces) covered = covered && total < 0.0f;
-        const int32_t col = s.col0 + dc;
-        if (covered && inv_z > zrow[col]) {
-          zrow[col] = inv_z;
-          idrow[col] = static_cast<int32_t>(t);
-        }
+  const int32_t r0 = std::max(s.row0, row_begin);
+  const int32_t r1 = std::min(s.row0 + s.nrows, row_end);
+  for (int32_t row = r0; row < r1; ++row) {
+    const float drow = static_cast<float>(row - s.row0);
+    float* zrow = inv_depth + static_cast<int64_t>(row) * cam.width;
+    int32_t* idrow = triangle_id + static_cast<int64_t>(row) * cam.width;
+    for (int32_t dc = 0; dc < s.ncols; ++dc) {
+      const float dcol = static_cast<float>(dc);
+      const float e0 = s.e0[0] + s.gx[0] * dcol + s.gy[0] * drow;
+      const float e1 = s.e0[1] + s.gx[1] * dcol + s.gy[1] * drow;
+      const float e2 = s.e0[2] + s.gx[2] * dcol + s.gy[2] * drow;
+      const float total = e0 + e1 + e2;
+      const float inv_z = total * s.inv_det;
+      bool covered = (e0 >= 0.0f && e1 >= 0.0f && e2 >= 0.0f) ||
+                     (e0 <= 0.0f && e1 <= 0.0f && e2 <= 0.0f);
+      covered = covered && inv_z > 0.0f && inv_z <= max_inv_z;
+      if (cull_backfaces) covered = covered && total < 0.0f;
+      const int32_t col = s.col0 + dc;
+      if (covered && inv_z > zrow[col]) {
+        zrow[col] = inv_z;
+        idrow[col] = id;
       }
     }
   }
-  if (fragments != nullptr) *fragments = count;
+}
+
+// A triangle that draws something: its id and set-up.
+struct DrawnTriangle {
+  int32_t id;
+  Setup s;
+};
+
+// Sets up triangles [begin, end) of one image in id order and adds their
+// clipped bounding-box areas to *fragments. Those that draw something are
+// drawn into all rows of the image's buffers (drawn == nullptr), or appended
+// to *drawn for DrawRows.
+void SetupTriangles(const float* points, const float* proj, const int32_t* triangles,
+                    int64_t begin, int64_t end, const Camera& cam, bool cull_backfaces,
+                    std::vector<DrawnTriangle>* drawn, int64_t* fragments,
+                    float* inv_depth = nullptr, int32_t* triangle_id = nullptr) {
+  int64_t count = 0;
+  if (drawn != nullptr) drawn->reserve(end - begin);  // only the pages written are touched.
+  for (int64_t t = begin; t < end; ++t) {
+    const int32_t* v = triangles + 3 * t;
+    DrawnTriangle d;
+    if (!TriangleSetup(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam,
+                       cull_backfaces, &d.s, proj + 2 * v[0], proj + 2 * v[1], proj + 2 * v[2])) {
+      continue;
+    }
+    d.id = static_cast<int32_t>(t);
+    count += static_cast<int64_t>(d.s.ncols) * d.s.nrows;
+    if (drawn != nullptr) {
+      drawn->push_back(d);
+    } else {
+      DrawTriangle(d.s, d.id, cam, cull_backfaces, 0, cam.height, inv_depth, triangle_id);
+    }
+  }
+  *fragments += count;
+}
+
+// Draws the set-up triangles of one image (num_lists lists, together in id
+// order) into rows [row_begin, row_end) of its buffers.
+void DrawRows(const std::vector<DrawnTriangle>* lists, int64_t num_lists, const Camera& cam,
+              bool cull_backfaces, int32_t row_begin, int32_t row_end, float* inv_depth,
+              int32_t* triangle_id) {
+  for (int64_t l = 0; l < num_lists; ++l) {
+    for (const DrawnTriangle& d : lists[l]) {
+      DrawTriangle(d.s, d.id, cam, cull_backfaces, row_begin, row_end, inv_depth, triangle_id);
+    }
+  }
 }
 
 // Fills barycentrics [.., 3] of rows [row_begin, row_end) of one image from its
-// triangle ids, and turns its inverse depths into depths (mm), in place.
+// triangle ids (unless barycentric is null), and turns its inverse depths into
+// depths (mm), in place.
 void ResolveRows(const float* points, const int32_t* triangles, const Camera& cam,
                  const PixelRays& rays, int32_t row_begin, int32_t row_end,
                  const int32_t* triangle_id, float* barycentric, float* depth) {
@@ -273,9 +308,13 @@ void ResolveRows(const float* points, const int32_t* triangles, const Camera& ca
   for (int32_t row = row_begin; row < row_end; ++row) {
     for (int32_t col = 0; col < cam.width; ++col) {
       const int64_t i = static_cast<int64_t>(row) * cam.width + col;
+      const int32_t t = triangle_id[i];
+      if (barycentric == nullptr) {
+        if (t >= 0) depth[i] = 1.0f / depth[i];
+        continue;
+      }
       float* bary = barycentric + 3 * i;
       bary[0] = bary[1] = bary[2] = 0.0f;
-      const int32_t t = triangle_id[i];
       if (t < 0) continue;
       if (GetPixelGeometry(points, triangles, t, rays.x[col], rays.y[row], &g)) {
         bary[0] = g.bary[0];
@@ -356,12 +395,10 @@ int64_t BandsPerImage(int64_t num_images, int32_t height) {
 // background), barycentric [..., H, W, 3] float32, depth [..., H, W] float32
 // (mm), fragments [...] int32 (sum of the clipped bounding-box areas of the
 // drawn triangles); zeros on background.
-ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> triangles,
-                         ffi::ResultBuffer<ffi::S32> triangle_id,
-                         ffi::ResultBuffer<ffi::F32> barycentric,
-                         ffi::ResultBuffer<ffi::F32> depth,
-                         ffi::ResultBuffer<ffi::S32> fragments, int32_t width, int32_t height,
-                         float focal, float cx, float cy, float near, int32_t cull) {
+// RasterizeImpl and RasterizeDepthImpl (bary == nullptr: no barycentrics).
+ffi::Error Rasterize(ffi::Buffer<ffi::F32>& points, ffi::Buffer<ffi::S32>& triangles,
+                     int32_t* ids, float* bary, float* zbuf, int32_t* fragments, int32_t width,
+                     int32_t height, float focal, float cx, float cy, float near, int32_t cull) {
   MeshBatch m;
   if (ffi::Error err = GetMeshBatch("rasterize", points, triangles, &m); err.failure()) {
     return err;
@@ -369,38 +406,100 @@ ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> tri
   const Camera cam{width, height, focal, cx, cy, near};
   const PixelRays rays(cam);
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
-  float* zbuf = depth->typed_data();  // inverse depth until ResolveRows.
-  float* bary = barycentric->typed_data();
-  int32_t* ids = triangle_id->typed_data();
-  const int64_t bands = BandsPerImage(m.num_images, height);
-  std::vector<int64_t> counts(m.num_images, 0);
+  // zbuf holds inverse depths until ResolveRows.
+  // Work units (image, part). With at least one image per thread, a unit
+  // rasterizes a whole image in one pass. Otherwise projection and set-up split
+  // an image's vertices and triangles into `parts` ranges, and the drawing its
+  // rows into `parts` bands, so that one image keeps every thread busy too.
+  const int64_t parts = BandsPerImage(m.num_images, height);
+  const int64_t units = m.num_images * parts;
+  std::vector<int64_t> counts(units, 0);
   std::vector<float> proj(m.num_images * m.num_vertices * 2);
-  ParallelFor(m.num_images, [&](int64_t image) {
-    ProjectVertices(points.typed_data() + image * m.num_vertices * 3, m.num_vertices, cam,
-                    proj.data() + image * m.num_vertices * 2);
-  });
-  ParallelFor(m.num_images * bands, [&](int64_t unit) {
-    const int64_t image = unit / bands, band = unit % bands;
-    const int32_t r0 = static_cast<int32_t>(height * band / bands);
-    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
-    const float* image_points = points.typed_data() + image * m.num_vertices * 3;
-    const int32_t* tris = m.TrianglesOf(image);
-    float* image_z = zbuf + image * num_pixels;
-    int32_t* image_ids = ids + image * num_pixels;
-    std::fill(image_z + static_cast<int64_t>(r0) * width,
-              image_z + static_cast<int64_t>(r1) * width, 0.0f);
-    std::fill(image_ids + static_cast<int64_t>(r0) * width,
-              image_ids + static_cast<int64_t>(r1) * width, -1);
-    RasterizeRows(image_points, proj.data() + image * m.num_vertices * 2, tris, m.num_faces,
-                  cam, cull != 0, r0, r1, image_z, image_ids,
-                  band == 0 ? &counts[image] : nullptr);
-    ResolveRows(image_points, tris, cam, rays, r0, r1, image_ids,
-                bary + 3 * image * num_pixels, image_z);
-  });
+  const auto clear_rows = [&](int64_t image, int32_t r0, int32_t r1) {
+    std::fill(zbuf + image * num_pixels + static_cast<int64_t>(r0) * width,
+              zbuf + image * num_pixels + static_cast<int64_t>(r1) * width, 0.0f);
+    std::fill(ids + image * num_pixels + static_cast<int64_t>(r0) * width,
+              ids + image * num_pixels + static_cast<int64_t>(r1) * width, -1);
+  };
+  const auto resolve_rows = [&](int64_t image, int32_t r0, int32_t r1) {
+    ResolveRows(points.typed_data() + image * m.num_vertices * 3, m.TrianglesOf(image), cam,
+                rays, r0, r1, ids + image * num_pixels,
+                bary == nullptr ? nullptr : bary + 3 * image * num_pixels,
+                zbuf + image * num_pixels);
+  };
+  const auto project = [&](int64_t image, int64_t v0, int64_t v1) {
+    ProjectVertices(points.typed_data() + (image * m.num_vertices + v0) * 3, v1 - v0, cam,
+                    proj.data() + (image * m.num_vertices + v0) * 2);
+  };
+  const auto setup = [&](int64_t unit, int64_t f0, int64_t f1,
+                         std::vector<DrawnTriangle>* drawn) {
+    const int64_t image = unit / parts;
+    SetupTriangles(points.typed_data() + image * m.num_vertices * 3,
+                   proj.data() + image * m.num_vertices * 2, m.TrianglesOf(image), f0, f1, cam,
+                   cull != 0, drawn, &counts[unit], zbuf + image * num_pixels,
+                   ids + image * num_pixels);
+  };
+  if (parts == 1) {
+    ParallelFor(units, [&](int64_t image) {
+      project(image, 0, m.num_vertices);
+      clear_rows(image, 0, height);
+      setup(image, 0, m.num_faces, nullptr);
+      resolve_rows(image, 0, height);
+    });
+  } else {
+    std::vector<std::vector<DrawnTriangle>> drawn(units);
+    const auto range = [&](int64_t unit, int64_t size, int64_t* begin, int64_t* end) {
+      *begin = size * (unit % parts) / parts;
+      *end = size * (unit % parts + 1) / parts;
+    };
+    ParallelFor(units, [&](int64_t unit) {
+      int64_t v0, v1;
+      range(unit, m.num_vertices, &v0, &v1);
+      project(unit / parts, v0, v1);
+    });
+    ParallelFor(units, [&](int64_t unit) {
+      int64_t f0, f1;
+      range(unit, m.num_faces, &f0, &f1);
+      setup(unit, f0, f1, &drawn[unit]);
+    });
+    ParallelFor(units, [&](int64_t unit) {
+      const int64_t image = unit / parts, band = unit % parts;
+      const int32_t r0 = static_cast<int32_t>(height * band / parts);
+      const int32_t r1 = static_cast<int32_t>(height * (band + 1) / parts);
+      clear_rows(image, r0, r1);
+      DrawRows(&drawn[image * parts], parts, cam, cull != 0, r0, r1, zbuf + image * num_pixels,
+               ids + image * num_pixels);
+      resolve_rows(image, r0, r1);
+    });
+  }
   for (int64_t i = 0; i < m.num_images; ++i) {
-    fragments->typed_data()[i] = static_cast<int32_t>(counts[i]);
+    int64_t total = 0;
+    for (int64_t part = 0; part < parts; ++part) total += counts[i * parts + part];
+    fragments[i] = static_cast<int32_t>(total);
   }
   return ffi::Error::Success();
+}
+
+ffi::Error RasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> triangles,
+                         ffi::ResultBuffer<ffi::S32> triangle_id,
+                         ffi::ResultBuffer<ffi::F32> barycentric,
+                         ffi::ResultBuffer<ffi::F32> depth,
+                         ffi::ResultBuffer<ffi::S32> fragments, int32_t width, int32_t height,
+                         float focal, float cx, float cy, float near, int32_t cull) {
+  return Rasterize(points, triangles, triangle_id->typed_data(), barycentric->typed_data(),
+                   depth->typed_data(), fragments->typed_data(), width, height, focal, cx, cy,
+                   near, cull);
+}
+
+// RasterizeImpl without the barycentrics.
+ffi::Error RasterizeDepthImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> triangles,
+                              ffi::ResultBuffer<ffi::S32> triangle_id,
+                              ffi::ResultBuffer<ffi::F32> depth,
+                              ffi::ResultBuffer<ffi::S32> fragments, int32_t width,
+                              int32_t height, float focal, float cx, float cy, float near,
+                              int32_t cull) {
+  return Rasterize(points, triangles, triangle_id->typed_data(), nullptr, depth->typed_data(),
+                   fragments->typed_data(), width, height, focal, cx, cy, near, cull);
 }
 
 // attributes: [..., V, C]; points: [..., V, 3]; triangle_id: [..., H, W];
@@ -714,8 +813,8 @@ void SilhouettePairs(const float* points, const int32_t* tris, const int32_t* ne
 // points [..., V, 3], triangle_id and depth [..., H, W], triangles and
 // neighbours [..., F, 3] (see MeshBatch). Results: pairs [..., P, 3] int32
 // (PairRecord rows of each group of images, compact, then padding rows whose
-// pixel is the group's pixel count), count [..., 1] int32 per group; P is the
-// number of adjacent pixel pairs of a group.
+// pixel is the group's pixel count), count [..., 1] int32 per group: the
+// number of pairs found, of which the first P (the capacity) are kept.
 ffi::Error SilhouettePairsImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S32> triangle_id,
                                ffi::Buffer<ffi::F32> depth, ffi::Buffer<ffi::S32> triangles,
                                ffi::Buffer<ffi::S32> neighbours,
@@ -768,7 +867,7 @@ ffi::Error SilhouettePairsImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S3
         ++n;
       }
     }
-    count->typed_data()[g] = static_cast<int32_t>(std::min(n, capacity));
+    count->typed_data()[g] = static_cast<int32_t>(n);  // may exceed the capacity.
     const int32_t pad = static_cast<int32_t>(images_per_group * num_pixels);
     for (int64_t k = n; k < capacity; ++k) {
       rec[3 * k] = pad;
@@ -800,6 +899,38 @@ void SumFaceNormals(const float* p, const int32_t* tris, int64_t num_vertices, i
       s[0] += n[0];
       s[1] += n[1];
       s[2] += n[2];
+    }
+  }
+}
+
+// The transpose of SumFaceNormals: adds to d_p [V, 3] the cotangent of the
+// vertex positions p for the cotangent ds [V, 3] of the summed face normals.
+void FaceNormalsTranspose(const float* p, const int32_t* tris, int64_t num_faces,
+                          const float* ds, float* dp) {
+  for (int64_t f = 0; f < num_faces; ++f) {
+    const int32_t* v = tris + 3 * f;
+    const float* p0 = p + 3 * static_cast<int64_t>(v[0]);
+    const float* p1 = p + 3 * static_cast<int64_t>(v[1]);
+    const float* p2 = p + 3 * static_cast<int64_t>(v[2]);
+    const float a[3] = {p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]};
+    const float b[3] = {p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]};
+    float dn[3];
+    for (int c = 0; c < 3; ++c) {
+      dn[c] = ds[3 * static_cast<int64_t>(v[0]) + c] + ds[3 * static_cast<int64_t>(v[1]) + c] +
+              ds[3 * static_cast<int64_t>(v[2]) + c];
+    }
+    // n = a x b: dn . (a x b) = a . (b x dn) = b . (dn x a).
+    const float da[3] = {b[1] * dn[2] - b[2] * dn[1], b[2] * dn[0] - b[0] * dn[2],
+                         b[0] * dn[1] - b[1] * dn[0]};
+    const float db[3] = {dn[1] * a[2] - dn[2] * a[1], dn[2] * a[0] - dn[0] * a[2],
+                         dn[0] * a[1] - dn[1] * a[0]};
+    float* d0 = dp + 3 * static_cast<int64_t>(v[0]);
+    float* d1 = dp + 3 * static_cast<int64_t>(v[1]);
+    float* d2 = dp + 3 * static_cast<int64_t>(v[2]);
+    for (int c = 0; c < 3; ++c) {
+      d1[c] += da[c];
+      d2[c] += db[c];
+      d0[c] -= da[c] + db[c];
     }
   }
 }
@@ -851,32 +982,267 @@ ffi::Error VertexNormalsGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S
       for (int c = 0; c < 3; ++c) s[c] = gv[c] / r - s[c] * sg;
     }
     std::fill(dp, dp + 3 * m.num_vertices, 0.0f);
-    for (int64_t f = 0; f < m.num_faces; ++f) {
-      const int32_t* v = tris + 3 * f;
-      const float* p0 = p + 3 * static_cast<int64_t>(v[0]);
-      const float* p1 = p + 3 * static_cast<int64_t>(v[1]);
-      const float* p2 = p + 3 * static_cast<int64_t>(v[2]);
-      const float a[3] = {p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]};
-      const float b[3] = {p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]};
-      float dn[3];
-      for (int c = 0; c < 3; ++c) {
-        dn[c] = ds[3 * static_cast<int64_t>(v[0]) + c] + ds[3 * static_cast<int64_t>(v[1]) + c] +
-                ds[3 * static_cast<int64_t>(v[2]) + c];
-      }
-      // n = a x b: dn . (a x b) = a . (b x dn) = b . (dn x a).
-      const float da[3] = {b[1] * dn[2] - b[2] * dn[1], b[2] * dn[0] - b[0] * dn[2],
-                           b[0] * dn[1] - b[1] * dn[0]};
-      const float db[3] = {dn[1] * a[2] - dn[2] * a[1], dn[2] * a[0] - dn[0] * a[2],
-                           dn[0] * a[1] - dn[1] * a[0]};
-      float* d0 = dp + 3 * static_cast<int64_t>(v[0]);
-      float* d1 = dp + 3 * static_cast<int64_t>(v[1]);
-      float* d2 = dp + 3 * static_cast<int64_t>(v[2]);
-      for (int c = 0; c < 3; ++c) {
-        d1[c] += da[c];
-        d2[c] += db[c];
-        d0[c] -= da[c] + db[c];
-      }
+    FaceNormalsTranspose(p, tris, m.num_faces, ds.data(), dp);
+  });
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------
+// The per-vertex stage of render(): camera transform, area-weighted vertex
+// normals rotated into camera space, and SH shading (camera.to_camera,
+// shading.vertex_normals, camera.rotate_to_camera, shading.shade), and its
+// transpose.
+
+// Real SH constants of shading.py, rounded to float32 as JAX rounds them.
+constexpr float kShC0 = 0.28209479177387814f;   // _C0
+constexpr float kShC1 = 0.4886025119029199f;    // _C1
+constexpr float kShC2 = 1.0925484305920792f;    // _C2
+constexpr float kShC20 = 0.31539156525252005f;  // _C20
+constexpr float kShC22 = 0.5462742152960396f;   // _C22
+
+// y = R x for a row-major 3 x 3 matrix R.
+inline void Rotate(const float* r, const float* x, float* y) {
+  for (int i = 0; i < 3; ++i) y[i] = r[3 * i] * x[0] + r[3 * i + 1] * x[1] + r[3 * i + 2] * x[2];
+}
+
+// The 9 SH functions at a unit direction n (shading.sh_basis).
+inline void ShBasis(const float* n, float* y) {
+  const float x = n[0], yy = n[1], z = n[2];
+  y[0] = kShC0;
+  y[1] = kShC1 * yy;
+  y[2] = kShC1 * z;
+  y[3] = kShC1 * x;
+  y[4] = kShC2 * x * yy;
+  y[5] = kShC2 * yy * z;
+  y[6] = kShC20 * (3.0f * z * z - 1.0f);
+  y[7] = kShC2 * x * z;
+  y[8] = kShC22 * (x * x - yy * yy);
+}
+
+// Per-image arrays of the vertex stage.
+struct VertexStageImage {
+  const float *verts, *albedo, *rotation, *translation, *light;
+  const int32_t* tris;
+};
+
+// The unit normal n = s / |s| (as shading.vertex_normals: s / sqrt(|s|^2 +
+// eps)) of summed face normals s; returns 1 / sqrt(|s|^2 + eps).
+inline float UnitNormal(const float* s, float eps, float* n) {
+  const float inv = 1.0f / std::sqrt(s[0] * s[0] + s[1] * s[1] + s[2] * s[2] + eps);
+  for (int c = 0; c < 3; ++c) n[c] = s[c] * inv;
+  return inv;
+}
+
+// Irradiance sum_k y[k] light[k, c] of the 9 SH values y: [3].
+inline void Irradiance(const float* y, const float* light, float* irr) {
+  irr[0] = irr[1] = irr[2] = 0.0f;
+  for (int k = 0; k < 9; ++k) {
+    for (int c = 0; c < 3; ++c) irr[c] += y[k] * light[3 * k + c];
+  }
+}
+
+// Forward of vertices [v0, v1) of one image, given its summed face normals
+// (model space): cam = R v + t, normals = R n (n the unit vertex normal),
+// colors = albedo * sum_k Y_k(R n) light[k].
+void VertexStageForward(const VertexStageImage& in, int64_t v0, int64_t v1, float eps,
+                        const float* summed, float* cam, float* normals, float* colors) {
+  const float* r = in.rotation;
+  for (int64_t v = v0; v < v1; ++v) {
+    float* c = cam + 3 * v;
+    Rotate(r, in.verts + 3 * v, c);
+    for (int i = 0; i < 3; ++i) c[i] += in.translation[i];
+    float n[3], y[9], irr[3];
+    UnitNormal(summed + 3 * v, eps, n);
+    float* m = normals + 3 * v;
+    Rotate(r, n, m);
+    ShBasis(m, y);
+    Irradiance(y, in.light, irr);
+    for (int ch = 0; ch < 3; ++ch) colors[3 * v + ch] = in.albedo[3 * v + ch] * irr[ch];
+  }
+}
+
+// Sums over a range of vertices of the rotation's, translation's and light's
+// cotangents.
+struct VertexStageSums {
+  double rotation[9] = {0}, translation[3] = {0}, light[27] = {0};
+};
+
+// Transpose of vertices [v0, v1) of one image: the cotangents of cam, normals
+// and colors -> d_albedo, d_verts (the camera transform's part only), ds (the
+// cotangent of the summed face normals) and *sums.
+void VertexStageBackward(const VertexStageImage& in, int64_t v0, int64_t v1, float eps,
+                         const float* summed, const float* g_cam, const float* g_normals,
+                         const float* g_colors, float* d_verts, float* d_albedo, float* ds,
+                         VertexStageSums* sums) {
+  const float* r = in.rotation;
+  const float* light = in.light;
+  VertexStageSums acc;
+  for (int64_t v = v0; v < v1; ++v) {
+    const float* p = in.verts + 3 * v;
+    const float* s = summed + 3 * v;
+    float n[3], m[3], y[9], irr[3];
+    const float inv = UnitNormal(s, eps, n);
+    Rotate(r, n, m);
+    ShBasis(m, y);
+    Irradiance(y, light, irr);
+    const float* a = in.albedo + 3 * v;
+    const float* gc = g_colors + 3 * v;
+    float d_irr[3];
+    for (int ch = 0; ch < 3; ++ch) {
+      d_albedo[3 * v + ch] = gc[ch] * irr[ch];
+      d_irr[ch] = gc[ch] * a[ch];
     }
+    float dy[9];
+    for (int k = 0; k < 9; ++k) {
+      dy[k] = light[3 * k] * d_irr[0] + light[3 * k + 1] * d_irr[1] + light[3 * k + 2] * d_irr[2];
+      for (int ch = 0; ch < 3; ++ch) acc.light[3 * k + ch] += y[k] * d_irr[ch];
+    }
+    const float x = m[0], yy = m[1], z = m[2];
+    const float* gn = g_normals + 3 * v;
+    const float dm[3] = {
+        gn[0] + kShC1 * dy[3] + kShC2 * yy * dy[4] + kShC2 * z * dy[7] +
+            2.0f * kShC22 * x * dy[8],
+        gn[1] + kShC1 * dy[1] + kShC2 * x * dy[4] + kShC2 * z * dy[5] -
+            2.0f * kShC22 * yy * dy[8],
+        gn[2] + kShC1 * dy[2] + kShC2 * yy * dy[5] + 6.0f * kShC20 * z * dy[6] +
+            kShC2 * x * dy[7]};
+    const float* gp = g_cam + 3 * v;
+    float* dp = d_verts + 3 * v;
+    for (int j = 0; j < 3; ++j) dp[j] = r[j] * gp[0] + r[3 + j] * gp[1] + r[6 + j] * gp[2];
+    for (int i = 0; i < 3; ++i) {
+      acc.translation[i] += gp[i];
+      for (int j = 0; j < 3; ++j) acc.rotation[3 * i + j] += gp[i] * p[j] + dm[i] * n[j];
+    }
+    // dn = R^T dm, then through n = s / |s|: ds = (dn - n (n . dn)) / |s|.
+    float dn[3];
+    for (int j = 0; j < 3; ++j) dn[j] = r[j] * dm[0] + r[3 + j] * dm[1] + r[6 + j] * dm[2];
+    const float nd = n[0] * dn[0] + n[1] * dn[1] + n[2] * dn[2];
+    for (int c = 0; c < 3; ++c) ds[3 * v + c] = (dn[c] - n[c] * nd) * inv;
+  }
+  *sums = acc;
+}
+
+// Checks the shapes of the vertex stage's per-image arrays against the batch.
+ffi::Error GetVertexStage(ffi::Buffer<ffi::F32>& verts, ffi::Buffer<ffi::S32>& triangles,
+                          ffi::Buffer<ffi::F32>& albedo, ffi::Buffer<ffi::F32>& rotation,
+                          ffi::Buffer<ffi::F32>& translation, ffi::Buffer<ffi::F32>& light,
+                          MeshBatch* m) {
+  if (ffi::Error err = GetMeshBatch("vertex_stage", verts, triangles, m); err.failure()) {
+    return err;
+  }
+  const size_t n = static_cast<size_t>(m->num_images);
+  if (albedo.element_count() != verts.element_count() || rotation.element_count() != 9 * n ||
+      translation.element_count() != 3 * n || light.element_count() != 27 * n) {
+    return ffi::Error::InvalidArgument(
+        "vertex_stage: albedo [..., V, 3], rotation [..., 3, 3], translation [..., 3] and "
+        "light [..., 9, 3] must match verts [..., V, 3]");
+  }
+  return ffi::Error::Success();
+}
+
+VertexStageImage VertexStageOf(const MeshBatch& m, int64_t image, ffi::Buffer<ffi::F32>& verts,
+                               ffi::Buffer<ffi::F32>& albedo, ffi::Buffer<ffi::F32>& rotation,
+                               ffi::Buffer<ffi::F32>& translation, ffi::Buffer<ffi::F32>& light) {
+  const int64_t off = image * m.num_vertices * 3;
+  return {verts.typed_data() + off, albedo.typed_data() + off, rotation.typed_data() + 9 * image,
+          translation.typed_data() + 3 * image, light.typed_data() + 27 * image,
+          m.TrianglesOf(image)};
+}
+
+// Vertex ranges of the vertex stage: `parts` per image, so that one image
+// keeps every thread busy too (the face loops stay whole per image).
+struct VertexParts {
+  int64_t parts, num_vertices;
+  void Range(int64_t unit, int64_t* v0, int64_t* v1) const {
+    *v0 = num_vertices * (unit % parts) / parts;
+    *v1 = num_vertices * (unit % parts + 1) / parts;
+  }
+};
+
+VertexParts VertexPartsOf(const MeshBatch& m) {
+  const int64_t hw = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t images = std::max<int64_t>(m.num_images, 1);
+  return {std::max<int64_t>(1, std::min<int64_t>(m.num_vertices, (hw + images - 1) / images)),
+          m.num_vertices};
+}
+
+// verts, albedo [..., V, 3]; rotation [..., 3, 3]; translation [..., 3]; light
+// [..., 9, 3]; triangles [..., F, 3] (see MeshBatch). Results [..., V, 3]:
+// camera-space vertices, camera-space unit normals, colours, and the summed
+// face normals (the residual of the transpose).
+ffi::Error VertexStageImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32> triangles,
+                           ffi::Buffer<ffi::F32> albedo, ffi::Buffer<ffi::F32> rotation,
+                           ffi::Buffer<ffi::F32> translation, ffi::Buffer<ffi::F32> light,
+                           ffi::ResultBuffer<ffi::F32> cam, ffi::ResultBuffer<ffi::F32> normals,
+                           ffi::ResultBuffer<ffi::F32> colors,
+                           ffi::ResultBuffer<ffi::F32> summed, float eps) {
+  MeshBatch m;
+  if (ffi::Error err = GetVertexStage(verts, triangles, albedo, rotation, translation, light, &m);
+      err.failure()) {
+    return err;
+  }
+  ParallelFor(m.num_images, [&](int64_t image) {
+    const int64_t off = image * m.num_vertices * 3;
+    SumFaceNormals(verts.typed_data() + off, m.TrianglesOf(image), m.num_vertices, m.num_faces,
+                   summed->typed_data() + off);
+  });
+  const VertexParts parts = VertexPartsOf(m);
+  ParallelFor(m.num_images * parts.parts, [&](int64_t unit) {
+    const int64_t image = unit / parts.parts, off = image * m.num_vertices * 3;
+    int64_t v0, v1;
+    parts.Range(unit, &v0, &v1);
+    VertexStageForward(VertexStageOf(m, image, verts, albedo, rotation, translation, light), v0,
+                       v1, eps, summed->typed_data() + off, cam->typed_data() + off,
+                       normals->typed_data() + off, colors->typed_data() + off);
+  });
+  return ffi::Error::Success();
+}
+
+// The transpose of VertexStageImpl w.r.t. verts, albedo, rotation, translation
+// and light, given the summed face normals of the forward call and the
+// cotangents of its first three results.
+ffi::Error VertexStageGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32> triangles,
+                               ffi::Buffer<ffi::F32> albedo, ffi::Buffer<ffi::F32> rotation,
+                               ffi::Buffer<ffi::F32> translation, ffi::Buffer<ffi::F32> light,
+                               ffi::Buffer<ffi::F32> summed, ffi::Buffer<ffi::F32> g_cam,
+                               ffi::Buffer<ffi::F32> g_normals, ffi::Buffer<ffi::F32> g_colors,
+                               ffi::ResultBuffer<ffi::F32> d_verts,
+                               ffi::ResultBuffer<ffi::F32> d_albedo,
+                               ffi::ResultBuffer<ffi::F32> d_rotation,
+                               ffi::ResultBuffer<ffi::F32> d_translation,
+                               ffi::ResultBuffer<ffi::F32> d_light, float eps) {
+  MeshBatch m;
+  if (ffi::Error err = GetVertexStage(verts, triangles, albedo, rotation, translation, light, &m);
+      err.failure()) {
+    return err;
+  }
+  const VertexParts parts = VertexPartsOf(m);
+  std::vector<VertexStageSums> sums(m.num_images * parts.parts);
+  std::vector<float> ds(m.num_images * m.num_vertices * 3);
+  ParallelFor(m.num_images * parts.parts, [&](int64_t unit) {
+    const int64_t image = unit / parts.parts, off = image * m.num_vertices * 3;
+    int64_t v0, v1;
+    parts.Range(unit, &v0, &v1);
+    VertexStageBackward(VertexStageOf(m, image, verts, albedo, rotation, translation, light), v0,
+                        v1, eps, summed.typed_data() + off, g_cam.typed_data() + off,
+                        g_normals.typed_data() + off, g_colors.typed_data() + off,
+                        d_verts->typed_data() + off, d_albedo->typed_data() + off,
+                        ds.data() + off, &sums[unit]);
+  });
+  ParallelFor(m.num_images, [&](int64_t image) {
+    const int64_t off = image * m.num_vertices * 3;
+    FaceNormalsTranspose(verts.typed_data() + off, m.TrianglesOf(image), m.num_faces,
+                         ds.data() + off, d_verts->typed_data() + off);
+    VertexStageSums total;
+    for (int64_t part = 0; part < parts.parts; ++part) {
+      const VertexStageSums& u = sums[image * parts.parts + part];
+      for (int k = 0; k < 9; ++k) total.rotation[k] += u.rotation[k];
+      for (int k = 0; k < 3; ++k) total.translation[k] += u.translation[k];
+      for (int k = 0; k < 27; ++k) total.light[k] += u.light[k];
+    }
+    for (int k = 0; k < 9; ++k) d_rotation->typed_data()[9 * image + k] = total.rotation[k];
+    for (int k = 0; k < 3; ++k) d_translation->typed_data()[3 * image + k] = total.translation[k];
+    for (int k = 0; k < 27; ++k) d_light->typed_data()[27 * image + k] = total.light[k];
   });
   return ffi::Error::Success();
 }
@@ -1453,6 +1819,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusRasterize, RasterizeImpl,
                                   .Attr<float>("near")
                                   .Attr<int32_t>("cull"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusRasterizeDepth, RasterizeDepthImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int32_t>("width")
+                                  .Attr<int32_t>("height")
+                                  .Attr<float>("focal")
+                                  .Attr<float>("cx")
+                                  .Attr<float>("cy")
+                                  .Attr<float>("near")
+                                  .Attr<int32_t>("cull"));
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusInterpolate, InterpolateImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -1508,6 +1889,39 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusVertexNormalsGrad, VertexNormalsGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusVertexStage, VertexStageImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusVertexStageGrad, VertexStageGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("eps"));
 

@@ -4,7 +4,9 @@
 slowest (serial generic gathers and scatters) in :mod:`focus_jax.render`: the
 z-buffer visibility pass, the interpolation of vertex attributes (forward and
 backward), the search for the pixel pairs that antialiasing blends, the
-area-weighted vertex normals (forward and backward), and SoftRas aggregation
+area-weighted vertex normals (forward and backward), the whole per-vertex
+stage of ``render`` (camera transform, normals, SH shading; forward and
+backward), and SoftRas aggregation
 (``soft_rasterize``, forward and a hand-written backward from the vertices to
 the image). They compute the same float32 formulas as the pure-JAX code (see
 :func:`soft_rasterize` for where soft aggregation rounds differently). On the
@@ -42,11 +44,14 @@ _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC",
           # No fused multiply-adds: the kernels then round like the JAX code.
           "-ffp-contract=off", "-pthread")
 # FFI target name -> exported handler symbol in the library.
-_TARGETS = {"focus_rasterize": "FocusRasterize", "focus_interpolate": "FocusInterpolate",
+_TARGETS = {"focus_rasterize": "FocusRasterize", "focus_rasterize_depth": "FocusRasterizeDepth",
+            "focus_interpolate": "FocusInterpolate",
             "focus_interpolate_grad": "FocusInterpolateGrad",
             "focus_silhouette_pairs": "FocusSilhouettePairs",
             "focus_vertex_normals": "FocusVertexNormals",
             "focus_vertex_normals_grad": "FocusVertexNormalsGrad",
+            "focus_vertex_stage": "FocusVertexStage",
+            "focus_vertex_stage_grad": "FocusVertexStageGrad",
             "focus_soft_rasterize": "FocusSoftRasterize",
             "focus_soft_rasterize_grad": "FocusSoftRasterizeGrad"}
 
@@ -140,7 +145,8 @@ def resolve(native, *arrays) -> bool:
   return bool(native)
 
 
-def rasterize(points, triangles, intrinsics, near: float, cull_backfaces: bool):
+def rasterize(points, triangles, intrinsics, near: float, cull_backfaces: bool,
+              barycentrics: bool = True):
   """Z-buffer visibility of a batch (the kernel behind ``rasterize.rasterize``).
 
   Args:
@@ -149,21 +155,30 @@ def rasterize(points, triangles, intrinsics, near: float, cull_backfaces: bool):
     intrinsics: :class:`~focus_jax.render.camera.Intrinsics` (static).
     near: near-plane depth (mm).
     cull_backfaces: drop triangles seen from the back.
+    barycentrics: also compute the barycentrics (static); False returns None
+      for them and skips their per-pixel work and memory.
 
   Returns:
     (triangle_id [B, H, W] int32, -1 on background; barycentric [B, H, W, 3]
-    float32; depth [B, H, W] float32 in mm; fragments [B] int32, the summed
-    clipped bounding-box areas of the drawn triangles). Zeros on background.
+    float32 or None; depth [B, H, W] float32 in mm; fragments [B] int32, the
+    summed clipped bounding-box areas of the drawn triangles). Zeros on
+    background.
   """
   batch = points.shape[0]
   shape = (batch, intrinsics.height, intrinsics.width)
+  ids, depth = jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape, jnp.float32)
+  count = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  args = (points.astype(jnp.float32), triangles.astype(jnp.int32))
+  attrs = dict(near=np.float32(near), cull=np.int32(cull_backfaces), **_camera(intrinsics))
+  if not barycentrics:
+    call = jax.ffi.ffi_call("focus_rasterize_depth", (ids, depth, count),
+                            vmap_method="broadcast_all")
+    tid, depth, num_fragments = call(*args, **attrs)
+    return tid, None, depth, num_fragments
   call = jax.ffi.ffi_call(
-      "focus_rasterize",
-      (jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape + (3,), jnp.float32),
-       jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32)),
+      "focus_rasterize", (ids, jax.ShapeDtypeStruct(shape + (3,), jnp.float32), depth, count),
       vmap_method="broadcast_all")
-  return call(points.astype(jnp.float32), triangles.astype(jnp.int32),
-              near=np.float32(near), cull=np.int32(cull_backfaces), **_camera(intrinsics))
+  return call(*args, **attrs)
 
 
 def interpolate(attributes, points, triangle_id, triangles, intrinsics):
@@ -199,7 +214,8 @@ def interpolate_grad(attributes, points, triangle_id, triangles, intrinsics, cot
               triangles.astype(jnp.int32), cotangent.astype(jnp.float32), **_camera(intrinsics))
 
 
-def silhouette_pairs(points, triangle_id, depth, triangles, neighbours, intrinsics):
+def silhouette_pairs(points, triangle_id, depth, triangles, neighbours, intrinsics,
+                     capacity=None):
   """The adjacent pixel pairs that straddle a silhouette edge (the discrete half
   of ``rasterize.antialias``; the blending is ``rasterize._blend_pairs``).
 
@@ -207,16 +223,20 @@ def silhouette_pairs(points, triangle_id, depth, triangles, neighbours, intrinsi
     points: [B, V, 3] float32 camera-space vertices (mm), no gradient;
       triangle_id, depth: [B, H, W] from ``rasterize``; triangles, neighbours:
       [F, 3] int32 (see ``rasterize.edge_neighbours``).
+    capacity: rows of the pair list (static); None: all adjacent pairs,
+      B (H (W - 1) + (H - 1) W), which always suffices.
 
   Returns:
-    (pairs [P, 3] int32, count [1] int32). P = B (H (W - 1) + (H - 1) W), all
-    adjacent pairs. The first ``count`` rows are (flat index over [B, H, W] of
-    the left / top pixel; flags: bit 0 vertical pair, bit 1 that pixel is in
+    (pairs [capacity, 3] int32, count [1] int32, the number of pairs found,
+    which may exceed the capacity: only the first ``capacity`` are kept). The
+    first ``min(count, capacity)`` rows are (flat index over [B, H, W] of the
+    left / top pixel; flags: bit 0 vertical pair, bit 1 that pixel is in
     front, bits 2-3 the edge of the triangle crossed; the triangle); the other
     rows are padding with pixel B H W.
   """
-  batch, height, width = triangle_id.shape
-  capacity = batch * (height * (width - 1) + (height - 1) * width)
+  if capacity is None:
+    batch, height, width = triangle_id.shape
+    capacity = batch * (height * (width - 1) + (height - 1) * width)
   call = jax.ffi.ffi_call(
       "focus_silhouette_pairs",
       (jax.ShapeDtypeStruct((capacity, 3), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32)),
@@ -241,6 +261,51 @@ def vertex_normals_grad(verts, triangles, eps: float, cotangent):
                           vmap_method="broadcast_all")
   return call(verts.astype(jnp.float32), triangles.astype(jnp.int32),
               cotangent.astype(jnp.float32), eps=np.float32(eps))
+
+
+def vertex_stage(verts, triangles, albedo, rotation, translation, light, eps: float):
+  """The per-vertex stage of ``render.render`` (the kernel behind
+  ``render.vertex_stage``).
+
+  Args:
+    verts, albedo: [..., V, 3] float32 model-space vertices (mm) and albedo;
+      triangles: [F, 3] int32; rotation: [..., 3, 3] model-to-camera rotation;
+      translation: [..., 3] camera-space position of the model origin (mm);
+      light: [..., 9, 3] SH light; eps: as ``shading.vertex_normals``.
+
+  Returns:
+    (camera-space vertices, camera-space unit vertex normals, shaded colours,
+    summed face normals in model space: the residual of
+    :func:`vertex_stage_grad`), each [..., V, 3] float32.
+  """
+  f32 = jax.ShapeDtypeStruct(verts.shape, jnp.float32)
+  call = jax.ffi.ffi_call("focus_vertex_stage", (f32, f32, f32, f32),
+                          vmap_method="broadcast_all")
+  return call(verts.astype(jnp.float32), triangles.astype(jnp.int32),
+              albedo.astype(jnp.float32), rotation.astype(jnp.float32),
+              translation.astype(jnp.float32), light.astype(jnp.float32), eps=np.float32(eps))
+
+
+def vertex_stage_grad(verts, triangles, albedo, rotation, translation, light, summed, g_cam,
+                      g_normals, g_colors, eps: float):
+  """The transpose of :func:`vertex_stage` w.r.t. verts, albedo, rotation,
+  translation and light, given its ``summed`` residual and the cotangents of
+  its first three results.
+
+  Returns:
+    (d_verts, d_albedo, d_rotation, d_translation, d_light) float32, shaped as
+    those inputs.
+  """
+  f32 = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32)
+  call = jax.ffi.ffi_call(
+      "focus_vertex_stage_grad",
+      (f32(verts), f32(albedo), f32(rotation), f32(translation), f32(light)),
+      vmap_method="broadcast_all")
+  return call(verts.astype(jnp.float32), triangles.astype(jnp.int32),
+              albedo.astype(jnp.float32), rotation.astype(jnp.float32),
+              translation.astype(jnp.float32), light.astype(jnp.float32), summed,
+              g_cam.astype(jnp.float32), g_normals.astype(jnp.float32),
+              g_colors.astype(jnp.float32), eps=np.float32(eps))
 
 
 def _soft_attributes(intrinsics, near, cull_backfaces, eps, depth_range, cutoff):

@@ -95,7 +95,8 @@ class Fragments:
     triangle_id: [H, W] int32, front-most triangle, -1 where no triangle covers
       the pixel centre.
     barycentric: [H, W, 3] float32 perspective-correct barycentrics of the pixel
-      centre in that triangle (0 for background). Not differentiable; use
+      centre in that triangle (0 for background), or None when not asked for
+      (``rasterize(..., barycentrics=False)``). Not differentiable; use
       :func:`interpolate` for gradients.
     depth: [H, W] float32 camera-space depth (mm) of the visible surface, 0 for
       background.
@@ -361,10 +362,11 @@ def default_chunk_size(intrinsics: Intrinsics) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("intrinsics", "cull_backfaces", "near",
-                                             "chunk_size", "footprint", "native"))
+                                             "chunk_size", "footprint", "native",
+                                             "barycentrics"))
 def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: bool,
                      near: float, chunk_size: Optional[int], footprint: int,
-                     native: bool) -> Fragments:
+                     native: bool, barycentrics: bool = True) -> Fragments:
   """Rasterizes a batch [B, V, 3] as one problem of B * F triangles drawn into
   B * H * W pixels (no vmap: XLA:CPU compiles batched gathers and scatters
   poorly). Global triangle ids ``b * F + f`` keep the smaller-id tie-break.
@@ -372,7 +374,7 @@ def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: 
   points = jax.lax.stop_gradient(points)
   if native:
     tid, bary, depth, num_fragments = cpu_kernels.rasterize(points, triangles, intrinsics,
-                                                            near, cull_backfaces)
+                                                            near, cull_backfaces, barycentrics)
     return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=tid >= 0,
                      num_fragments=num_fragments)
   batch, num_vertices = points.shape[:2]
@@ -436,7 +438,8 @@ def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: 
   image_of_pixel = jnp.repeat(jnp.arange(batch, dtype=jnp.int32), height * width)
   tid = jnp.where(mask, idbuf - image_of_pixel * num_faces, -1).reshape(shape)
   mask = mask.reshape(shape)
-  bary = jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
+  bary = (jnp.stack(_barycentrics_batch(points, tid, triangles, intrinsics)[0], -1)
+          if barycentrics else None)
   depth = jnp.where(mask, 1.0 / jnp.where(mask, zbuf.reshape(shape), 1.0), 0.0)
   return Fragments(triangle_id=tid, barycentric=bary, depth=depth, mask=mask,
                    num_fragments=jnp.sum(counts.reshape(batch, num_faces), axis=1))
@@ -444,7 +447,8 @@ def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: 
 
 def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool = False,
               near: float = 1.0, chunk_size: Optional[int] = None,
-              footprint: int = 2, native: Optional[bool] = None) -> Fragments:
+              footprint: int = 2, native: Optional[bool] = None,
+              barycentrics: bool = True) -> Fragments:
   """Hard rasterization: the front-most triangle at every pixel centre.
 
   Args:
@@ -463,6 +467,9 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
       result) instead of the pure-JAX code. None (default): when JAX's default
       backend is the CPU, ``points`` are float32 and the kernel is available.
       ``chunk_size`` and ``footprint`` only tune the JAX code.
+    barycentrics: also return the barycentrics; False leaves
+      ``Fragments.barycentric`` None and spares their cost (e.g. when only
+      :func:`interpolate`, which recomputes them, needs the fragments).
 
   Returns:
     :class:`Fragments` with [H, W] (or [B, H, W]) buffers. Exact depth test,
@@ -471,7 +478,8 @@ def rasterize(points, triangles, intrinsics: Intrinsics, *, cull_backfaces: bool
   """
   native = cpu_kernels.resolve(native, points)
   kwargs = dict(intrinsics=intrinsics, cull_backfaces=cull_backfaces, near=near,
-                chunk_size=chunk_size, footprint=footprint, native=native)
+                chunk_size=chunk_size, footprint=footprint, native=native,
+                barycentrics=barycentrics)
   if points.ndim == 2:
     return jax.tree_util.tree_map(lambda x: x[0],
                                   _rasterize_batch(points[None], triangles, **kwargs))
@@ -875,15 +883,19 @@ def _blend(image, pix_a, pix_b, a_front, t):
   """Blends pixel pairs across their silhouette edge.
 
   Args:
-    image: [B, H, W, C]; pix_a, pix_b: [K] flat pixel indices of each pair;
+    image: [B, H, W, C], or a tuple of such arrays (any C each; blended alike).
+    pix_a, pix_b: [K] flat pixel indices of each pair;
     a_front: [K] bool, pixel a shows the front (occluding) surface;
     t: [K] where the edge crosses the segment, as a fraction from the inner
       (front) pixel centre; 0.5 = no blending.
 
   Returns:
-    [B, H, W, C]: the front colour grows onto the outer pixel (t > 0.5) or the
-    back colour onto the inner one (t < 0.5), in proportion to |t - 0.5|.
+    [B, H, W, C] (a tuple for a tuple): the front colour grows onto the outer
+    pixel (t > 0.5) or the back colour onto the inner one (t < 0.5), in
+    proportion to |t - 0.5|.
   """
+  if isinstance(image, tuple):
+    return tuple(_blend(layer, pix_a, pix_b, a_front, t) for layer in image)
   flat = image.reshape(-1, image.shape[-1])
   get = lambda x, k: x.at[k].get(mode="promise_in_bounds")
   ca, cb = get(flat, pix_a), get(flat, pix_b)
@@ -1052,13 +1064,14 @@ def _blend_pairs(image, points, triangles, pairs, intrinsics: Intrinsics):
   already known.
 
   Args:
-    image: [B, H, W, C]; points: [B, V, 3]; triangles: [F, 3] int32.
+    image: a tuple of [B, H, W, C_i] layers; points: [B, V, 3]; triangles:
+      [F, 3] int32.
     pairs: [K, 3] int32 rows (pixel, flags, triangle); pixel B H W = padding.
 
   Returns:
-    [B, H, W, C] the image plus the blending deltas.
+    The layers plus the blending deltas.
   """
-  batch, height, width, _ = image.shape
+  batch, height, width, _ = image[0].shape
   num_vertices = points.shape[1]
   num_pixels = batch * height * width
   pixel, flags, tri = pairs[:, 0], pairs[:, 1], pairs[:, 2]
@@ -1098,57 +1111,79 @@ def _blend_pairs(image, points, triangles, pairs, intrinsics: Intrinsics):
 def _antialias_native(image, points, triangle_id, depth, triangles, neighbours,
                       intrinsics: Intrinsics):
   """:func:`antialias` with the pair search in the C++ kernel: only the pairs
-  that do blend reach the differentiable part."""
-  pairs, count = cpu_kernels.silhouette_pairs(jax.lax.stop_gradient(points), triangle_id,
-                                              depth, triangles, neighbours, intrinsics)
-  return _blend_pair_list(image, points, triangles, pairs, count, intrinsics)
+  that do blend reach the differentiable part. ``image``: the tuple of layers."""
+  batch, height, width, _ = image[0].shape
+  pairs, count = _search_pairs(points, triangles, (triangle_id, depth, neighbours), intrinsics,
+                               _pair_budget(batch, height, width))
+  return _blend_pair_list(image, points, triangles, pairs, count,
+                          (triangle_id, depth, neighbours), intrinsics)
 
 
-def _on_compact_rows(image, pairs, count, fn):
-  """``fn(rows)`` on the first rows of the pair list when the count fits the
-  static budget (almost always), else on all of them (lax.cond). The budget is
-  for pairs that blend: about 2x the silhouette length, ~H W / 200 per image
-  for a frontal face (the candidate budget of :func:`_max_pairs` / 4)."""
-  batch, height, width, _ = image.shape
-  small = min(pairs.shape[0], _max_pairs(batch, height, width) // 4)
-  return jax.lax.cond(count[0] <= small, lambda: fn(pairs[:small]), lambda: fn(pairs))
+def _pair_budget(batch, height, width):
+  """Rows of the pair list asked of the kernel first: the pairs that blend are
+  about 2x the silhouette length, ~H W / 200 per image for a frontal face (the
+  candidate budget of :func:`_max_pairs` / 4); a frame with more takes a
+  second, full-size search (see :func:`_on_compact_rows`)."""
+  num_pairs = batch * (height * (width - 1) + (height - 1) * width)
+  return min(num_pairs, _max_pairs(batch, height, width) // 4)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _blend_pair_list(image, points, triangles, pairs, count, intrinsics):
+def _search_pairs(points, triangles, search, intrinsics, capacity=None):
+  """``cpu_kernels.silhouette_pairs``; ``search`` = (triangle_id, depth,
+  neighbours)."""
+  triangle_id, depth, neighbours = search
+  return cpu_kernels.silhouette_pairs(jax.lax.stop_gradient(points), triangle_id, depth,
+                                      triangles, neighbours, intrinsics, capacity)
+
+
+def _on_compact_rows(pairs, count, fn, full_pairs):
+  """``fn(pairs)`` when the budget-sized pair list holds all the pairs found
+  (almost always), else ``fn`` on the full list that ``full_pairs()``
+  searches again (lax.cond: the second search only runs on overflow)."""
+  return jax.lax.cond(count[0] <= pairs.shape[0], lambda: fn(pairs),
+                      lambda: fn(full_pairs()))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _blend_pair_list(image, points, triangles, pairs, count, search, intrinsics):
   return _on_compact_rows(
-      image, pairs, count, lambda rows: _blend_pairs(image, points, triangles, rows, intrinsics))
+      pairs, count, lambda rows: _blend_pairs(image, points, triangles, rows, intrinsics),
+      lambda: _search_pairs(points, triangles, search, intrinsics)[0])
 
 
-def _blend_pair_list_fwd(image, points, triangles, pairs, count, intrinsics):
-  out = _blend_pair_list(image, points, triangles, pairs, count, intrinsics)
-  return out, (image, points, triangles, pairs, count)
+def _blend_pair_list_fwd(image, points, triangles, pairs, count, search, intrinsics):
+  out = _blend_pair_list(image, points, triangles, pairs, count, search, intrinsics)
+  return out, (image, points, triangles, pairs, count, search)
 
 
 def _blend_pair_list_bwd(intrinsics, res, g):
   # Recomputed inside each branch: autodiff of the lax.cond would keep (zeroed)
   # residuals of the full-size branch as well.
-  image, points, triangles, pairs, count = res
+  image, points, triangles, pairs, count, search = res
 
   def grads(rows):
     _, vjp = jax.vjp(lambda im, p: _blend_pairs(im, p, triangles, rows, intrinsics),
                      image, points)
     return vjp(g)
 
-  d_image, d_points = _on_compact_rows(image, pairs, count, grads)
-  return d_image, d_points, None, None, None
+  d_image, d_points = _on_compact_rows(
+      pairs, count, grads, lambda: _search_pairs(points, triangles, search, intrinsics)[0])
+  return d_image, d_points, None, None, None, (None, None, None)
 
 
 _blend_pair_list.defvjp(_blend_pair_list_fwd, _blend_pair_list_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("intrinsics", "native"))
-def _antialias_batch(image, points, triangle_id, depth, triangles, neighbours,
+def _antialias_batch(layers, points, triangle_id, depth, triangles, neighbours,
                      intrinsics: Intrinsics, native: bool):
+  """Antialiases a tuple of [B, H, W, C_i] layers; returns the tuple."""
   if native:
-    return _antialias_native(image, points, triangle_id, depth, triangles, neighbours,
+    return _antialias_native(layers, points, triangle_id, depth, triangles, neighbours,
                              intrinsics)
-  return _antialias_core(image, points, triangle_id, depth, triangles, neighbours, intrinsics)
+  image = layers[0] if len(layers) == 1 else jnp.concatenate(layers, -1)
+  out = _antialias_core(image, points, triangle_id, depth, triangles, neighbours, intrinsics)
+  return tuple(jnp.split(out, np.cumsum([x.shape[-1] for x in layers])[:-1], axis=-1))
 
 
 def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrinsics, *,
@@ -1177,8 +1212,10 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
   part and of its backward pass scales with the silhouette length.
 
   Args:
-    image: [(B,) H, W, C] shaded image including the background (append the
-      coverage mask as a channel to antialias it too).
+    image: [(B,) H, W, C] shaded image including the background, or a tuple
+      of such arrays (any C each) blended alike, e.g. the image and its
+      coverage mask [(B,) H, W, 1]; a tuple spares the CPU kernels a
+      concatenation and its transpose.
     points: [(B,) V, 3] camera-space vertices (mm), as given to :func:`rasterize`.
     triangles: [F, 3] int32, the mesh (its edge topology is derived from it,
       see :func:`edge_neighbours`).
@@ -1188,16 +1225,22 @@ def antialias(image, points, triangles, fragments: Fragments, intrinsics: Intrin
       gradient stay in JAX); None: as in :func:`rasterize`.
 
   Returns:
-    [(B,) H, W, C] antialiased image.
+    [(B,) H, W, C] antialiased image (a tuple for a tuple).
   """
-  native = cpu_kernels.resolve(native, image, points)
+  is_tuple = isinstance(image, (tuple, list))
+  layers = tuple(image) if is_tuple else (image,)
+  native = cpu_kernels.resolve(native, *layers, points)
   neighbours = edge_neighbours(triangles)
-  if image.ndim == 3:
-    return _antialias_batch(image[None], points[None], fragments.triangle_id[None],
-                            fragments.depth[None], triangles, neighbours,
-                            intrinsics=intrinsics, native=native)[0]
-  return _antialias_batch(image, points, fragments.triangle_id, fragments.depth, triangles,
-                          neighbours, intrinsics=intrinsics, native=native)
+  tid, depth = fragments.triangle_id, fragments.depth
+  unbatched = layers[0].ndim == 3
+  if unbatched:
+    layers = tuple(x[None] for x in layers)
+    points, tid, depth = points[None], tid[None], depth[None]
+  out = _antialias_batch(layers, points, tid, depth, triangles, neighbours,
+                         intrinsics=intrinsics, native=native)
+  if unbatched:
+    out = tuple(x[0] for x in out)
+  return tuple(out) if is_tuple else out[0]
 
 
 # ----------------------------------------------------------------------------

@@ -18,13 +18,16 @@ All per-face inputs carry a leading batch axis B; the model is shared.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 
 from focus_jax.morphable import model as model_lib
 from focus_jax.render import camera as camera_lib
+from focus_jax.render import cpu_kernels
 from focus_jax.render import rasterize as raster_lib
 from focus_jax.render import shading as shading_lib
 
@@ -99,11 +102,9 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
   verts = model_lib.vertices(model, shape, expression)                  # [B, V, 3]
   albedo = model_lib.albedo(model, albedo_coeffs)                       # [B, V, 3]
   tri = model.triangles
-  cam = camera_lib.to_camera(verts, angles, translation)
+  cam, normals, colors = vertex_stage(verts, albedo, angles, translation, light, tri)
   safe = cam.at[..., 2].set(jnp.where(cam[..., 2] > 0, cam[..., 2], 1.0))
   vimg = camera_lib.project(safe, intrinsics)
-  normals = camera_lib.rotate_to_camera(shading_lib.vertex_normals(verts, tri), angles)
-  colors = shading_lib.shade(albedo, normals, light)
   lm_cam = model_lib.landmark_positions(model, cam)
   lm_safe = lm_cam.at[..., 2].set(jnp.where(lm_cam[..., 2] > 0, lm_cam[..., 2], 1.0))
   landmarks = camera_lib.project(lm_safe, intrinsics)
@@ -116,15 +117,16 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
   frags = None
   if mode == "hard" or buffers:
     frags = raster_lib.rasterize(cam, tri, intrinsics, cull_backfaces=cull_backfaces,
-                                 near=near)
+                                 near=near, barycentrics=False)
   if mode == "hard":
     coverage = frags.mask.astype(jnp.float32)
     color = raster_lib.interpolate(colors, cam, tri, frags, intrinsics)
-    image = color + (1.0 - coverage[..., None]) * bg
+    # The interpolated colours are 0 on background pixels.
+    image = color if background is None else color + (1.0 - coverage[..., None]) * bg
     if antialias:
-      out = raster_lib.antialias(jnp.concatenate([image, coverage[..., None]], -1), cam, tri,
-                                 frags, intrinsics)
-      image, coverage = out[..., :3], out[..., 3]
+      image, coverage = raster_lib.antialias((image, coverage[..., None]), cam, tri, frags,
+                                             intrinsics)
+      coverage = coverage[..., 0]
     mask = coverage
   else:
     soft = raster_lib.soft_rasterize(cam, tri, colors, intrinsics, background=bg,
@@ -145,9 +147,75 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
       vertex_colors=colors)
 
 
+# shading.vertex_normals' default.
+_NORMALS_EPS = 1e-12
+
+
+def vertex_stage(verts, albedo, angles, translation, light, triangles, *,
+                 native: Optional[bool] = None):
+  """The per-vertex part of :func:`render`: pose, vertex normals and shading.
+
+  Args:
+    verts: [B, V, 3] model-space vertices (mm).
+    albedo: [B, V, 3] per-vertex albedo.
+    angles, translation: [B, 3] pose (radians, mm), see :mod:`~focus_jax.render.camera`.
+    light: [B, 9, 3] SH light, see :mod:`~focus_jax.render.shading`.
+    triangles: [F, 3] int32.
+    native: one C++ CPU kernel for the whole stage, forward and backward (see
+      :mod:`~focus_jax.render.cpu_kernels`), instead of the JAX composition of
+      ``camera.to_camera``, ``shading.vertex_normals``,
+      ``camera.rotate_to_camera`` and ``shading.shade`` (XLA:CPU runs their
+      small [B, V, 3] x [3, 3] products and transposes slowly); same results up
+      to float32 rounding. None: when the CPU kernels are the default and the
+      inputs are float32.
+
+  Returns:
+    (camera-space vertices [B, V, 3] mm, camera-space unit vertex normals
+    [B, V, 3], shaded vertex colours [B, V, 3]).
+  """
+  if not cpu_kernels.resolve(native, verts, albedo, angles, translation, light):
+    cam = camera_lib.to_camera(verts, angles, translation)
+    normals = camera_lib.rotate_to_camera(
+        shading_lib.vertex_normals(verts, triangles, native=False), angles)
+    return cam, normals, shading_lib.shade(albedo, normals, light)
+  batch = jnp.broadcast_shapes(verts.shape[:-2], albedo.shape[:-2], angles.shape[:-1],
+                               translation.shape[:-1], light.shape[:-2])
+  expand = lambda x, tail: jnp.broadcast_to(x, batch + tail)
+  return _vertex_stage_native(
+      expand(verts, verts.shape[-2:]), expand(albedo, verts.shape[-2:]),
+      expand(camera_lib.camera_rotation(angles), (3, 3)),
+      expand(camera_lib.camera_translation(translation), (3,)), expand(light, light.shape[-2:]),
+      triangles, _NORMALS_EPS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _vertex_stage_native(verts, albedo, rotation, translation, light, triangles, eps):
+  return _vertex_stage_native_fwd(verts, albedo, rotation, translation, light, triangles,
+                                  eps)[0]
+
+
+def _vertex_stage_native_fwd(verts, albedo, rotation, translation, light, triangles, eps):
+  *out, summed = cpu_kernels.vertex_stage(verts, triangles, albedo, rotation, translation,
+                                          light, eps)
+  return tuple(out), (verts, albedo, rotation, translation, light, triangles, summed)
+
+
+def _vertex_stage_native_bwd(eps, res, g):
+  *inputs, triangles, summed = res
+  verts, albedo, rotation, translation, light = inputs
+  grads = cpu_kernels.vertex_stage_grad(verts, triangles, albedo, rotation, translation, light,
+                                        summed, *g, eps)
+  return tuple(d.astype(x.dtype) for d, x in zip(grads, inputs)) + (None,)
+
+
+_vertex_stage_native.defvjp(_vertex_stage_native_fwd, _vertex_stage_native_bwd)
+
+
 def photometric_loss(image, target, mask=None):
-  """Mean squared colour error over (masked) pixels: [B, H, W, 3] -> scalar."""
-  err = jnp.sum((image - target) ** 2, axis=-1)
+  """Mean squared colour error over (masked) pixels: [B, H, W, C] -> scalar."""
+  diff = image - target
+  # Channel by channel: XLA:CPU reduces a small minor axis (jnp.sum(..., -1)) slowly.
+  err = functools.reduce(jnp.add, [diff[..., c] ** 2 for c in range(diff.shape[-1])])
   if mask is None:
     return jnp.mean(err)
   return jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
