@@ -137,6 +137,33 @@ def test_antialias_kernel_matches_jax_values_and_gradients():
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5 * float(jnp.abs(w).max()))
 
 
+def test_antialias_kernel_one_image_and_vmap_match_jax():
+  """One image (the kernel then splits its per-triangle silhouette tables over
+  bands of faces) and a vmapped batch blend as the JAX path does."""
+  points, triangles = sphere_batch()
+  rng = np.random.default_rng(4)
+  colors = jnp.asarray(rng.uniform(size=(2, points.shape[1], 3)), jnp.float32)
+
+  def blend(p, c, native):
+    frags = R.rasterize(p, triangles, INTR, cull_backfaces=True)
+    image = R.interpolate(c, p, triangles, frags, INTR)
+    return R.antialias(image, p, triangles, frags, INTR, native=native)
+
+  for native in (True, False):
+    one = jax.jit(lambda p, c: blend(p, c, native))(points[:1], colors[:1])
+    mapped = jax.jit(jax.vmap(lambda p, c: blend(p[None], c[None], native)[0]))(points, colors)
+    if native:
+      got = (one, mapped)
+    else:
+      want = (one, mapped)
+  image = R.interpolate(colors[:1], points[:1], triangles,
+                        R.rasterize(points[:1], triangles, INTR, cull_backfaces=True), INTR)
+  assert int((jnp.abs(want[0] - image).max(-1) > 0).sum()) > 50  # silhouettes are blended
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got[1][0]), np.asarray(got[0][0]), atol=1e-6)
+
+
 @pytest.mark.parametrize("budget", [None, 5])
 def test_antialias_kernel_layers_and_pair_overflow(monkeypatch, budget):
   """A tuple of layers (image, mask) blends as their concatenation does on the

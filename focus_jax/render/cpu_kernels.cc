@@ -656,13 +656,11 @@ ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi
 
 constexpr int kWalkSteps = 2;  // As _WALK_STEPS in rasterize.py.
 
-// Per triangle of one image: bit k set when edge k is a silhouette edge (no
-// neighbour, or the neighbour faces the other way), as _silhouette_bits.
-void SilhouetteBits(const float* points, const int32_t* tris, const int32_t* neighbours,
-                    int64_t num_faces, std::vector<int8_t>& facing, std::vector<int32_t>& bits) {
-  facing.resize(num_faces);
-  bits.assign(num_faces, 0);
-  for (int64_t f = 0; f < num_faces; ++f) {
+// Orientation (+1, 0 or -1) of triangles [f0, f1) of one image, as
+// _silhouette_bits: the sign of det[p0, p1, p2].
+void FaceFacing(const float* points, const int32_t* tris, int64_t f0, int64_t f1,
+                int8_t* facing) {
+  for (int64_t f = f0; f < f1; ++f) {
     const float* p0 = points + 3 * static_cast<int64_t>(tris[3 * f]);
     const float* p1 = points + 3 * static_cast<int64_t>(tris[3 * f + 1]);
     const float* p2 = points + 3 * static_cast<int64_t>(tris[3 * f + 2]);
@@ -672,29 +670,34 @@ void SilhouetteBits(const float* points, const int32_t* tris, const int32_t* nei
     const float det = p0[0] * c0 + p0[1] * c1 + p0[2] * c2;
     facing[f] = static_cast<int8_t>((det > 0.0f) - (det < 0.0f));
   }
-  for (int64_t f = 0; f < num_faces; ++f) {
+}
+
+// Per triangle in [f0, f1) of one image: bit k set when edge k is a silhouette
+// edge (no neighbour, or the neighbour faces the other way), as
+// _silhouette_bits; facing covers all the image's triangles.
+void SilhouetteBits(const int32_t* neighbours, const int8_t* facing, int64_t f0, int64_t f1,
+                    int32_t* bits) {
+  for (int64_t f = f0; f < f1; ++f) {
+    int32_t b = 0;
     for (int k = 0; k < 3; ++k) {
       const int32_t nb = neighbours[3 * f + k];
-      if (nb < 0 || facing[nb] != facing[f]) bits[f] |= 1 << k;
+      if (nb < 0 || facing[nb] != facing[f]) b |= 1 << k;
     }
+    bits[f] = b;
   }
 }
 
-// Triangles within kWalkSteps edge-steps of a silhouette edge (_near_silhouette).
-void NearSilhouette(const int32_t* neighbours, int64_t num_faces, const std::vector<int32_t>& bits,
-                    std::vector<int32_t>& near) {
-  near = bits;
-  std::vector<int32_t> ring(num_faces);
-  for (int step = 0; step < kWalkSteps; ++step) {
-    for (int64_t f = 0; f < num_faces; ++f) {
-      int32_t r = near[f];
-      for (int k = 0; k < 3; ++k) {
-        const int32_t nb = neighbours[3 * f + k];
-        if (nb >= 0) r |= near[nb];
-      }
-      ring[f] = r;
+// One step of _near_silhouette for triangles [f0, f1): ring[f] = near[f] or'ed
+// with near of its neighbours.
+void NearSilhouetteStep(const int32_t* neighbours, const int32_t* near, int64_t f0, int64_t f1,
+                        int32_t* ring) {
+  for (int64_t f = f0; f < f1; ++f) {
+    int32_t r = near[f];
+    for (int k = 0; k < 3; ++k) {
+      const int32_t nb = neighbours[3 * f + k];
+      if (nb >= 0) r |= near[nb];
     }
-    near.swap(ring);
+    ring[f] = r;
   }
 }
 
@@ -755,7 +758,7 @@ struct PairRecord {
 // The pairs of rows [row_begin, row_end) of one image (a pair belongs to the
 // row of its first pixel) whose segment crosses a silhouette edge.
 void SilhouettePairs(const float* points, const int32_t* tris, const int32_t* neighbours,
-                     const std::vector<int32_t>& bits, const std::vector<int32_t>& near,
+                     const int32_t* bits, const int32_t* near,
                      const int32_t* ids, const float* depth, const Camera& cam,
                      int32_t row_begin, int32_t row_end, int64_t pixel_offset,
                      std::vector<PairRecord>& out) {
@@ -836,20 +839,43 @@ ffi::Error SilhouettePairsImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::S3
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
   const int64_t bands = BandsPerImage(m.num_images, height);
   std::vector<std::vector<PairRecord>> found(m.num_images * bands);
-  // Each unit computes its image's per-triangle silhouette tables itself (a few
-  // passes over F; sharing them between bands would need a second phase).
+  // The per-triangle silhouette tables (_silhouette_bits, then kWalkSteps steps
+  // of _near_silhouette), in passes over bands of faces as over bands of rows.
+  const int64_t nf = m.num_faces;
+  std::vector<int8_t> facing_buffer(m.num_images * nf);
+  std::vector<int32_t> tables(3 * m.num_images * nf);
+  int8_t* facing = facing_buffer.data();
+  int32_t *bits = tables.data(), *near = bits + m.num_images * nf, *ring = near + m.num_images * nf;
+  auto face_pass = [&](auto pass) {
+    ParallelFor(m.num_images * bands, [&](int64_t unit) {
+      const int64_t image = unit / bands, band = unit % bands;
+      const int32_t* tris = m.TrianglesOf(image);
+      pass(image, tris, neighbours.typed_data() + (tris - m.triangles), image * nf,
+           nf * band / bands, nf * (band + 1) / bands);
+    });
+  };
+  face_pass([&](int64_t image, const int32_t* tris, const int32_t*, int64_t off, int64_t f0,
+                int64_t f1) {
+    FaceFacing(points.typed_data() + image * m.num_vertices * 3, tris, f0, f1, facing + off);
+  });
+  face_pass([&](int64_t, const int32_t*, const int32_t* nbs, int64_t off, int64_t f0,
+                int64_t f1) { SilhouetteBits(nbs, facing + off, f0, f1, bits + off); });
+  const int32_t* walked = bits;
+  for (int step = 0; step < kWalkSteps; ++step) {
+    int32_t* next = step % 2 == 0 ? near : ring;
+    face_pass([&](int64_t, const int32_t*, const int32_t* nbs, int64_t off, int64_t f0,
+                  int64_t f1) { NearSilhouetteStep(nbs, walked + off, f0, f1, next + off); });
+    walked = next;
+  }
   ParallelFor(m.num_images * bands, [&](int64_t unit) {
     const int64_t image = unit / bands, band = unit % bands;
-    const float* pts = points.typed_data() + image * m.num_vertices * 3;
     const int32_t* tris = m.TrianglesOf(image);
     const int32_t* nbs = neighbours.typed_data() + (tris - m.triangles);
-    std::vector<int8_t> facing;
-    std::vector<int32_t> bits, near;
-    SilhouetteBits(pts, tris, nbs, m.num_faces, facing, bits);
-    NearSilhouette(nbs, m.num_faces, bits, near);
     const int32_t r0 = static_cast<int32_t>(height * band / bands);
     const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
-    SilhouettePairs(pts, tris, nbs, bits, near, triangle_id.typed_data() + image * num_pixels,
+    SilhouettePairs(points.typed_data() + image * m.num_vertices * 3, tris, nbs,
+                    bits + image * nf, walked + image * nf,
+                    triangle_id.typed_data() + image * num_pixels,
                     depth.typed_data() + image * num_pixels, cam, r0, r1,
                     (image % images_per_group) * num_pixels, found[unit]);
   });
