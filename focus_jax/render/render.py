@@ -147,10 +147,6 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
       vertex_colors=colors)
 
 
-# shading.vertex_normals' default.
-_NORMALS_EPS = 1e-12
-
-
 def vertex_stage(verts, albedo, angles, translation, light, triangles, *,
                  native: Optional[bool] = None):
   """The per-vertex part of :func:`render`: pose, vertex normals and shading.
@@ -185,7 +181,7 @@ def vertex_stage(verts, albedo, angles, translation, light, triangles, *,
       expand(verts, verts.shape[-2:]), expand(albedo, verts.shape[-2:]),
       expand(camera_lib.camera_rotation(angles), (3, 3)),
       expand(camera_lib.camera_translation(translation), (3,)), expand(light, light.shape[-2:]),
-      triangles, _NORMALS_EPS)
+      triangles, shading_lib.NORMALS_EPS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))

@@ -56,7 +56,12 @@ def face_normals(verts, triangles) -> jnp.ndarray:
   return jnp.cross(v1 - v0, v2 - v0)
 
 
-def vertex_normals(verts, triangles, eps: float = 1e-12, *,
+# Added to the squared length before normalising a vertex normal (vertex_normals'
+# default, also the fused vertex-stage kernel's in render.vertex_stage).
+NORMALS_EPS = 1e-12
+
+
+def vertex_normals(verts, triangles, eps: float = NORMALS_EPS, *,
                    native: Optional[bool] = None) -> jnp.ndarray:
   """Area-weighted unit vertex normals: [..., V, 3] -> [..., V, 3].
 
