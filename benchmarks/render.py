@@ -125,16 +125,18 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
   if before_timing is not None:
     before_timing()
   times, cpu = [], []
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn(params))
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / repeats
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # MiB (Linux: KiB)
   return dict(mesh=mesh, triangles=model.num_triangles, vertices=model.num_vertices,
               source=source, batch=batch, mode=mode, ms=1000 * float(np.median(times)),
               ms_min=1000 * float(np.min(times)), cpu_ms=1000 * float(np.median(cpu)),
-              compile_s=compile_s, peak_mib=peak, device_peak_mib=device_peak_mib(),
+              compile_s=compile_s, peak_mib=peak, faults=faults, device_peak_mib=device_peak_mib(),
               kernels="C++" if cpu_kernels.use_for_default_backend() else "JAX",
               jax=jax.__version__, device=str(jax.devices()[0]))
 
@@ -209,13 +211,16 @@ def main():
                       help="print the CPU time of each hard-mode stage (e.g. 27k,12) instead")
   parser.add_argument("--single", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  from focus_jax import host_memory  # pylint: disable=import-outside-toplevel
+  kept = host_memory.keep_freed_memory()   # as the focus-jax entry points do
   if args.breakdown:
     mesh, batch = args.breakdown.split(",")
     breakdown(mesh, int(batch), args.repeats)
     return
   if args.single:
     mesh, batch, mode = args.single.split(",")
-    print(json.dumps(run_one(mesh, int(batch), mode, args.repeats)))
+    print(json.dumps(dict(run_one(mesh, int(batch), mode, args.repeats),
+                          kept_freed_memory=kept)))
     return
   rows = []
   load_start = os.getloadavg()
@@ -234,7 +239,8 @@ def main():
         print(f"{row['triangles']:>7} tri  batch {batch:>2}  {mode:4}  {row['kernels']:3}  "
               f"{row['ms']:9.1f} ms  "
               f"(CPU {row['cpu_ms']:9.1f} ms)  "
-              f"peak {row['peak_mib']:7.0f} MiB  (compile {row['compile_s']:.0f} s)", flush=True)
+              f"peak {row['peak_mib']:7.0f} MiB  faults {row['faults']:7.0f}  "
+              f"(compile {row['compile_s']:.0f} s)", flush=True)
   write_report(rows, args.output, load_start)
 
 
@@ -257,7 +263,10 @@ def write_report(rows, path, load_start):
       "antialiasing, soft mode with the defaults (sigma 0.1 px², gamma 1e-4). Peak = "
       "the process's maximum resident memory (includes Python, jax and XLA). CPU ms = "
       "process CPU time per call (all threads; on a loaded machine the wall time is "
-      "inflated, the CPU time much less so).",
+      "inflated, the CPU time much less so). Faults = minor page faults per call. Host "
+      "memory: `kept` = focus_jax.host_memory.keep_freed_memory() applied (what the "
+      "focus-jax entry points do), `default` = glibc's defaults "
+      "(`FOCUS_JAX_KEEP_FREED_MEMORY=0`).",
       "",
       "Targets (issue 3): 27k triangles, batch 12, <= 120 ms; 108k, batch 1, <= 40 ms; soft "
       "<= 3x hard; peak memory at 108k, batch 12 < 4 GiB. Compare on an idle machine (see "
@@ -267,13 +276,14 @@ def write_report(rows, path, load_start):
       "CPU), `JAX` = the pure-JAX path (`FOCUS_JAX_NATIVE=0`, what runs on GPU/TPU).",
       "",
       "| triangles | mesh | batch | mode | kernels | fwd+bwd ms / batch | ms / image "
-      "| CPU ms / batch | peak MiB | compile s |",
-      "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+      "| CPU ms / batch | faults / call | host memory | peak MiB | compile s |",
+      "| ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
   ]
   for r in rows:
     lines.append(f"| {r['triangles']} | {r['source']} | {r['batch']} | {r['mode']} | "
                  f"{r.get('kernels', '?')} | "
-                 f"{r['ms']:.1f} | {r['ms'] / r['batch']:.1f} | {r.get('cpu_ms', float('nan')):.1f} | "
+                 f"{r['ms']:.1f} | {r['ms'] / r['batch']:.1f} | {r['cpu_ms']:.1f} | "
+                 f"{r['faults']:.0f} | {'kept' if r['kept_freed_memory'] else 'default'} | "
                  f"{r['peak_mib']:.0f} | "
                  f"{r['compile_s']:.0f} |")
   with open(path, "w") as f:

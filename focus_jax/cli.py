@@ -76,6 +76,8 @@ def run(argv=None):
     return
 
   def main(args):
+    from focus_jax import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.keep_freed_memory()   # before any computation starts XLA's threads
     if not FLAGS["verbosity"].present:  # jax logs backend probing at INFO; --verbosity=0 shows it
       logging.set_verbosity(logging.WARNING)
     if len(args) < 2 or args[1] not in commands:

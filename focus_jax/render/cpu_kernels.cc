@@ -1277,6 +1277,45 @@ ffi::Error VertexStageGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32
 // Soft rasterization (SoftRas aggregation, rasterize.soft_rasterize): forward
 // and its hand-written transpose. Same float32 formulas as _soft_triangles,
 // _soft_fragments and _soft_aggregate, without a fragment budget.
+//
+// The fragments of a triangle (the pixel centres of its padded box, row after
+// row) are evaluated kSoftLanes at a time with GCC vector extensions: plain
+// SSE2 code, no flags beyond the portable build, and the same IEEE rounding per
+// lane as the scalar formulas (-ffp-contract=off applies to vectors too).
+
+typedef float SoftF __attribute__((vector_size(16)));
+typedef int32_t SoftI __attribute__((vector_size(16)));
+constexpr int kSoftLanes = 4;
+
+inline SoftF Splat(float x) { return SoftF{x, x, x, x}; }
+// std::min / std::max lane by lane (same operand on ties and NaNs).
+inline SoftF MinF(SoftF a, SoftF b) { return b < a ? b : a; }
+inline SoftF MaxF(SoftF a, SoftF b) { return a < b ? b : a; }
+inline SoftF AbsF(SoftF a) { return (SoftF)((SoftI)a & 0x7fffffff); }
+inline bool AnyI(SoftI m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+inline float SumF(SoftF a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+
+// exp(x) for x <= 0, lane by lane: Cephes' expf (range reduction by ln 2 in
+// two parts, degree-7 polynomial), within 2 ulp of exp; 0 below -87 (where
+// exp is at most ~1.6e-38, and subnormal below -87.3).
+inline SoftF ExpF(SoftF x) {
+  const SoftI tiny = x < Splat(-87.0f);
+  x = MaxF(x, Splat(-87.0f));
+  const SoftF fx = x * Splat(1.44269504088896341f) + Splat(0.5f);
+  SoftI n = __builtin_convertvector(fx, SoftI);           // truncation
+  n += (SoftI)(__builtin_convertvector(n, SoftF) > fx);  // -1 where it rounded up: floor
+  const SoftF nf = __builtin_convertvector(n, SoftF);
+  const SoftF r = (x - nf * Splat(0.693359375f)) - nf * Splat(-2.12194440e-4f);
+  SoftF y = Splat(1.9875691500e-4f);
+  y = y * r + Splat(1.3981999507e-3f);
+  y = y * r + Splat(8.3334519073e-3f);
+  y = y * r + Splat(4.1665795894e-2f);
+  y = y * r + Splat(1.6666665459e-1f);
+  y = y * r + Splat(5.0000001201e-1f);
+  y = y * (r * r) + r + Splat(1.0f);
+  const SoftF scale = (SoftF)((n + 127) << 23);
+  return tiny ? Splat(0.0f) : y * scale;
+}
 
 // Per-call constants. sigma, gamma and radius may be traced values in JAX, so
 // they come in a buffer (SoftScalars); the rest are static attributes.
@@ -1288,254 +1327,331 @@ struct SoftParams {
   float dist2_skip;  // (squared px) -x_skip * sigma, plus a margin.
 };
 
-// Per-triangle set-up of _soft_triangles (only triangles that draw something).
+// Per-vertex part of _soft_triangles' set-up: projection (u, v) = f (x, y) / z
+// + (cx, cy) through iz = 1 / z, the box projections of AxisBounds (f x / z +
+// c, rounded as there), and whether the vertex may be used (in front of the
+// near plane, finite projection).
+struct SoftVertex {
+  float u, v, iz, bu, bv;
+  int32_t ok;
+};
+
+void SoftVertices(const float* points, int64_t begin, int64_t end, const Camera& cam,
+                  SoftVertex* out) {
+  const float f = cam.focal;
+  for (int64_t i = begin; i < end; ++i) {
+    const float* p = points + 3 * i;
+    SoftVertex& o = out[i];
+    o.iz = 1.0f / p[2];
+    o.u = f * p[0] * o.iz + cam.cx;
+    o.v = f * p[1] * o.iz + cam.cy;
+    o.bu = f * p[0] / p[2] + cam.cx;
+    o.bv = f * p[1] / p[2] + cam.cy;
+    o.ok = p[2] >= cam.near && std::isfinite(o.u) && std::isfinite(o.v);
+  }
+}
+
+// PixelRange with the padding of AxisBounds, for the projections of three
+// vertices in front of the near plane (ceil and floor by truncation: the
+// clipped bounds lie in [-1, size]).
+void SoftAxisRange(float p0, float p1, float p2, float pad, int32_t size, int32_t* first_out,
+                   int32_t* count_out) {
+  const float inf = std::numeric_limits<float>::infinity();
+  float lo = inf, hi = -inf;
+  for (const float p : {p0, p1, p2}) {
+    if (std::isfinite(p)) {
+      lo = std::min(lo, p);
+      hi = std::max(hi, p);
+    }
+  }
+  const float fsize = static_cast<float>(size);
+  const float lo_c = std::min(std::max(lo - pad - kBboxSlack - 0.5f, -1.0f), fsize);
+  const float hi_c = std::min(std::max(hi + pad + kBboxSlack - 0.5f, -1.0f), fsize);
+  const int32_t lo_t = static_cast<int32_t>(lo_c), hi_t = static_cast<int32_t>(hi_c);
+  const int32_t first = std::max(lo_t + (static_cast<float>(lo_t) < lo_c ? 1 : 0), 0);
+  const int32_t last = std::min(hi_t - (static_cast<float>(hi_t) > hi_c ? 1 : 0), size - 1);
+  *first_out = first;
+  *count_out = std::max(last - first + 1, 0);
+}
+
+// A triangle that soft-rasterizes something: its index and padded box.
+struct SoftBox {
+  int32_t tri, col0, row0, ncols, nrows;
+};
+
+// Per-triangle set-up of _soft_triangles.
 struct SoftTri {
   int32_t vid[3];
   float u[3], v[3], iz[3], eu[3], ev[3], len2[3], inv_len2[3], orient;
   int32_t col0, row0, ncols, nrows;
 };
 
-// False for triangles that are skipped: reaching behind the near plane,
-// zero screen area, non-finite projection, culled, or outside the image.
-bool SoftSetup(const float* points, const int32_t* tri, const Camera& cam,
-               const SoftParams& prm, SoftTri* s) {
-  float x[3], y[3], z[3];
-  for (int k = 0; k < 3; ++k) {
-    s->vid[k] = tri[k];
-    const float* p = points + 3 * static_cast<int64_t>(tri[k]);
-    x[k] = p[0];
-    y[k] = p[1];
-    z[k] = p[2];
+// The boxes of triangles [begin, end) that are not skipped (reaching behind
+// the near plane, zero screen area, non-finite projection, culled, or outside
+// the image) and meet rows [r0, r1), appended to *out in index order.
+void SoftBoxes(const SoftVertex* verts, const int32_t* tris, int64_t begin, int64_t end,
+               const Camera& cam, const SoftParams& prm, int32_t r0, int32_t r1,
+               std::vector<SoftBox>* out) {
+  for (int64_t t = begin; t < end; ++t) {
+    const SoftVertex& a = verts[tris[3 * t]];
+    const SoftVertex& b = verts[tris[3 * t + 1]];
+    const SoftVertex& c = verts[tris[3 * t + 2]];
+    if (!(a.ok && b.ok && c.ok)) continue;
+    const float area = (b.u - a.u) * (c.v - a.v) - (b.v - a.v) * (c.u - a.u);
+    if (area == 0.0f || (prm.cull && !(area < 0.0f))) continue;
+    SoftBox box;
+    SoftAxisRange(a.bv, b.bv, c.bv, prm.radius, cam.height, &box.row0, &box.nrows);
+    if (box.nrows == 0 || box.row0 >= r1 || box.row0 + box.nrows <= r0) continue;
+    SoftAxisRange(a.bu, b.bu, c.bu, prm.radius, cam.width, &box.col0, &box.ncols);
+    if (box.ncols == 0) continue;
+    box.tri = static_cast<int32_t>(t);
+    out->push_back(box);
   }
-  if (!(z[0] >= cam.near && z[1] >= cam.near && z[2] >= cam.near)) return false;
-  const float f = cam.focal;
+}
+
+// Orders boxes by their first row (stable): the per-pixel buffers are then
+// visited row after row and stay in cache (mesh order jumps around the image).
+// Only the rounding of the per-pixel sums depends on this order.
+void SortByRow(std::vector<SoftBox>* boxes, int32_t height) {
+  std::vector<int32_t> start(height + 1, 0);
+  for (const SoftBox& b : *boxes) ++start[b.row0 + 1];
+  for (int32_t r = 0; r < height; ++r) start[r + 1] += start[r];
+  std::vector<SoftBox> out(boxes->size());
+  for (const SoftBox& b : *boxes) out[start[b.row0]++] = b;
+  boxes->swap(out);
+}
+
+SoftTri MakeSoftTri(const SoftBox& box, const SoftVertex* verts, const int32_t* tris) {
+  SoftTri s;
   for (int k = 0; k < 3; ++k) {
-    s->iz[k] = 1.0f / z[k];
-    s->u[k] = f * x[k] * s->iz[k] + cam.cx;
-    s->v[k] = f * y[k] * s->iz[k] + cam.cy;
-    if (!(std::isfinite(s->u[k]) && std::isfinite(s->v[k]))) return false;
+    s.vid[k] = tris[3 * static_cast<int64_t>(box.tri) + k];
+    const SoftVertex& p = verts[s.vid[k]];
+    s.u[k] = p.u;
+    s.v[k] = p.v;
+    s.iz[k] = p.iz;
   }
-  const float area = (s->u[1] - s->u[0]) * (s->v[2] - s->v[0]) -
-                     (s->v[1] - s->v[0]) * (s->u[2] - s->u[0]);
-  if (area == 0.0f) return false;
-  const bool front = area < 0.0f;
-  if (prm.cull && !front) return false;
-  AxisBounds(x, z, f, cam.cx, cam.width, cam.near, &s->col0, &s->ncols, prm.radius);
-  AxisBounds(y, z, f, cam.cy, cam.height, cam.near, &s->row0, &s->nrows, prm.radius);
-  if (s->ncols == 0 || s->nrows == 0) return false;
+  const float area = (s.u[1] - s.u[0]) * (s.v[2] - s.v[0]) - (s.v[1] - s.v[0]) * (s.u[2] - s.u[0]);
+  s.orient = area < 0.0f ? -1.0f : 1.0f;
   for (int k = 0; k < 3; ++k) {
     const int n = (k + 1) % 3;
-    s->eu[k] = s->u[n] - s->u[k];
-    s->ev[k] = s->v[n] - s->v[k];
-    s->len2[k] = s->eu[k] * s->eu[k] + s->ev[k] * s->ev[k];
-    s->inv_len2[k] = 1.0f / (s->len2[k] > 0.0f ? s->len2[k] : 1.0f);
+    s.eu[k] = s.u[n] - s.u[k];
+    s.ev[k] = s.v[n] - s.v[k];
+    s.len2[k] = s.eu[k] * s.eu[k] + s.ev[k] * s.ev[k];
+    s.inv_len2[k] = 1.0f / (s.len2[k] > 0.0f ? s.len2[k] : 1.0f);
   }
-  s->orient = front ? -1.0f : 1.0f;
-  return true;
+  s.col0 = box.col0;
+  s.row0 = box.row0;
+  s.ncols = box.ncols;
+  s.nrows = box.nrows;
+  return s;
 }
 
-// The soft-rasterizable triangles [begin, end) of one image, ordered by their
-// first row (stable): the per-pixel buffers are then visited row after row
-// and stay in cache (mesh order jumps around the image). Only the rounding of
-// the per-pixel sums depends on this order.
-std::vector<SoftTri> SoftSetupAll(const float* points, const int32_t* tris, int64_t begin,
-                                  int64_t end, const Camera& cam, const SoftParams& prm) {
-  std::vector<SoftTri> drawn;
-  drawn.reserve(end - begin);
-  SoftTri s;
-  std::vector<int64_t> start(cam.height + 1, 0);
-  for (int64_t t = begin; t < end; ++t) {
-    if (SoftSetup(points, tris + 3 * t, cam, prm, &s)) {
-      drawn.push_back(s);
-      ++start[s.row0 + 1];
+// kSoftLanes consecutive pixel centres of rows [row_begin, row_end) of a box
+// (row-major), the last lanes repeating the last pixel past its end.
+struct SoftSpan {
+  int32_t col0, ncols, row, col, row_end;
+  bool Next(const Camera& cam, SoftF* px, SoftF* py, int32_t* pixel, SoftI* valid) {
+    if (row >= row_end) return false;
+    for (int l = 0; l < kSoftLanes; ++l) {
+      const bool in = row < row_end;
+      (*valid)[l] = in ? -1 : 0;
+      if (in) {
+        (*px)[l] = static_cast<float>(col) + 0.5f;
+        (*py)[l] = static_cast<float>(row) + 0.5f;
+        pixel[l] = row * cam.width + col;
+        if (++col == col0 + ncols) {
+          col = col0;
+          ++row;
+        }
+      } else {
+        (*px)[l] = (*px)[l - 1];
+        (*py)[l] = (*py)[l - 1];
+        pixel[l] = pixel[l - 1];
+      }
     }
+    return true;
   }
-  for (int32_t r = 0; r < cam.height; ++r) start[r + 1] += start[r];
-  std::vector<SoftTri> out(drawn.size());
-  for (const SoftTri& d : drawn) out[start[d.row0]++] = d;
-  return out;
-}
-
-// One fragment of _soft_fragments with the intermediates the transpose needs.
-struct SoftFragment {
-  float au[3], av[3], s[3], t_raw[3], t[3], du[3], dv[3], d2[3], dist2_01, dist2;
-  bool inside;
-  float x, raw, prob, miss;  // miss = 1 - prob
-  float lam[3], lam_sum, w[3], w_sum, inv_w, z;
-  bool w_ok;
 };
 
-// Returns prob > 0 (the fragment is aggregated); fills the geometry part of
-// *q and prob, 1 - prob and the scaled depth z.
-inline bool SoftEval(const SoftTri& s, float px, float py, const SoftParams& prm,
-                     SoftFragment* q) {
+// kSoftLanes fragments of _soft_fragments with the intermediates the
+// transpose needs.
+struct SoftLanes {
+  SoftF au[3], av[3], s[3], t_raw[3], t[3], du[3], dv[3], d2[3], dist2_01, dist2;
+  SoftI inside, on;  // on: the fragment is aggregated (prob > 0)
+  SoftF x, raw, prob, miss;  // miss = 1 - prob
+  SoftF lam[3], lam_sum, w[3], w_sum, inv_w, z;
+  SoftI w_ok;
+};
+
+// Evaluates the fragments at (px, py) of the lanes in valid; false when none
+// is aggregated (then only q->on is set).
+inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const SoftParams& prm,
+                     SoftLanes* q) {
+  const SoftF zero = Splat(0.0f);
+  SoftI far = SoftI{0, 0, 0, 0};
   for (int k = 0; k < 3; ++k) {
     q->au[k] = px - s.u[k];
     q->av[k] = py - s.v[k];
     q->s[k] = (s.eu[k] * q->av[k] - s.ev[k] * q->au[k]) * s.orient;
+    // Farther than the aggregation radius from an edge's line, on its outer
+    // side: the distance to the triangle is larger still (a margin of 0.1%
+    // covers the rounding), so x <= x_skip below.
+    far |= (q->s[k] < zero) & (q->s[k] * q->s[k] > Splat(prm.dist2_skip * s.len2[k]));
   }
-  // Farther than the aggregation radius from an edge's line, on its outer
-  // side: the distance to the triangle is larger still (a margin of 0.1%
-  // covers the rounding), so x <= x_skip below.
-  for (int k = 0; k < 3; ++k) {
-    if (q->s[k] < 0.0f && q->s[k] * q->s[k] > prm.dist2_skip * s.len2[k]) return false;
-  }
-  q->inside = q->s[0] >= 0.0f && q->s[1] >= 0.0f && q->s[2] >= 0.0f;
+  q->on = valid & ~far;
+  if (!AnyI(q->on)) return false;
+  q->inside = (q->s[0] >= zero) & (q->s[1] >= zero) & (q->s[2] >= zero);
   for (int k = 0; k < 3; ++k) {
     q->t_raw[k] = (q->au[k] * s.eu[k] + q->av[k] * s.ev[k]) * s.inv_len2[k];
-    q->t[k] = std::min(std::max(0.0f, q->t_raw[k]), 1.0f);
+    q->t[k] = MinF(MaxF(zero, q->t_raw[k]), Splat(1.0f));
     q->du[k] = q->au[k] - q->t[k] * s.eu[k];
     q->dv[k] = q->av[k] - q->t[k] * s.ev[k];
     q->d2[k] = q->du[k] * q->du[k] + q->dv[k] * q->dv[k];
   }
-  q->dist2_01 = std::min(q->d2[0], q->d2[1]);
-  q->dist2 = std::min(q->dist2_01, q->d2[2]);
+  q->dist2_01 = MinF(q->d2[0], q->d2[1]);
+  q->dist2 = MinF(q->dist2_01, q->d2[2]);
   q->x = (q->inside ? q->dist2 : -q->dist2) / prm.sigma;
   // Far outside: sigmoid(x) <= cutoff without evaluating it (x_skip is below
   // logit(cutoff) by far more than the sigmoid's rounding).
-  if (!(q->x > prm.x_skip)) return false;
+  q->on &= q->x > Splat(prm.x_skip);
+  if (!AnyI(q->on)) return false;
   // sigmoid(x) and 1 - sigmoid(x), both accurate, from one exp(-|x|).
-  const float e = std::exp(-std::fabs(q->x));
-  const float r = 1.0f / (1.0f + e);
-  q->raw = q->x >= 0.0f ? r : e * r;
-  const bool keep = q->raw > prm.cutoff;
-  q->prob = keep ? (q->raw - prm.cutoff) / prm.keep_den : 0.0f;
-  if (!(q->prob > 0.0f)) return false;
+  const SoftF e = ExpF(-AbsF(q->x));
+  const SoftF r = 1.0f / (1.0f + e);
+  const SoftI pos = q->x >= zero;
+  q->raw = pos ? r : e * r;
+  q->on &= q->raw > Splat(prm.cutoff);  // prob > 0
+  if (!AnyI(q->on)) return false;
+  q->prob = (q->raw - prm.cutoff) / prm.keep_den;
   // 1 - D = (1 - sigmoid) / (1 - cutoff): the JAX code sums its logarithm,
   // -softplus(x) - log1p(-cutoff), and exponentiates the sum; the product
   // is the same up to rounding, without a logarithm per fragment.
-  q->miss = (q->x >= 0.0f ? e * r : r) / prm.keep_den;
-  for (int k = 0; k < 3; ++k) q->lam[k] = std::max(q->s[(k + 1) % 3], 0.0f);
+  q->miss = (pos ? e * r : r) / prm.keep_den;
+  for (int k = 0; k < 3; ++k) q->lam[k] = MaxF(q->s[(k + 1) % 3], zero);
   q->lam_sum = q->lam[0] + q->lam[1] + q->lam[2];
   for (int k = 0; k < 3; ++k) q->w[k] = q->lam[k] * s.iz[k];
   q->w_sum = q->w[0] + q->w[1] + q->w[2];
-  q->w_ok = q->w_sum > 0.0f;
-  q->inv_w = 1.0f / (q->w_ok ? q->w_sum : 1.0f);
-  const float depth = q->w_ok ? q->lam_sum * q->inv_w : 1.0f;
+  q->w_ok = q->w_sum > zero;
+  q->inv_w = 1.0f / (q->w_ok ? q->w_sum : Splat(1.0f));
+  const SoftF depth = q->w_ok ? q->lam_sum * q->inv_w : Splat(1.0f);
   q->z = (prm.zf - depth) / prm.zden;
   return true;
 }
 
-// Interpolated attribute c of a fragment (after SoftEval).
-inline float SoftValue(const SoftFragment& q, const float* a0, const float* a1,
-                       const float* a2, int64_t c) {
-  return (q.w[0] * a0[c] + q.w[1] * a1[c] + q.w[2] * a2[c]) * q.inv_w;
-}
-
-// Forward of rows [r0, r1) of one image: each fragment is evaluated once
-// into a buffer (pixel, prob, z, log(1 - D), attributes) while the per-pixel
-// maximum scaled depth is found, then aggregated in the same order.
-void SoftForwardRows(const std::vector<SoftTri>& tris, const float* attr, int64_t channels,
+// Forward of rows [r0, r1) of one image (boxes ordered by row). The depth
+// softmax runs online: each pixel keeps its largest scaled depth so far m,
+// and its sums of weights prob exp((z - m) / gamma) (with and without the
+// attributes), rescaled by exp((m_old - m) / gamma) when m grows, and the
+// product of 1 - D. kChannels > 0: compiled for that many channels.
+template <int kChannels>
+void SoftForwardRows(const std::vector<SoftBox>& boxes, const SoftVertex* verts,
+                     const int32_t* tris, const float* attr, int64_t num_channels,
                      const float* bg, const Camera& cam, const SoftParams& prm, int32_t r0,
                      int32_t r1, float* image, float* alpha, float* zmax, float* total,
                      float* miss) {
+  const int64_t channels = kChannels > 0 ? kChannels : num_channels;
   const int64_t width = cam.width;
   const int64_t first = r0 * width, last = r1 * width;
-  std::fill(zmax + first, zmax + last, prm.eps);
-  const int64_t frag_size = 3 + channels;
-  std::vector<int32_t> frag_pixel(8 * tris.size() + 64);
-  std::vector<float> frag(frag_pixel.size() * frag_size);
-  size_t num_frags = 0;
-  SoftFragment q;
-  for (const SoftTri& s : tris) {
-    const int32_t rb = std::max(s.row0, r0), re = std::min(s.row0 + s.nrows, r1);
+  // Per pixel: m, sum of weights, sum of weighted attributes [C], prod(1 - D).
+  const int64_t rec = channels + 3;
+  std::vector<float> acc((last - first) * rec, 0.0f);
+  for (int64_t i = 0; i < last - first; ++i) {
+    acc[i * rec] = prm.eps;
+    acc[i * rec + rec - 1] = 1.0f;
+  }
+  std::vector<SoftF> values_buffer(kChannels > 0 ? 0 : channels);
+  SoftF values_fixed[kChannels > 0 ? kChannels : 1];
+  SoftF* values = kChannels > 0 ? values_fixed : values_buffer.data();
+  const SoftF inv_gamma_den = Splat(prm.gamma);
+  SoftLanes q;
+  for (const SoftBox& box : boxes) {
+    const int32_t rb = std::max(box.row0, r0), re = std::min(box.row0 + box.nrows, r1);
     if (rb >= re) continue;
-    const size_t box = static_cast<size_t>(re - rb) * s.ncols;
-    if (num_frags + box > frag_pixel.size()) {
-      frag_pixel.resize(2 * (num_frags + box));
-      frag.resize(frag_pixel.size() * frag_size);
-    }
-    const float* a0 = attr + channels * s.vid[0];
-    const float* a1 = attr + channels * s.vid[1];
-    const float* a2 = attr + channels * s.vid[2];
-    for (int32_t row = rb; row < re; ++row) {
-      const float py = static_cast<float>(row) + 0.5f;
-      for (int32_t col = s.col0; col < s.col0 + s.ncols; ++col) {
-        if (!SoftEval(s, static_cast<float>(col) + 0.5f, py, prm, &q)) continue;
-        const int32_t i = static_cast<int32_t>(row * width + col);
-        zmax[i] = std::max(zmax[i], q.z);
-        frag_pixel[num_frags] = i;
-        float* f = frag.data() + num_frags * frag_size;
-        f[0] = q.prob;
-        f[1] = q.z;
-        f[2] = q.miss;
-        for (int64_t c = 0; c < channels; ++c) f[3 + c] = SoftValue(q, a0, a1, a2, c);
-        ++num_frags;
+    const SoftTri s = MakeSoftTri(box, verts, tris);
+    const float* a[3] = {attr + channels * s.vid[0], attr + channels * s.vid[1],
+                         attr + channels * s.vid[2]};
+    SoftSpan span{s.col0, s.ncols, rb, s.col0, re};
+    SoftF px = Splat(0.0f), py = Splat(0.0f);
+    SoftI valid = SoftI{0, 0, 0, 0};
+    int32_t pixel[kSoftLanes];
+    while (span.Next(cam, &px, &py, pixel, &valid)) {
+      if (!SoftEval(s, px, py, valid, prm, &q)) continue;
+      SoftF m;
+      for (int l = 0; l < kSoftLanes; ++l) m[l] = acc[(pixel[l] - first) * rec];
+      const SoftF m_new = q.on ? MaxF(m, q.z) : m;
+      const SoftF scale = ExpF((m - m_new) / inv_gamma_den);
+      const SoftF weight = q.prob * ExpF((q.z - m_new) / inv_gamma_den);
+      for (int64_t c = 0; c < channels; ++c) {
+        values[c] = (q.w[0] * a[0][c] + q.w[1] * a[1][c] + q.w[2] * a[2][c]) * q.inv_w;
+      }
+      for (int l = 0; l < kSoftLanes; ++l) {
+        if (!q.on[l]) continue;
+        float* p = acc.data() + (pixel[l] - first) * rec;
+        p[0] = m_new[l];
+        p[1] = p[1] * scale[l] + weight[l];
+        for (int64_t c = 0; c < channels; ++c) p[2 + c] = p[2 + c] * scale[l] + weight[l] * values[c][l];
+        p[rec - 1] *= q.miss[l];
       }
     }
   }
-  const int64_t row_size = channels + 2;
-  std::vector<float> acc((last - first) * row_size, 0.0f);
-  for (int64_t i = 0; i < last - first; ++i) acc[i * row_size + 1 + channels] = 1.0f;
-  for (size_t j = 0; j < num_frags; ++j) {
-    const int64_t i = frag_pixel[j];
-    const float* f = frag.data() + j * frag_size;
-    const float weight = f[0] * std::exp((f[1] - zmax[i]) / prm.gamma);
-    float* a = acc.data() + (i - first) * row_size;
-    a[0] += weight;
-    for (int64_t c = 0; c < channels; ++c) a[1 + c] += weight * f[3 + c];
-    a[1 + channels] *= f[2];
-  }
   for (int64_t i = first; i < last; ++i) {
-    const float* a = acc.data() + (i - first) * row_size;
+    const float* p = acc.data() + (i - first) * rec;
+    zmax[i] = p[0];
     const float w_bg = std::exp((prm.eps - zmax[i]) / prm.gamma);
-    total[i] = a[0] + w_bg;
+    total[i] = p[1] + w_bg;
     for (int64_t c = 0; c < channels; ++c) {
-      image[i * channels + c] = (a[1 + c] + w_bg * bg[i * channels + c]) / total[i];
+      image[i * channels + c] = (p[2 + c] + w_bg * bg[i * channels + c]) / total[i];
     }
-    miss[i] = a[1 + channels];
+    miss[i] = p[rec - 1];
     alpha[i] = 1.0f - miss[i];
   }
 }
 
 // Gradient factor of jnp.maximum / jnp.minimum w.r.t. operand x of result z
 // (the other operand y): JAX splits ties evenly.
-inline float Balanced(float x, float z, float y) {
-  return x == z ? (y == z ? 0.5f : 1.0f) : 0.0f;
+inline SoftF BalancedF(SoftF x, SoftF z, SoftF y) {
+  return x == z ? (y == z ? Splat(0.5f) : Splat(1.0f)) : Splat(0.0f);
 }
 
-// Transpose of a fragment's squared distance to the triangle (gradient g_dist2)
-// and of its edge functions s (gradients g_s, or none), into the gradients of
-// the triangle's fields.
-inline void SoftBackwardDistance(const SoftTri& s, const SoftFragment& q, float g_dist2,
-                                 const float* g_s, float* g_u, float* g_v, float* g_eu,
-                                 float* g_ev, float* g_il) {
-  const float g_d01 = g_dist2 * Balanced(q.dist2_01, q.dist2, q.d2[2]);
-  const float g_d2[3] = {g_d01 * Balanced(q.d2[0], q.dist2_01, q.d2[1]),
-                         g_d01 * Balanced(q.d2[1], q.dist2_01, q.d2[0]),
-                         g_dist2 * Balanced(q.d2[2], q.dist2, q.dist2_01)};
+// Per-lane sums of the gradients of one triangle's fields.
+struct SoftTriGrad {
+  SoftF u[3], v[3], iz[3], eu[3], ev[3], il[3];
+};
+
+// Transpose of the fragments' squared distances to the triangle (gradient
+// g_dist2) and of their edge functions s (gradients g_s), into the gradients
+// of the triangle's fields.
+inline void SoftBackwardDistance(const SoftTri& s, const SoftLanes& q, SoftF g_dist2,
+                                 const SoftF* g_s, SoftTriGrad* g) {
+  const SoftF zero = Splat(0.0f), one = Splat(1.0f);
+  const SoftF g_d01 = g_dist2 * BalancedF(q.dist2_01, q.dist2, q.d2[2]);
+  const SoftF g_d2[3] = {g_d01 * BalancedF(q.d2[0], q.dist2_01, q.d2[1]),
+                         g_d01 * BalancedF(q.d2[1], q.dist2_01, q.d2[0]),
+                         g_dist2 * BalancedF(q.d2[2], q.dist2, q.dist2_01)};
   for (int k = 0; k < 3; ++k) {
-    float g_au = 0.0f, g_av = 0.0f;
-    if (g_d2[k] != 0.0f) {
-      const float g_du = 2.0f * q.du[k] * g_d2[k];
-      const float g_dv = 2.0f * q.dv[k] * g_d2[k];
-      g_au += g_du;
-      g_av += g_dv;
-      g_eu[k] -= q.t[k] * g_du;
-      g_ev[k] -= q.t[k] * g_dv;
-      const float g_t = -(g_du * s.eu[k] + g_dv * s.ev[k]);
-      // t = min(1, max(0, t_raw)) (jnp.clip).
-      const float m = std::max(0.0f, q.t_raw[k]);
-      const float g_tr = g_t * Balanced(m, q.t[k], 1.0f) * Balanced(q.t_raw[k], m, 0.0f);
-      if (g_tr != 0.0f) {
-        const float dotp = q.au[k] * s.eu[k] + q.av[k] * s.ev[k];
-        g_il[k] += g_tr * dotp;
-        const float g_dotp = g_tr * s.inv_len2[k];
-        g_au += g_dotp * s.eu[k];
-        g_eu[k] += g_dotp * q.au[k];
-        g_av += g_dotp * s.ev[k];
-        g_ev[k] += g_dotp * q.av[k];
-      }
-    }
-    if (g_s != nullptr && g_s[k] != 0.0f) {
-      const float g_c = g_s[k] * s.orient;
-      g_eu[k] += g_c * q.av[k];
-      g_av += g_c * s.eu[k];
-      g_ev[k] -= g_c * q.au[k];
-      g_au -= g_c * s.ev[k];
-    }
-    g_u[k] -= g_au;
-    g_v[k] -= g_av;
+    const SoftF g_du = 2.0f * q.du[k] * g_d2[k];
+    const SoftF g_dv = 2.0f * q.dv[k] * g_d2[k];
+    SoftF g_au = g_du, g_av = g_dv;
+    g->eu[k] -= q.t[k] * g_du;
+    g->ev[k] -= q.t[k] * g_dv;
+    const SoftF g_t = -(g_du * s.eu[k] + g_dv * s.ev[k]);
+    // t = min(1, max(0, t_raw)) (jnp.clip).
+    const SoftF m = MaxF(zero, q.t_raw[k]);
+    const SoftF g_tr = g_t * BalancedF(m, q.t[k], one) * BalancedF(q.t_raw[k], m, zero);
+    const SoftF dotp = q.au[k] * s.eu[k] + q.av[k] * s.ev[k];
+    g->il[k] += g_tr * dotp;
+    const SoftF g_dotp = g_tr * s.inv_len2[k];
+    g_au += g_dotp * s.eu[k];
+    g->eu[k] += g_dotp * q.au[k];
+    g_av += g_dotp * s.ev[k];
+    g->ev[k] += g_dotp * q.av[k];
+    const SoftF g_c = g_s[k] * s.orient;
+    g->eu[k] += g_c * q.av[k];
+    g_av += g_c * s.eu[k];
+    g->ev[k] -= g_c * q.au[k];
+    g_au -= g_c * s.ev[k];
+    g->u[k] -= g_au;
+    g->v[k] -= g_av;
   }
 }
 
@@ -1543,81 +1659,89 @@ inline void SoftBackwardDistance(const SoftTri& s, const SoftFragment& q, float 
 // (g_c / total for each channel c, sum_c g_c image_c / total, -g_alpha * miss);
 // adds d points [V, 3] and d attributes [V, C] of its vertices. kChannels > 0:
 // compiled for that many channels (the common case, unrolled), else any.
+// Lanes that are not aggregated get zero seeds, hence add exact zeros.
 template <int kChannels>
 void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* attr,
                           int64_t num_channels, const float* pix, const float* zmax,
                           const Camera& cam, const SoftParams& prm, float* d_points,
                           int64_t dp_stride, float* d_attr, int64_t da_stride,
-                          std::vector<float>& g_attr_buffer) {
+                          std::vector<SoftF>& g_attr_buffer) {
   const int64_t channels = kChannels > 0 ? kChannels : num_channels;
-  float g_attr_fixed[3 * (kChannels > 0 ? kChannels : 1)];
-  float* g_attr = kChannels > 0 ? g_attr_fixed : g_attr_buffer.data();
-  const int64_t width = cam.width;
+  SoftF g_attr_fixed[3 * (kChannels > 0 ? kChannels : 1)];
+  SoftF* g_attr = kChannels > 0 ? g_attr_fixed : g_attr_buffer.data();
   const int64_t pix_size = channels + 2;
   const float* av[3] = {attr + channels * s.vid[0], attr + channels * s.vid[1],
                         attr + channels * s.vid[2]};
-  float g_u[3] = {0, 0, 0}, g_v[3] = {0, 0, 0}, g_iz[3] = {0, 0, 0};
-  float g_eu[3] = {0, 0, 0}, g_ev[3] = {0, 0, 0}, g_il[3] = {0, 0, 0};
-  std::fill(g_attr, g_attr + 3 * channels, 0.0f);
-  SoftFragment q;
-  for (int32_t row = s.row0; row < s.row0 + s.nrows; ++row) {
-    const float py = static_cast<float>(row) + 0.5f;
-    for (int32_t col = s.col0; col < s.col0 + s.ncols; ++col) {
-      if (!SoftEval(s, static_cast<float>(col) + 0.5f, py, prm, &q)) continue;
-      const int64_t i = row * width + col;
-      const float* p = pix + i * pix_size;
-      const float e = std::exp((q.z - zmax[i]) / prm.gamma);
-      const float weight = q.prob * e;
-      const float g_lm = p[channels + 1];
-      if (e == 0.0f) {
-        // A fragment far behind: only log(1 - D) has a gradient.
-        const float g_dist2 = (q.inside ? -g_lm * q.raw : g_lm * q.raw) / prm.sigma;
-        SoftBackwardDistance(s, q, g_dist2, nullptr, g_u, g_v, g_eu, g_ev, g_il);
-        continue;
-      }
-      // Through image = (sum w a + w_bg bg) / total and alpha = 1 - exp(sum lm).
-      float g_w = -p[channels];
-      float num_dot = 0.0f;  // sum_c g_value_c * (w . a_c)
-      float g_wk_attr[3] = {0, 0, 0};
-      for (int64_t c = 0; c < channels; ++c) {
-        const float num = q.w[0] * av[0][c] + q.w[1] * av[1][c] + q.w[2] * av[2][c];
-        g_w += p[c] * (num * q.inv_w);
-        const float g_val = p[c] * weight;
-        num_dot += g_val * num;
-        const float g_num = g_val * q.inv_w;
-        for (int k = 0; k < 3; ++k) {
-          g_wk_attr[k] += g_num * av[k][c];
-          g_attr[k * channels + c] += g_num * q.w[k];
-        }
-      }
-      const float g_prob = g_w * e;
-      const float g_z = g_w * weight / prm.gamma;
-      // Depth and attribute interpolation.
-      float g_lam_sum = 0.0f, g_wsum = 0.0f;
-      if (q.w_ok) {
-        const float g_depth = -g_z / prm.zden;
-        const float g_inv_w = g_depth * q.lam_sum + num_dot;
-        g_lam_sum = g_depth * q.inv_w;
-        g_wsum = -g_inv_w * q.inv_w * q.inv_w;
-      }
-      float g_s[3] = {0, 0, 0};
-      for (int k = 0; k < 3; ++k) {
-        const float g_wk = g_wsum + g_wk_attr[k];
-        g_iz[k] += g_wk * q.lam[k];
-        const float g_lam = g_wk * s.iz[k] + g_lam_sum;
-        const int n = (k + 1) % 3;
-        g_s[n] += g_lam * Balanced(q.s[n], q.lam[k], 0.0f);
-      }
-      // Probability and log(1 - D) through x = ±dist2 / sigma.
-      const float g_x = g_prob / prm.keep_den * (q.raw * (1.0f - q.raw)) - g_lm * q.raw;
-      const float g_dist2 = (q.inside ? g_x : -g_x) / prm.sigma;
-      SoftBackwardDistance(s, q, g_dist2, g_s, g_u, g_v, g_eu, g_ev, g_il);
+  const SoftF zero = Splat(0.0f);
+  SoftTriGrad g;
+  for (int k = 0; k < 3; ++k) {
+    g.u[k] = g.v[k] = g.iz[k] = g.eu[k] = g.ev[k] = g.il[k] = zero;
+  }
+  for (int64_t j = 0; j < 3 * channels; ++j) g_attr[j] = zero;
+  SoftLanes q;
+  SoftSpan span{s.col0, s.ncols, s.row0, s.col0, s.row0 + s.nrows};
+  SoftF px = Splat(0.0f), py = Splat(0.0f);
+  SoftI valid = SoftI{0, 0, 0, 0};
+  int32_t pixel[kSoftLanes];
+  while (span.Next(cam, &px, &py, pixel, &valid)) {
+    if (!SoftEval(s, px, py, valid, prm, &q)) continue;
+    SoftF zm, g_lm, g_w;
+    for (int l = 0; l < kSoftLanes; ++l) {
+      const float* p = pix + pixel[l] * pix_size;
+      zm[l] = zmax[pixel[l]];
+      g_lm[l] = p[channels + 1];
+      g_w[l] = -p[channels];
     }
+    const SoftF e = q.on ? ExpF((q.z - zm) / prm.gamma) : zero;
+    const SoftF weight = q.prob * e;
+    g_lm = q.on ? g_lm : zero;
+    // Through image = (sum w a + w_bg bg) / total and alpha = 1 - exp(sum lm).
+    SoftF num_dot = zero;  // sum_c g_value_c * (w . a_c)
+    SoftF g_wk_attr[3] = {zero, zero, zero};
+    for (int64_t c = 0; c < channels; ++c) {
+      SoftF pc;
+      for (int l = 0; l < kSoftLanes; ++l) pc[l] = pix[pixel[l] * pix_size + c];
+      const SoftF num = q.w[0] * av[0][c] + q.w[1] * av[1][c] + q.w[2] * av[2][c];
+      g_w += pc * (num * q.inv_w);
+      const SoftF g_val = pc * weight;
+      num_dot += g_val * num;
+      const SoftF g_num = g_val * q.inv_w;
+      for (int k = 0; k < 3; ++k) {
+        g_wk_attr[k] += g_num * av[k][c];
+        g_attr[k * channels + c] += g_num * q.w[k];
+      }
+    }
+    const SoftF g_prob = g_w * e;
+    const SoftF g_z = g_w * weight / prm.gamma;
+    // Depth and attribute interpolation.
+    const SoftF g_depth = -g_z / prm.zden;
+    const SoftF g_inv_w = g_depth * q.lam_sum + num_dot;
+    const SoftF g_lam_sum = q.w_ok ? g_depth * q.inv_w : zero;
+    const SoftF g_wsum = q.w_ok ? -g_inv_w * q.inv_w * q.inv_w : zero;
+    SoftF g_s[3] = {zero, zero, zero};
+    for (int k = 0; k < 3; ++k) {
+      const SoftF g_wk = g_wsum + g_wk_attr[k];
+      g.iz[k] += g_wk * q.lam[k];
+      const SoftF g_lam = g_wk * s.iz[k] + g_lam_sum;
+      const int n = (k + 1) % 3;
+      g_s[n] += g_lam * BalancedF(q.s[n], q.lam[k], zero);
+    }
+    // Probability and log(1 - D) through x = ±dist2 / sigma.
+    const SoftF g_x = g_prob / prm.keep_den * (q.raw * (1.0f - q.raw)) - g_lm * q.raw;
+    const SoftF g_dist2 = (q.inside ? g_x : -g_x) / prm.sigma;
+    SoftBackwardDistance(s, q, g_dist2, g_s, &g);
   }
   // Edge set-up, projection and the vertex gathers.
+  float g_u[3], g_v[3], g_eu[3], g_ev[3];
+  for (int k = 0; k < 3; ++k) {
+    g_u[k] = SumF(g.u[k]);
+    g_v[k] = SumF(g.v[k]);
+    g_eu[k] = SumF(g.eu[k]);
+    g_ev[k] = SumF(g.ev[k]);
+  }
   for (int k = 0; k < 3; ++k) {
     if (s.len2[k] > 0.0f) {
-      const float g_len2 = -g_il[k] * s.inv_len2[k] * s.inv_len2[k];
+      const float g_len2 = -SumF(g.il[k]) * s.inv_len2[k] * s.inv_len2[k];
       g_eu[k] += 2.0f * s.eu[k] * g_len2;
       g_ev[k] += 2.0f * s.ev[k] * g_len2;
     }
@@ -1630,13 +1754,13 @@ void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* at
   const float f = cam.focal;
   for (int k = 0; k < 3; ++k) {
     const float* pk = points + 3 * static_cast<int64_t>(s.vid[k]);
-    const float g_izk = g_iz[k] + g_u[k] * (f * pk[0]) + g_v[k] * (f * pk[1]);
+    const float g_izk = SumF(g.iz[k]) + g_u[k] * (f * pk[0]) + g_v[k] * (f * pk[1]);
     float* dp = d_points + dp_stride * s.vid[k];
     dp[0] += g_u[k] * s.iz[k] * f;
     dp[1] += g_v[k] * s.iz[k] * f;
     dp[2] -= g_izk * s.iz[k] * s.iz[k];
     float* da = d_attr + da_stride * s.vid[k];
-    for (int64_t c = 0; c < channels; ++c) da[c] += g_attr[k * channels + c];
+    for (int64_t c = 0; c < channels; ++c) da[c] += SumF(g_attr[k * channels + c]);
   }
 }
 
@@ -1672,6 +1796,35 @@ SoftParams MakeSoftParams(const float* params, int32_t cull, float eps, float zf
                     cull != 0, x_skip, -x_skip * params[0] * 1.001f};
 }
 
+// The SoftVertex tables of a batch's images, for work units that are parts
+// of an image: with one unit per image (parts == 1) each unit fills a table
+// of its own (Of), else they are filled here for all images, split over the
+// parts of each image.
+struct SoftVertexTables {
+  std::vector<SoftVertex> shared;
+  int64_t num_vertices, parts;
+
+  SoftVertexTables(const MeshBatch& m, const float* points, const Camera& cam, int64_t parts)
+      : num_vertices(m.num_vertices), parts(parts) {
+    if (parts == 1) return;
+    shared.resize(m.num_images * num_vertices);
+    ParallelFor(m.num_images * parts, [&](int64_t unit) {
+      const int64_t im = unit / parts, part = unit % parts;
+      SoftVertices(points + im * num_vertices * 3, num_vertices * part / parts,
+                   num_vertices * (part + 1) / parts, cam, shared.data() + im * num_vertices);
+    });
+  }
+
+  // The table of image im; local: storage for a unit's own table.
+  const SoftVertex* Of(int64_t im, const float* points, const Camera& cam,
+                       std::vector<SoftVertex>* local) const {
+    if (parts > 1) return shared.data() + im * num_vertices;
+    local->resize(num_vertices);
+    SoftVertices(points + im * num_vertices * 3, 0, num_vertices, cam, local->data());
+    return local->data();
+  }
+};
+
 // points [..., V, 3], attributes [..., V, C], background [..., H, W, C],
 // triangles [..., F, 3], params [..., 3]. Results: image [..., H, W, C], alpha,
 // and the residuals of the transpose: zmax, total (sum of the weights with
@@ -1698,6 +1851,7 @@ ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32>
   }
   const Camera cam{width, height, focal, cx, cy, near};
   const int64_t bands = BandsPerImage(m.num_images, height);
+  const SoftVertexTables tables(m, points.typed_data(), cam, bands);
   ParallelFor(m.num_images * bands, [&](int64_t unit) {
     const int64_t im = unit / bands, band = unit % bands;
     const SoftParams prm =
@@ -1705,18 +1859,25 @@ ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32>
                        cutoff, keep_den);
     const int32_t r0 = static_cast<int32_t>(height * band / bands);
     const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
-    const float* pts = points.typed_data() + im * m.num_vertices * 3;
-    std::vector<SoftTri> tris = SoftSetupAll(pts, m.TrianglesOf(im), 0, m.num_faces, cam, prm);
-    if (bands > 1) {
-      tris.erase(std::remove_if(tris.begin(), tris.end(), [&](const SoftTri& s) {
-                   return s.row0 >= r1 || s.row0 + s.nrows <= r0;
-                 }), tris.end());
+    std::vector<SoftVertex> local;
+    const SoftVertex* verts = tables.Of(im, points.typed_data(), cam, &local);
+    std::vector<SoftBox> boxes;
+    boxes.reserve(m.num_faces / bands + 16);
+    SoftBoxes(verts, m.TrianglesOf(im), 0, m.num_faces, cam, prm, r0, r1, &boxes);
+    SortByRow(&boxes, height);
+    auto run = [&](auto forward) {
+      forward(boxes, verts, m.TrianglesOf(im),
+              attributes.typed_data() + im * m.num_vertices * channels, channels,
+              background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
+              image->typed_data() + im * num_pixels * channels,
+              alpha->typed_data() + im * num_pixels, zmax->typed_data() + im * num_pixels,
+              total->typed_data() + im * num_pixels, miss->typed_data() + im * num_pixels);
+    };
+    if (channels == 3) {
+      run(SoftForwardRows<3>);
+    } else {
+      run(SoftForwardRows<0>);
     }
-    SoftForwardRows(tris, attributes.typed_data() + im * m.num_vertices * channels, channels,
-                    background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
-                    image->typed_data() + im * num_pixels * channels,
-                    alpha->typed_data() + im * num_pixels, zmax->typed_data() + im * num_pixels,
-                    total->typed_data() + im * num_pixels, miss->typed_data() + im * num_pixels);
   });
   return ffi::Error::Success();
 }
@@ -1776,6 +1937,7 @@ ffi::Error SoftRasterizeGradImpl(
   const int64_t row_size = 3 + channels;
   std::vector<float> scratch(parts > 1 ? m.num_images * parts * m.num_vertices * row_size : 0,
                              0.0f);
+  const SoftVertexTables tables(m, points.typed_data(), cam, parts);
   ParallelFor(m.num_images * parts, [&](int64_t unit) {
     const int64_t im = unit / parts, part = unit % parts;
     const SoftParams prm = prm_of(im);
@@ -1792,13 +1954,19 @@ ffi::Error SoftRasterizeGradImpl(
       std::fill(dp, dp + m.num_vertices * 3, 0.0f);
       std::fill(da, da + m.num_vertices * channels, 0.0f);
     }
-    const std::vector<SoftTri> tris =
-        SoftSetupAll(pts, m.TrianglesOf(im), m.num_faces * part / parts,
-                     m.num_faces * (part + 1) / parts, cam, prm);
-    std::vector<float> g_attr(3 * channels);
+    std::vector<SoftVertex> local;
+    const SoftVertex* verts = tables.Of(im, points.typed_data(), cam, &local);
+    std::vector<SoftBox> boxes;
+    boxes.reserve(m.num_faces / parts + 16);
+    const int32_t* tris = m.TrianglesOf(im);
+    SoftBoxes(verts, tris, m.num_faces * part / parts, m.num_faces * (part + 1) / parts, cam,
+              prm, 0, height, &boxes);
+    SortByRow(&boxes, height);
+    std::vector<SoftF> g_attr(3 * channels);
     const float* image_pix = pix.data() + im * num_pixels * pix_size;
     const float* image_zmax = zmax.typed_data() + im * num_pixels;
-    for (const SoftTri& s : tris) {
+    for (const SoftBox& box : boxes) {
+      const SoftTri s = MakeSoftTri(box, verts, tris);
       if (channels == 3) {
         SoftBackwardTriangle<3>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
                                 dp_stride, da, da_stride, g_attr);

@@ -149,10 +149,13 @@ def config_from_flags(stage: str, flag_values=None) -> TrainConfig:
 
 
 def setup_runtime() -> None:
-  """Compilation cache and jax.distributed from the parsed flags (call first in main)."""
+  """Host memory, compilation cache and jax.distributed from the parsed flags (call
+  first in main, before any computation: see host_memory.keep_freed_memory)."""
   import jax  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
+  from focus_jax import host_memory  # pylint: disable=import-outside-toplevel
   from focus_jax.train import parallel  # pylint: disable=import-outside-toplevel
+  host_memory.keep_freed_memory()
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)   # orbax logs every file operation at INFO
   cache = flags.FLAGS.compilation_cache
