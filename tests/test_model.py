@@ -102,3 +102,19 @@ def test_make_model_rejects_bad_arrays():
     morphable.make_model(m.mean, None, None, None, None, np.array([[0, 1, 10_000]]))
   with pytest.raises(errors.CoefficientError, match="landmarks"):
     morphable.make_model(m.mean, None, None, None, None, m.triangles, landmarks=np.zeros(5))
+
+
+def test_model_without_expression_or_albedo_components():
+  """Bases with no components (K = 0, e.g. a shape-only model) give the mean and
+  zero-sized gradients, batched and under jit (a -1 in the basis reshape divides
+  by zero on newer jax)."""
+  m = tiny_model()
+  bare = morphable.make_model(m.mean, m.shape_basis, None, m.albedo_mean, None, m.triangles)
+  assert bare.num_expression == 0 and bare.num_albedo == 0
+  s = np.random.default_rng(3).normal(size=(2, bare.num_shape)).astype(np.float32)
+  verts = jax.jit(morphable.vertices)(bare, s, np.zeros((2, 0), np.float32))
+  np.testing.assert_allclose(verts, morphable.vertices(m, s), rtol=1e-6, atol=1e-5)
+  np.testing.assert_array_equal(morphable.albedo(bare, np.zeros((2, 0), np.float32)),
+                                np.broadcast_to(m.albedo_mean, (2,) + m.albedo_mean.shape))
+  grad = jax.grad(lambda e: jnp.sum(morphable.vertices(bare, s, e)))(jnp.zeros((2, 0)))
+  assert grad.shape == (2, 0)

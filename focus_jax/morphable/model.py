@@ -157,7 +157,8 @@ def _basis_product(coeffs, basis):
   [K, V, 3]: XLA:CPU runs the einsum's transpose (the coefficients' gradient) as a
   dot over a transposed copy of the basis, ~6x slower for one face.
   """
-  flat = jnp.reshape(basis, (basis.shape[0], -1))
+  # An explicit width, not -1: a basis may have no components (K = 0).
+  flat = jnp.reshape(basis, (basis.shape[0], basis.shape[1] * basis.shape[2]))
   out = jnp.matmul(coeffs, flat, precision="highest")
   return jnp.reshape(out, out.shape[:-1] + basis.shape[1:])
 

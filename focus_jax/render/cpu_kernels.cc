@@ -1374,9 +1374,12 @@ void SoftAxisRange(float p0, float p1, float p2, float pad, int32_t size, int32_
   *count_out = std::max(last - first + 1, 0);
 }
 
-// A triangle that soft-rasterizes something: its index and padded box.
+// A triangle that soft-rasterizes something: its vertices, their projections
+// and inverse depths, and its padded box (one cache line).
 struct SoftBox {
-  int32_t tri, col0, row0, ncols, nrows;
+  int32_t vid[3];
+  float u[3], v[3], iz[3];
+  int32_t col0, row0, ncols, nrows;
 };
 
 // Per-triangle set-up of _soft_triangles.
@@ -1404,7 +1407,13 @@ void SoftBoxes(const SoftVertex* verts, const int32_t* tris, int64_t begin, int6
     if (box.nrows == 0 || box.row0 >= r1 || box.row0 + box.nrows <= r0) continue;
     SoftAxisRange(a.bu, b.bu, c.bu, prm.radius, cam.width, &box.col0, &box.ncols);
     if (box.ncols == 0) continue;
-    box.tri = static_cast<int32_t>(t);
+    const SoftVertex* p[3] = {&a, &b, &c};
+    for (int k = 0; k < 3; ++k) {
+      box.vid[k] = tris[3 * t + k];
+      box.u[k] = p[k]->u;
+      box.v[k] = p[k]->v;
+      box.iz[k] = p[k]->iz;
+    }
     out->push_back(box);
   }
 }
@@ -1421,14 +1430,13 @@ void SortByRow(std::vector<SoftBox>* boxes, int32_t height) {
   boxes->swap(out);
 }
 
-SoftTri MakeSoftTri(const SoftBox& box, const SoftVertex* verts, const int32_t* tris) {
+SoftTri MakeSoftTri(const SoftBox& box) {
   SoftTri s;
   for (int k = 0; k < 3; ++k) {
-    s.vid[k] = tris[3 * static_cast<int64_t>(box.tri) + k];
-    const SoftVertex& p = verts[s.vid[k]];
-    s.u[k] = p.u;
-    s.v[k] = p.v;
-    s.iz[k] = p.iz;
+    s.vid[k] = box.vid[k];
+    s.u[k] = box.u[k];
+    s.v[k] = box.v[k];
+    s.iz[k] = box.iz[k];
   }
   const float area = (s.u[1] - s.u[0]) * (s.v[2] - s.v[0]) - (s.v[1] - s.v[0]) * (s.u[2] - s.u[0]);
   s.orient = area < 0.0f ? -1.0f : 1.0f;
@@ -1446,29 +1454,42 @@ SoftTri MakeSoftTri(const SoftBox& box, const SoftVertex* verts, const int32_t* 
   return s;
 }
 
-// kSoftLanes consecutive pixel centres of rows [row_begin, row_end) of a box
-// (row-major), the last lanes repeating the last pixel past its end.
+// The pixel centres of rows [row, row_end) of a box (row-major),
+// kSoftLanes at a time; lanes past the end repeat its last pixel (not valid).
+// Lane coordinates come from the fragment's index j in the box, j = k ncols
+// + r, all in exact float integer arithmetic (k from a rounded quotient,
+// then corrected by one step): no branches.
 struct SoftSpan {
-  int32_t col0, ncols, row, col, row_end;
-  bool Next(const Camera& cam, SoftF* px, SoftF* py, int32_t* pixel, SoftI* valid) {
-    if (row >= row_end) return false;
-    for (int l = 0; l < kSoftLanes; ++l) {
-      const bool in = row < row_end;
-      (*valid)[l] = in ? -1 : 0;
-      if (in) {
-        (*px)[l] = static_cast<float>(col) + 0.5f;
-        (*py)[l] = static_cast<float>(row) + 0.5f;
-        pixel[l] = row * cam.width + col;
-        if (++col == col0 + ncols) {
-          col = col0;
-          ++row;
-        }
-      } else {
-        (*px)[l] = (*px)[l - 1];
-        (*py)[l] = (*py)[l - 1];
-        pixel[l] = pixel[l - 1];
-      }
-    }
+  int32_t next, count;
+  SoftF ncols, inv_ncols, col0, row0, last;
+  SoftI width;
+
+  SoftSpan(const Camera& cam, int32_t col0_, int32_t ncols_, int32_t row, int32_t row_end)
+      : next(0), count(ncols_ * (row_end - row)), ncols(Splat(static_cast<float>(ncols_))),
+        inv_ncols(Splat(1.0f / static_cast<float>(ncols_))),
+        col0(Splat(static_cast<float>(col0_))), row0(Splat(static_cast<float>(row))),
+        last(Splat(static_cast<float>(count - 1))),
+        width(SoftI{cam.width, cam.width, cam.width, cam.width}) {}
+
+  bool Next(SoftF* px, SoftF* py, SoftI* pixel, SoftI* valid) {
+    if (next >= count) return false;
+    SoftF j = Splat(static_cast<float>(next)) + SoftF{0.0f, 1.0f, 2.0f, 3.0f};
+    next += kSoftLanes;
+    *valid = j <= last;
+    j = MinF(j, last);
+    SoftF k = __builtin_convertvector(
+        __builtin_convertvector((j + 0.5f) * inv_ncols, SoftI), SoftF);
+    SoftF r = j - k * ncols;
+    const SoftI low = r < 0.0f;
+    k = low ? k - 1.0f : k;
+    r = low ? r + ncols : r;
+    const SoftI high = r >= ncols;
+    k = high ? k + 1.0f : k;
+    r = high ? r - ncols : r;
+    const SoftF col = col0 + r, row = row0 + k;
+    *px = col + 0.5f;
+    *py = row + 0.5f;
+    *pixel = __builtin_convertvector(row, SoftI) * width + __builtin_convertvector(col, SoftI);
     return true;
   }
 };
@@ -1554,43 +1575,48 @@ void SoftForwardRows(const std::vector<SoftBox>& boxes, const SoftVertex* verts,
   const int64_t first = r0 * width, last = r1 * width;
   // Per pixel: m, sum of weights, sum of weighted attributes [C], prod(1 - D).
   const int64_t rec = channels + 3;
-  std::vector<float> acc((last - first) * rec, 0.0f);
-  for (int64_t i = 0; i < last - first; ++i) {
+  std::vector<float> acc((last - first + 1) * rec, 0.0f);
+  const int32_t dummy_slot = static_cast<int32_t>(last - first);
+  const SoftI dummy = SoftI{dummy_slot, dummy_slot, dummy_slot, dummy_slot};
+  const SoftF zero = Splat(0.0f), one = Splat(1.0f);
+  for (int64_t i = 0; i <= last - first; ++i) {
     acc[i * rec] = prm.eps;
     acc[i * rec + rec - 1] = 1.0f;
   }
   std::vector<SoftF> values_buffer(kChannels > 0 ? 0 : channels);
   SoftF values_fixed[kChannels > 0 ? kChannels : 1];
   SoftF* values = kChannels > 0 ? values_fixed : values_buffer.data();
-  const SoftF inv_gamma_den = Splat(prm.gamma);
   SoftLanes q;
   for (const SoftBox& box : boxes) {
     const int32_t rb = std::max(box.row0, r0), re = std::min(box.row0 + box.nrows, r1);
     if (rb >= re) continue;
-    const SoftTri s = MakeSoftTri(box, verts, tris);
+    const SoftTri s = MakeSoftTri(box);
     const float* a[3] = {attr + channels * s.vid[0], attr + channels * s.vid[1],
                          attr + channels * s.vid[2]};
-    SoftSpan span{s.col0, s.ncols, rb, s.col0, re};
-    SoftF px = Splat(0.0f), py = Splat(0.0f);
-    SoftI valid = SoftI{0, 0, 0, 0};
-    int32_t pixel[kSoftLanes];
-    while (span.Next(cam, &px, &py, pixel, &valid)) {
+    SoftSpan span(cam, s.col0, s.ncols, rb, re);
+    SoftF px, py;
+    SoftI pixel, valid;
+    while (span.Next(&px, &py, &pixel, &valid)) {
       if (!SoftEval(s, px, py, valid, prm, &q)) continue;
+      // Lanes that are not aggregated update a dummy record instead.
+      const SoftI slot = q.on ? pixel - static_cast<int32_t>(first) : dummy;
       SoftF m;
-      for (int l = 0; l < kSoftLanes; ++l) m[l] = acc[(pixel[l] - first) * rec];
+      for (int l = 0; l < kSoftLanes; ++l) m[l] = acc[slot[l] * rec];
       const SoftF m_new = q.on ? MaxF(m, q.z) : m;
-      const SoftF scale = ExpF((m - m_new) / inv_gamma_den);
-      const SoftF weight = q.prob * ExpF((q.z - m_new) / inv_gamma_den);
+      const SoftF scale = ExpF((m - m_new) / prm.gamma);
+      const SoftF weight = q.on ? q.prob * ExpF((q.z - m_new) / prm.gamma) : zero;
+      const SoftF miss_l = q.on ? q.miss : one;
       for (int64_t c = 0; c < channels; ++c) {
         values[c] = (q.w[0] * a[0][c] + q.w[1] * a[1][c] + q.w[2] * a[2][c]) * q.inv_w;
       }
       for (int l = 0; l < kSoftLanes; ++l) {
-        if (!q.on[l]) continue;
-        float* p = acc.data() + (pixel[l] - first) * rec;
+        float* p = acc.data() + slot[l] * rec;
         p[0] = m_new[l];
         p[1] = p[1] * scale[l] + weight[l];
-        for (int64_t c = 0; c < channels; ++c) p[2 + c] = p[2 + c] * scale[l] + weight[l] * values[c][l];
-        p[rec - 1] *= q.miss[l];
+        for (int64_t c = 0; c < channels; ++c) {
+          p[2 + c] = p[2 + c] * scale[l] + weight[l] * values[c][l];
+        }
+        p[rec - 1] *= miss_l[l];
       }
     }
   }
@@ -1679,11 +1705,10 @@ void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* at
   }
   for (int64_t j = 0; j < 3 * channels; ++j) g_attr[j] = zero;
   SoftLanes q;
-  SoftSpan span{s.col0, s.ncols, s.row0, s.col0, s.row0 + s.nrows};
-  SoftF px = Splat(0.0f), py = Splat(0.0f);
-  SoftI valid = SoftI{0, 0, 0, 0};
-  int32_t pixel[kSoftLanes];
-  while (span.Next(cam, &px, &py, pixel, &valid)) {
+  SoftSpan span(cam, s.col0, s.ncols, s.row0, s.row0 + s.nrows);
+  SoftF px, py;
+  SoftI pixel, valid;
+  while (span.Next(&px, &py, &pixel, &valid)) {
     if (!SoftEval(s, px, py, valid, prm, &q)) continue;
     SoftF zm, g_lm, g_w;
     for (int l = 0; l < kSoftLanes; ++l) {
@@ -1966,7 +1991,7 @@ ffi::Error SoftRasterizeGradImpl(
     const float* image_pix = pix.data() + im * num_pixels * pix_size;
     const float* image_zmax = zmax.typed_data() + im * num_pixels;
     for (const SoftBox& box : boxes) {
-      const SoftTri s = MakeSoftTri(box, verts, tris);
+      const SoftTri s = MakeSoftTri(box);
       if (channels == 3) {
         SoftBackwardTriangle<3>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
                                 dp_stride, da, da_stride, g_attr);
