@@ -547,6 +547,37 @@ ffi::Error InterpolateImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi::F3
   return ffi::Error::Success();
 }
 
+// Adds one face pixel's share of InterpolateGradImpl: gi [C] is its cotangent;
+// da / dp: d_attributes / d_points rows (strides da_stride / dp_stride).
+inline void AddPixelGrad(const PixelGeometry& g, const float* attr, int64_t channels,
+                         const float* gi, float* da, int64_t da_stride, float* dp,
+                         int64_t dp_stride) {
+  float d_bary[3] = {0.0f, 0.0f, 0.0f};
+  for (int k = 0; k < 3; ++k) {
+    const float* a = attr + channels * g.v[k];
+    float* dak = da + da_stride * g.v[k];
+    for (int64_t c = 0; c < channels; ++c) {
+      d_bary[k] += gi[c] * a[c];
+      dak[c] += g.bary[k] * gi[c];
+    }
+  }
+  const float mean = d_bary[0] * g.bary[0] + d_bary[1] * g.bary[1] + d_bary[2] * g.bary[2];
+  const float inv_total = 1.0f / g.total;
+  float de[3];
+  for (int k = 0; k < 3; ++k) de[k] = (d_bary[k] - mean) * inv_total;
+  // e_i = ax_{i+1} ay_{i+2} - ay_{i+1} ax_{i+2}
+  const float dax[3] = {de[2] * g.ay[1] - de[1] * g.ay[2], de[0] * g.ay[2] - de[2] * g.ay[0],
+                        de[1] * g.ay[0] - de[0] * g.ay[1]};
+  const float day[3] = {de[1] * g.ax[2] - de[2] * g.ax[1], de[2] * g.ax[0] - de[0] * g.ax[2],
+                        de[0] * g.ax[1] - de[1] * g.ax[0]};
+  for (int k = 0; k < 3; ++k) {
+    float* dpk = dp + dp_stride * g.v[k];
+    dpk[0] += dax[k];
+    dpk[1] += day[k];
+    dpk[2] += -(dax[k] * g.dx + day[k] * g.dy);
+  }
+}
+
 // The transpose of InterpolateImpl (as _interpolate_bwd): cotangent [..., H,
 // W, C] -> d_attributes [..., V, C], d_points [..., V, 3]. Bands of one image
 // accumulate into private buffers that are summed afterwards, so the result
@@ -594,36 +625,13 @@ ffi::Error InterpolateGradImpl(ffi::Buffer<ffi::F32> attributes, ffi::Buffer<ffi
     const int32_t r0 = static_cast<int32_t>(height * band / bands);
     const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
     PixelGeometry g;
-    for (int64_t i = static_cast<int64_t>(r0) * width; i < static_cast<int64_t>(r1) * width;
-         ++i) {
-      if (ids[i] < 0) continue;
-      const int64_t row = i / width;  // only on face pixels
-      if (!GetPixelGeometry(pts, tris, ids[i], rays.x[i - row * width], rays.y[row], &g)) {
-        continue;
-      }
-      const float* gi = gout + i * channels;
-      float d_bary[3] = {0.0f, 0.0f, 0.0f};
-      for (int k = 0; k < 3; ++k) {
-        const float* a = attr + channels * g.v[k];
-        float* dak = da + da_stride * g.v[k];
-        for (int64_t c = 0; c < channels; ++c) {
-          d_bary[k] += gi[c] * a[c];
-          dak[c] += g.bary[k] * gi[c];
+    for (int32_t row = r0; row < r1; ++row) {
+      for (int32_t col = 0; col < width; ++col) {
+        const int64_t i = static_cast<int64_t>(row) * width + col;
+        if (ids[i] < 0 || !GetPixelGeometry(pts, tris, ids[i], rays.x[col], rays.y[row], &g)) {
+          continue;
         }
-      }
-      const float mean = d_bary[0] * g.bary[0] + d_bary[1] * g.bary[1] + d_bary[2] * g.bary[2];
-      float de[3];
-      for (int k = 0; k < 3; ++k) de[k] = (d_bary[k] - mean) / g.total;
-      // e_i = ax_{i+1} ay_{i+2} - ay_{i+1} ax_{i+2}
-      const float dax[3] = {de[2] * g.ay[1] - de[1] * g.ay[2], de[0] * g.ay[2] - de[2] * g.ay[0],
-                            de[1] * g.ay[0] - de[0] * g.ay[1]};
-      const float day[3] = {de[1] * g.ax[2] - de[2] * g.ax[1], de[2] * g.ax[0] - de[0] * g.ax[2],
-                            de[0] * g.ax[1] - de[1] * g.ax[0]};
-      for (int k = 0; k < 3; ++k) {
-        float* dpk = dp + dp_stride * g.v[k];
-        dpk[0] += dax[k];
-        dpk[1] += day[k];
-        dpk[2] += -(dax[k] * g.dx + day[k] * g.dy);
+        AddPixelGrad(g, attr, channels, gout + i * channels, da, da_stride, dp, dp_stride);
       }
     }
   });
@@ -1292,7 +1300,11 @@ inline SoftF Splat(float x) { return SoftF{x, x, x, x}; }
 inline SoftF MinF(SoftF a, SoftF b) { return b < a ? b : a; }
 inline SoftF MaxF(SoftF a, SoftF b) { return a < b ? b : a; }
 inline SoftF AbsF(SoftF a) { return (SoftF)((SoftI)a & 0x7fffffff); }
+#if defined(__SSE__)
+inline bool AnyI(SoftI m) { return __builtin_ia32_movmskps((SoftF)m) != 0; }
+#else
 inline bool AnyI(SoftI m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+#endif
 inline float SumF(SoftF a) { return (a[0] + a[1]) + (a[2] + a[3]); }
 
 // exp(x) for x <= 0, lane by lane: Cephes' expf (range reduction by ln 2 in
@@ -1416,18 +1428,6 @@ void SoftBoxes(const SoftVertex* verts, const int32_t* tris, int64_t begin, int6
     }
     out->push_back(box);
   }
-}
-
-// Orders boxes by their first row (stable): the per-pixel buffers are then
-// visited row after row and stay in cache (mesh order jumps around the image).
-// Only the rounding of the per-pixel sums depends on this order.
-void SortByRow(std::vector<SoftBox>* boxes, int32_t height) {
-  std::vector<int32_t> start(height + 1, 0);
-  for (const SoftBox& b : *boxes) ++start[b.row0 + 1];
-  for (int32_t r = 0; r < height; ++r) start[r + 1] += start[r];
-  std::vector<SoftBox> out(boxes->size());
-  for (const SoftBox& b : *boxes) out[start[b.row0]++] = b;
-  boxes->swap(out);
 }
 
 SoftTri MakeSoftTri(const SoftBox& box) {
@@ -1565,8 +1565,8 @@ inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const So
 // attributes), rescaled by exp((m_old - m) / gamma) when m grows, and the
 // product of 1 - D. kChannels > 0: compiled for that many channels.
 template <int kChannels>
-void SoftForwardRows(const std::vector<SoftBox>& boxes, const SoftVertex* verts,
-                     const int32_t* tris, const float* attr, int64_t num_channels,
+void SoftForwardRows(const SoftBox* boxes_begin, const SoftBox* boxes_end, const float* attr,
+                     int64_t num_channels,
                      const float* bg, const Camera& cam, const SoftParams& prm, int32_t r0,
                      int32_t r1, float* image, float* alpha, float* zmax, float* total,
                      float* miss) {
@@ -1587,7 +1587,8 @@ void SoftForwardRows(const std::vector<SoftBox>& boxes, const SoftVertex* verts,
   SoftF values_fixed[kChannels > 0 ? kChannels : 1];
   SoftF* values = kChannels > 0 ? values_fixed : values_buffer.data();
   SoftLanes q;
-  for (const SoftBox& box : boxes) {
+  for (const SoftBox* it = boxes_begin; it != boxes_end; ++it) {
+    const SoftBox& box = *it;
     const int32_t rb = std::max(box.row0, r0), re = std::min(box.row0 + box.nrows, r1);
     if (rb >= re) continue;
     const SoftTri s = MakeSoftTri(box);
@@ -1602,9 +1603,14 @@ void SoftForwardRows(const std::vector<SoftBox>& boxes, const SoftVertex* verts,
       const SoftI slot = q.on ? pixel - static_cast<int32_t>(first) : dummy;
       SoftF m;
       for (int l = 0; l < kSoftLanes; ++l) m[l] = acc[slot[l] * rec];
-      const SoftF m_new = q.on ? MaxF(m, q.z) : m;
-      const SoftF scale = ExpF((m - m_new) / prm.gamma);
-      const SoftF weight = q.on ? q.prob * ExpF((q.z - m_new) / prm.gamma) : zero;
+      // The fragment either raises m (the old sums are scaled by exp((m - z)
+      // / gamma), its weight is prob) or not (its weight is prob exp((z - m)
+      // / gamma)): one exp of -|z - m| / gamma (m - z = -(z - m) exactly).
+      const SoftI raise = q.on & (m < q.z);
+      const SoftF d = ExpF(-AbsF(q.z - m) / prm.gamma);
+      const SoftF m_new = raise ? q.z : m;
+      const SoftF scale = raise ? d : one;
+      const SoftF weight = q.on ? (raise ? q.prob : q.prob * d) : zero;
       const SoftF miss_l = q.on ? q.miss : one;
       for (int64_t c = 0; c < channels; ++c) {
         values[c] = (q.w[0] * a[0][c] + q.w[1] * a[1][c] + q.w[2] * a[2][c]) * q.inv_w;
@@ -1843,26 +1849,50 @@ struct SoftVertexTables {
   // The table of image im; local: storage for a unit's own table.
   const SoftVertex* Of(int64_t im, const float* points, const Camera& cam,
                        std::vector<SoftVertex>* local) const {
-    if (parts > 1) return shared.data() + im * num_vertices;
+    if (parts > 1 || local == nullptr) return shared.data() + im * num_vertices;
     local->resize(num_vertices);
     SoftVertices(points + im * num_vertices * 3, 0, num_vertices, cam, local->data());
     return local->data();
   }
 };
 
+// The set-up that the forward hands to the transpose (a residual): per image
+// [F + 1] records of kSoftBoxWords int32, a header (the number n of boxes)
+// and the boxes of the drawn triangles ordered by first row; the rest unused.
+constexpr int64_t kSoftBoxWords = sizeof(SoftBox) / sizeof(int32_t);
+static_assert(sizeof(SoftBox) == 16 * sizeof(int32_t), "a SoftBox is 16 words");
+
+// Counting sort by first row (stable, in list order) of the boxes of lists
+// [0, num_lists) whose first row is in [r0, r1) into out, at the positions
+// that a sort of all of them would give.
+void ScatterByRow(const std::vector<SoftBox>* lists, int64_t num_lists, int32_t height,
+                  int32_t r0, int32_t r1, SoftBox* out) {
+  std::vector<int64_t> start(height + 1, 0);
+  for (int64_t l = 0; l < num_lists; ++l) {
+    for (const SoftBox& b : lists[l]) ++start[b.row0 + 1];
+  }
+  for (int32_t r = 0; r < height; ++r) start[r + 1] += start[r];
+  for (int64_t l = 0; l < num_lists; ++l) {
+    for (const SoftBox& b : lists[l]) {
+      if (b.row0 >= r0 && b.row0 < r1) out[start[b.row0]++] = b;
+    }
+  }
+}
+
 // points [..., V, 3], attributes [..., V, C], background [..., H, W, C],
 // triangles [..., F, 3], params [..., 3]. Results: image [..., H, W, C], alpha,
 // and the residuals of the transpose: zmax, total (sum of the weights with
-// the background's), miss (1 - alpha, exactly) [..., H, W].
+// the background's), miss (1 - alpha, exactly) [..., H, W], and the set-up
+// (boxes [..., F + 1, kSoftBoxWords] int32, see kSoftBoxWords).
 ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32> attributes,
                              ffi::Buffer<ffi::F32> background, ffi::Buffer<ffi::S32> triangles,
                              ffi::Buffer<ffi::F32> params, ffi::ResultBuffer<ffi::F32> image,
                              ffi::ResultBuffer<ffi::F32> alpha,
                              ffi::ResultBuffer<ffi::F32> zmax, ffi::ResultBuffer<ffi::F32> total,
-                             ffi::ResultBuffer<ffi::F32> miss, int32_t width, int32_t height,
-                             float focal, float cx, float cy, float near, int32_t cull,
-                             float eps, float zf, float zden, float cutoff,
-                             float keep_den) {
+                             ffi::ResultBuffer<ffi::F32> miss, ffi::ResultBuffer<ffi::S32> boxes,
+                             int32_t width, int32_t height, float focal, float cx, float cy,
+                             float near, int32_t cull, float eps, float zf, float zden,
+                             float cutoff, float keep_den) {
   SoftBatch b;
   if (ffi::Error err = GetSoftBatch("soft_rasterize", points, attributes, triangles, params, &b);
       err.failure()) {
@@ -1874,26 +1904,26 @@ ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32>
   if (static_cast<int64_t>(background.element_count()) != m.num_images * num_pixels * channels) {
     return ffi::Error::InvalidArgument("soft_rasterize: background must be [..., H, W, C]");
   }
+  const int64_t box_stride = (m.num_faces + 1) * kSoftBoxWords;
+  if (static_cast<int64_t>(boxes->element_count()) != m.num_images * box_stride) {
+    return ffi::Error::InvalidArgument("soft_rasterize: boxes must be [..., F + 1, 16]");
+  }
   const Camera cam{width, height, focal, cx, cy, near};
-  const int64_t bands = BandsPerImage(m.num_images, height);
-  const SoftVertexTables tables(m, points.typed_data(), cam, bands);
-  ParallelFor(m.num_images * bands, [&](int64_t unit) {
-    const int64_t im = unit / bands, band = unit % bands;
-    const SoftParams prm =
-        MakeSoftParams(params.typed_data() + 3 * (im / b.images_per_param), cull, eps, zf, zden,
-                       cutoff, keep_den);
-    const int32_t r0 = static_cast<int32_t>(height * band / bands);
-    const int32_t r1 = static_cast<int32_t>(height * (band + 1) / bands);
-    std::vector<SoftVertex> local;
-    const SoftVertex* verts = tables.Of(im, points.typed_data(), cam, &local);
-    std::vector<SoftBox> boxes;
-    boxes.reserve(m.num_faces / bands + 16);
-    SoftBoxes(verts, m.TrianglesOf(im), 0, m.num_faces, cam, prm, r0, r1, &boxes);
-    SortByRow(&boxes, height);
+  auto prm_of = [&](int64_t im) {
+    return MakeSoftParams(params.typed_data() + 3 * (im / b.images_per_param), cull, eps, zf,
+                          zden, cutoff, keep_den);
+  };
+  auto header = [&](int64_t im) { return boxes->typed_data() + im * box_stride; };
+  auto sorted = [&](int64_t im) { return reinterpret_cast<SoftBox*>(header(im)) + 1; };
+  // Rows [r0, r1) of image im from its sorted boxes.
+  auto draw = [&](int64_t im, const SoftParams& prm, int32_t r0, int32_t r1) {
+    const SoftBox* first = sorted(im);
+    // The boxes that start below r1 (all that may reach into the rows).
+    const SoftBox* last = std::lower_bound(
+        first, first + header(im)[0], r1,
+        [](const SoftBox& box, int32_t row) { return box.row0 < row; });
     auto run = [&](auto forward) {
-      forward(boxes, verts, m.TrianglesOf(im),
-              attributes.typed_data() + im * m.num_vertices * channels, channels,
-              background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
+      forward(first, last, attributes.typed_data() + im * m.num_vertices * channels, channels, background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
               image->typed_data() + im * num_pixels * channels,
               alpha->typed_data() + im * num_pixels, zmax->typed_data() + im * num_pixels,
               total->typed_data() + im * num_pixels, miss->typed_data() + im * num_pixels);
@@ -1903,19 +1933,67 @@ ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32>
     } else {
       run(SoftForwardRows<0>);
     }
+  };
+  const int64_t bands = BandsPerImage(m.num_images, height);
+  if (bands == 1) {
+    ParallelFor(m.num_images, [&](int64_t im) {
+      const SoftParams prm = prm_of(im);
+      std::vector<SoftVertex> verts(m.num_vertices);
+      SoftVertices(points.typed_data() + im * m.num_vertices * 3, 0, m.num_vertices, cam,
+                   verts.data());
+      std::vector<SoftBox> list;
+      list.reserve(m.num_faces);
+      SoftBoxes(verts.data(), m.TrianglesOf(im), 0, m.num_faces, cam, prm, 0, height, &list);
+      header(im)[0] = static_cast<int32_t>(list.size());
+      ScatterByRow(&list, 1, height, 0, height, sorted(im));
+      draw(im, prm, 0, height);
+    });
+    return ffi::Error::Success();
+  }
+  // Fewer images than threads: each step is split over bands of rows (or
+  // parts of the triangles) of each image.
+  const SoftVertexTables tables(m, points.typed_data(), cam, bands);
+  std::vector<std::vector<SoftBox>> lists(m.num_images * bands);
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t im = unit / bands, part = unit % bands;
+    lists[unit].reserve(m.num_faces / bands + 1);
+    SoftBoxes(tables.Of(im, nullptr, cam, nullptr), m.TrianglesOf(im),
+              m.num_faces * part / bands, m.num_faces * (part + 1) / bands, cam, prm_of(im), 0,
+              height, &lists[unit]);
+  });
+  auto rows = [&](int64_t band, int32_t* r0, int32_t* r1) {
+    *r0 = static_cast<int32_t>(height * band / bands);
+    *r1 = static_cast<int32_t>(height * (band + 1) / bands);
+  };
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t im = unit / bands, band = unit % bands;
+    int32_t r0, r1;
+    rows(band, &r0, &r1);
+    if (band == 0) {
+      int64_t count = 0;
+      for (int64_t p = 0; p < bands; ++p) count += lists[im * bands + p].size();
+      header(im)[0] = static_cast<int32_t>(count);
+    }
+    ScatterByRow(lists.data() + im * bands, bands, height, r0, r1, sorted(im));
+  });
+  ParallelFor(m.num_images * bands, [&](int64_t unit) {
+    const int64_t im = unit / bands, band = unit % bands;
+    int32_t r0, r1;
+    rows(band, &r0, &r1);
+    draw(im, prm_of(im), r0, r1);
   });
   return ffi::Error::Success();
 }
 
 // The transpose of SoftRasterizeImpl w.r.t. points, attributes and background,
 // given its residuals and the cotangents of image and alpha. Work units are
-// groups of triangles of one image; with several per image each accumulates
+// runs of an image's sorted boxes; with several per image each accumulates
 // into a private buffer, summed afterwards (independent of the schedule).
 ffi::Error SoftRasterizeGradImpl(
     ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32> attributes,
     ffi::Buffer<ffi::S32> triangles, ffi::Buffer<ffi::F32> params, ffi::Buffer<ffi::F32> zmax,
-    ffi::Buffer<ffi::F32> total, ffi::Buffer<ffi::F32> miss, ffi::Buffer<ffi::F32> image,
-    ffi::Buffer<ffi::F32> g_image, ffi::Buffer<ffi::F32> g_alpha,
+    ffi::Buffer<ffi::F32> total, ffi::Buffer<ffi::F32> miss, ffi::Buffer<ffi::S32> boxes,
+    ffi::Buffer<ffi::F32> image, ffi::Buffer<ffi::F32> g_image, ffi::Buffer<ffi::F32> g_alpha,
     ffi::ResultBuffer<ffi::F32> d_points, ffi::ResultBuffer<ffi::F32> d_attributes,
     ffi::ResultBuffer<ffi::F32> d_background, int32_t width, int32_t height, float focal,
     float cx, float cy, float near, int32_t cull, float eps, float zf, float zden, float cutoff,
@@ -1929,6 +2007,10 @@ ffi::Error SoftRasterizeGradImpl(
   const MeshBatch& m = b.m;
   const int64_t channels = b.channels;
   const int64_t num_pixels = static_cast<int64_t>(width) * height;
+  const int64_t box_stride = (m.num_faces + 1) * kSoftBoxWords;
+  if (static_cast<int64_t>(boxes.element_count()) != m.num_images * box_stride) {
+    return ffi::Error::InvalidArgument("soft_rasterize_grad: boxes must be [..., F + 1, 16]");
+  }
   const Camera cam{width, height, focal, cx, cy, near};
   const int64_t pix_size = channels + 2;
   auto prm_of = [&](int64_t im) {
@@ -1962,7 +2044,6 @@ ffi::Error SoftRasterizeGradImpl(
   const int64_t row_size = 3 + channels;
   std::vector<float> scratch(parts > 1 ? m.num_images * parts * m.num_vertices * row_size : 0,
                              0.0f);
-  const SoftVertexTables tables(m, points.typed_data(), cam, parts);
   ParallelFor(m.num_images * parts, [&](int64_t unit) {
     const int64_t im = unit / parts, part = unit % parts;
     const SoftParams prm = prm_of(im);
@@ -1979,19 +2060,14 @@ ffi::Error SoftRasterizeGradImpl(
       std::fill(dp, dp + m.num_vertices * 3, 0.0f);
       std::fill(da, da + m.num_vertices * channels, 0.0f);
     }
-    std::vector<SoftVertex> local;
-    const SoftVertex* verts = tables.Of(im, points.typed_data(), cam, &local);
-    std::vector<SoftBox> boxes;
-    boxes.reserve(m.num_faces / parts + 16);
-    const int32_t* tris = m.TrianglesOf(im);
-    SoftBoxes(verts, tris, m.num_faces * part / parts, m.num_faces * (part + 1) / parts, cam,
-              prm, 0, height, &boxes);
-    SortByRow(&boxes, height);
+    const int32_t* head = boxes.typed_data() + im * box_stride;
+    const SoftBox* sorted = reinterpret_cast<const SoftBox*>(head) + 1;
+    const int64_t count = std::min<int64_t>(std::max(head[0], 0), m.num_faces);
     std::vector<SoftF> g_attr(3 * channels);
     const float* image_pix = pix.data() + im * num_pixels * pix_size;
     const float* image_zmax = zmax.typed_data() + im * num_pixels;
-    for (const SoftBox& box : boxes) {
-      const SoftTri s = MakeSoftTri(box);
+    for (int64_t k = count * part / parts; k < count * (part + 1) / parts; ++k) {
+      const SoftTri s = MakeSoftTri(sorted[k]);
       if (channels == 3) {
         SoftBackwardTriangle<3>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
                                 dp_stride, da, da_stride, g_attr);
@@ -2002,10 +2078,13 @@ ffi::Error SoftRasterizeGradImpl(
     }
   });
   if (parts > 1) {
-    ParallelFor(m.num_images, [&](int64_t im) {
+    // The parts' sums, split over vertex ranges.
+    ParallelFor(m.num_images * parts, [&](int64_t unit) {
+      const int64_t im = unit / parts, range = unit % parts;
       float* dp = d_points->typed_data() + im * m.num_vertices * 3;
       float* da = d_attributes->typed_data() + im * m.num_vertices * channels;
-      for (int64_t v = 0; v < m.num_vertices; ++v) {
+      for (int64_t v = m.num_vertices * range / parts; v < m.num_vertices * (range + 1) / parts;
+           ++v) {
         for (int64_t c = 0; c < 3; ++c) dp[3 * v + c] = 0.0f;
         for (int64_t c = 0; c < channels; ++c) da[channels * v + c] = 0.0f;
         for (int64_t part = 0; part < parts; ++part) {
@@ -2156,6 +2235,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusSoftRasterize, SoftRasterizeImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<int32_t>("width")
                                   .Attr<int32_t>("height")
                                   .Attr<float>("focal")
@@ -2178,6 +2258,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FocusSoftRasterizeGrad, SoftRasterizeGradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
