@@ -6,6 +6,7 @@ them; these tests pin them to the JAX code that runs on GPU/TPU, and check the
 fallback when they cannot be built.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -407,6 +408,49 @@ def test_soft_rasterize_kernel_default_unbatched_vmap_and_jit():
     want = np.asarray(jax.grad(lambda p: jnp.sum(image(p, *args[1:]) * weights[0]))(args[0]))
     np.testing.assert_allclose(np.asarray(vgrad[k]), want, rtol=1e-4,
                                atol=1e-5 * np.abs(want).max())
+
+
+def test_soft_rasterize_kernel_setup_residual_and_lanes(monkeypatch):
+  """The forward's set-up residual lists each triangle that _soft_triangles
+  draws once, with the same pixel box, ordered by first row; and the
+  transpose's portable 4-lane code (FOCUS_JAX_AVX=0, what CPUs without AVX
+  run) gives the gradients of the 8-lane AVX code up to the order of each
+  triangle's sums (the same code where the CPU has no AVX)."""
+  points, triangles, attributes, background, weights = soft_scene(5)
+  sigma, cutoff, cull = 0.3, 1e-3, False
+  params = jnp.asarray([sigma, 1e-3, math.sqrt(sigma * math.log(1.0 / cutoff - 1.0))],
+                       jnp.float32)
+  kw = dict(near=1.0, cull_backfaces=cull, eps=1e-3, depth_range=(1.0, 1e4), cutoff=cutoff)
+  *_, boxes = cpu_kernels.soft_rasterize(points, attributes, background, triangles, params,
+                                         SOFT_INTR, **kw)
+  boxes = np.asarray(boxes)
+  num_faces = triangles.shape[0]
+  assert boxes.shape == (2, num_faces + 1, 16)
+  _, col0, row0, ncols, nrows = R._soft_triangles(points, attributes, triangles, SOFT_INTR,
+                                                  1.0, cull, params[2])
+  want = np.stack([np.asarray(x).reshape(2, num_faces) for x in (col0, row0, ncols, nrows)], -1)
+  tri = np.asarray(triangles)
+  for b in range(2):
+    count = boxes[b, 0, 0]
+    drawn = np.nonzero((want[b, :, 2] > 0) & (want[b, :, 3] > 0))[0]
+    assert count == len(drawn) > 100
+    records = boxes[b, 1:count + 1]
+    assert np.all(np.diff(records[:, 13]) >= 0)                # ordered by first row
+    # Each drawn triangle once (its vertex ids), with the box of _soft_triangles.
+    order = np.lexsort(records[:, 2::-1].T)
+    keys = np.lexsort(tri[drawn][:, ::-1].T)
+    np.testing.assert_array_equal(records[order, :3], tri[drawn][keys])
+    np.testing.assert_array_equal(records[order, 12:], want[b, drawn[keys]])
+  loss = lambda p, a, bg: _soft_loss(p, a, bg, triangles, weights, True, sigma=sigma,
+                                     gamma=1e-3, cull_backfaces=cull)[0]
+  grad = jax.jit(jax.grad(loss, (0, 1, 2)))
+  default = grad(points, attributes, background)
+  monkeypatch.setenv("FOCUS_JAX_AVX", "0")
+  portable = grad(points, attributes, background)
+  for g, w in zip(portable, default):
+    w = np.asarray(w)
+    assert np.abs(w).max() > 0
+    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
 
 
 def test_disabled_or_unbuildable_kernels_fall_back_to_jax(tmp_path):

@@ -17,8 +17,11 @@
 // e_i = det[P_{i+1}, P_{i+2}, d] for the viewing ray d of a pixel centre.
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <thread>
@@ -47,7 +50,9 @@ struct Setup {
 
 // Pixel-centre range [first, first + count) inside [lo, hi] on an axis of
 // ``size`` pixels (the tail of _screen_bounds).
-void PixelRange(float lo, float hi, int32_t size, int32_t* first_out, int32_t* count_out) {
+// Inlined: it runs twice per triangle in the set-up, the rasterizer's hot loop.
+__attribute__((always_inline)) inline void PixelRange(float lo, float hi, int32_t size,
+                                                      int32_t* first_out, int32_t* count_out) {
   const float fsize = static_cast<float>(size);
   // Clip before the integer conversion (inf, huge values), as the JAX code.
   const float lo_c = std::min(std::max(lo - 0.5f, -1.0f), fsize);
@@ -88,7 +93,8 @@ void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_
 
 // AxisBounds of a triangle whose three vertices are in front of the near plane,
 // from their projections (focal * u / z + c, precomputed per vertex).
-void ProjectedBounds(const float proj[3], int32_t size, int32_t* first_out, int32_t* count_out) {
+inline void ProjectedBounds(const float proj[3], int32_t size, int32_t* first_out,
+                            int32_t* count_out) {
   const float inf = std::numeric_limits<float>::infinity();
   float lo = inf, hi = -inf;
   for (int k = 0; k < 3; ++k) {
@@ -101,16 +107,33 @@ void ProjectedBounds(const float proj[3], int32_t size, int32_t* first_out, int3
 }
 
 // Returns false for triangles that draw nothing (degenerate, non-finite, or
-// culled); otherwise fills *s.
+// culled); otherwise fills *s. The result is a conjunction of tests, so their
+// order does not change it; the cheapest that rejects most come first.
+// proj0..2: the vertices' projections (ProjectVertices), or null; ray_x,
+// ray_y: the viewing-ray slopes of the columns and rows (PixelRays), or null.
 bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Camera& cam,
                    bool cull_backfaces, Setup* s, const float* proj0 = nullptr,
-                   const float* proj1 = nullptr, const float* proj2 = nullptr) {
+                   const float* proj1 = nullptr, const float* proj2 = nullptr,
+                   const float* ray_x = nullptr, const float* ray_y = nullptr) {
   const float x[3] = {p0[0], p1[0], p2[0]};
   const float y[3] = {p0[1], p1[1], p2[1]};
   const float z[3] = {p0[2], p1[2], p2[2]};
   for (int k = 0; k < 3; ++k) {
     if (!(std::isfinite(x[k]) && std::isfinite(y[k]) && std::isfinite(z[k]))) return false;
   }
+  const bool in_front = z[0] >= cam.near && z[1] >= cam.near && z[2] >= cam.near;
+  // The box first: empty for most small triangles of a dense mesh.
+  if (proj0 != nullptr && in_front) {
+    const float u[3] = {proj0[0], proj1[0], proj2[0]};
+    const float v[3] = {proj0[1], proj1[1], proj2[1]};
+    ProjectedBounds(u, cam.width, &s->col0, &s->ncols);
+    if (s->ncols == 0) return false;
+    ProjectedBounds(v, cam.height, &s->row0, &s->nrows);
+  } else {
+    AxisBounds(x, z, cam.focal, cam.cx, cam.width, cam.near, &s->col0, &s->ncols);
+    AxisBounds(y, z, cam.focal, cam.cy, cam.height, cam.near, &s->row0, &s->nrows);
+  }
+  if (s->ncols == 0 || s->nrows == 0) return false;
   // Degenerate triangles (zero area, or seen edge-on from the camera centre).
   const float a[3] = {x[1] - x[0], y[1] - y[0], z[1] - z[0]};
   const float b[3] = {x[2] - x[0], y[2] - y[0], z[2] - z[0]};
@@ -119,32 +142,27 @@ bool TriangleSetup(const float* p0, const float* p1, const float* p2, const Came
   const float plane = x[0] * normal[0] + y[0] * normal[1] + z[0] * normal[2];
   // Front-facing iff det < 0 (plane < 0); near-clipped triangles are left to
   // the per-fragment test.
-  if (cull_backfaces && !(plane < 0.0f || z[0] < cam.near || z[1] < cam.near ||
-                          z[2] < cam.near)) {
-    return false;
-  }
-  // The box first: it is cheaper than the degeneracy test below and empty for
-  // many small triangles (the order of the tests does not change the result).
-  if (proj0 != nullptr && z[0] >= cam.near && z[1] >= cam.near && z[2] >= cam.near) {
-    const float u[3] = {proj0[0], proj1[0], proj2[0]};
-    const float v[3] = {proj0[1], proj1[1], proj2[1]};
-    ProjectedBounds(u, cam.width, &s->col0, &s->ncols);
-    ProjectedBounds(v, cam.height, &s->row0, &s->nrows);
-  } else {
-    AxisBounds(x, z, cam.focal, cam.cx, cam.width, cam.near, &s->col0, &s->ncols);
-    AxisBounds(y, z, cam.focal, cam.cy, cam.height, cam.near, &s->row0, &s->nrows);
-  }
-  if (s->ncols == 0 || s->nrows == 0) return false;
+  if (cull_backfaces && !(plane < 0.0f || !in_front)) return false;
   auto sq = [](const float* v) { return v[0] * v[0] + v[1] * v[1] + v[2] * v[2]; };
-  const float nn = std::sqrt(sq(normal));
-  const float edges = std::sqrt(sq(a) * sq(b));
   const float origin[3] = {x[0], y[0], z[0]};
-  if (!((nn > 1e-6f * edges) && (std::fabs(plane) > 1e-6f * nn * std::sqrt(sq(origin))))) {
-    return false;
+  const float nsq = sq(normal), edges_sq = sq(a) * sq(b), origin_sq = sq(origin);
+  // The degeneracy test (as _triangle_setup) is |n| > 1e-6 |a| |b| and |plane|
+  // > 1e-6 |n| |origin|. Its squares with a factor-4 margin imply it whatever
+  // the rounding (overflow to inf fails them), so the square roots are only
+  // taken for the few triangles close to the thresholds.
+  if (!(nsq > 4e-12f * edges_sq && plane * plane > 4e-12f * (nsq * origin_sq))) {
+    const float nn = std::sqrt(nsq);
+    const float edges = std::sqrt(edges_sq);
+    if (!((nn > 1e-6f * edges) && (std::fabs(plane) > 1e-6f * nn * std::sqrt(origin_sq)))) {
+      return false;
+    }
   }
   const float f = cam.focal;
-  const float dx0 = (static_cast<float>(s->col0) + 0.5f - cam.cx) / f;
-  const float dy0 = (static_cast<float>(s->row0) + 0.5f - cam.cy) / f;
+  // The rays' slopes are (col + 0.5 - cx) / f, as computed here without them.
+  const float dx0 = ray_x != nullptr ? ray_x[s->col0]
+                                     : (static_cast<float>(s->col0) + 0.5f - cam.cx) / f;
+  const float dy0 = ray_y != nullptr ? ray_y[s->row0]
+                                     : (static_cast<float>(s->row0) + 0.5f - cam.cy) / f;
   float ax[3], ay[3];
   for (int k = 0; k < 3; ++k) {
     ax[k] = x[k] - z[k] * dx0;
@@ -263,8 +281,8 @@ struct DrawnTriangle {
 // drawn into all rows of the image's buffers (drawn == nullptr), or appended
 // to *drawn for DrawRows.
 void SetupTriangles(const float* points, const float* proj, const int32_t* triangles,
-                    int64_t begin, int64_t end, const Camera& cam, bool cull_backfaces,
-                    std::vector<DrawnTriangle>* drawn, int64_t* fragments,
+                    int64_t begin, int64_t end, const Camera& cam, const PixelRays& rays,
+                    bool cull_backfaces, std::vector<DrawnTriangle>* drawn, int64_t* fragments,
                     float* inv_depth = nullptr, int32_t* triangle_id = nullptr) {
   int64_t count = 0;
   if (drawn != nullptr) drawn->reserve(end - begin);  // only the pages written are touched.
@@ -272,7 +290,8 @@ void SetupTriangles(const float* points, const float* proj, const int32_t* trian
     const int32_t* v = triangles + 3 * t;
     DrawnTriangle d;
     if (!TriangleSetup(points + 3 * v[0], points + 3 * v[1], points + 3 * v[2], cam,
-                       cull_backfaces, &d.s, proj + 2 * v[0], proj + 2 * v[1], proj + 2 * v[2])) {
+                       cull_backfaces, &d.s, proj + 2 * v[0], proj + 2 * v[1], proj + 2 * v[2],
+                       rays.x.data(), rays.y.data())) {
       continue;
     }
     d.id = static_cast<int32_t>(t);
@@ -436,7 +455,7 @@ ffi::Error Rasterize(ffi::Buffer<ffi::F32>& points, ffi::Buffer<ffi::S32>& trian
     const int64_t image = unit / parts;
     SetupTriangles(points.typed_data() + image * m.num_vertices * 3,
                    proj.data() + image * m.num_vertices * 2, m.TrianglesOf(image), f0, f1, cam,
-                   cull != 0, drawn, &counts[unit], zbuf + image * num_pixels,
+                   rays, cull != 0, drawn, &counts[unit], zbuf + image * num_pixels,
                    ids + image * num_pixels);
   };
   if (parts == 1) {
@@ -1287,46 +1306,113 @@ ffi::Error VertexStageGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32
 // _soft_fragments and _soft_aggregate, without a fragment budget.
 //
 // The fragments of a triangle (the pixel centres of its padded box, row after
-// row) are evaluated kSoftLanes at a time with GCC vector extensions: plain
-// SSE2 code, no flags beyond the portable build, and the same IEEE rounding per
-// lane as the scalar formulas (-ffp-contract=off applies to vectors too).
+// row) are evaluated W at a time with GCC vector extensions, with the same
+// IEEE rounding per lane as scalar code (-ffp-contract=off applies to vectors
+// too): W = 4 (SSE2 on x86, the portable build) or, for the transpose where
+// the CPU has AVX (checked at run time), W = 8 in a function compiled for AVX
+// alone (target attribute; all it calls with vector arguments is inlined).
+// The forward pass hands its per-triangle set-up (projected vertices, boxes,
+// ordered by row) to the transpose as a residual.
 
-typedef float SoftF __attribute__((vector_size(16)));
-typedef int32_t SoftI __attribute__((vector_size(16)));
-constexpr int kSoftLanes = 4;
+#define SOFT_INLINE inline __attribute__((always_inline))
 
-inline SoftF Splat(float x) { return SoftF{x, x, x, x}; }
+template <int W>
+struct SoftVec {
+  typedef float F __attribute__((vector_size(4 * W)));
+  typedef int32_t I __attribute__((vector_size(4 * W)));
+};
+typedef float SoftF4 __attribute__((vector_size(16)));
+typedef int32_t SoftI4 __attribute__((vector_size(16)));
+
+// n vectors of W lanes, aligned (std::vector would rely on aligned new).
+template <int W>
+class SoftVectors {
+ public:
+  explicit SoftVectors(int64_t n) : storage_((n + 1) * W) {}
+  typename SoftVec<W>::F* data() {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(storage_.data());
+    const uintptr_t align = 4 * W;
+    return reinterpret_cast<typename SoftVec<W>::F*>((at + align - 1) / align * align);
+  }
+
+ private:
+  std::vector<float> storage_;
+};
+
+template <typename F>
+SOFT_INLINE F Splat(float x) {
+  return F{} + x;
+}
+// 0, 1, ..., W - 1.
+template <typename F>
+SOFT_INLINE F Iota() {
+  F r{};
+  for (int l = 0; l < static_cast<int>(sizeof(F) / 4); ++l) r[l] = static_cast<float>(l);
+  return r;
+}
 // std::min / std::max lane by lane (same operand on ties and NaNs).
-inline SoftF MinF(SoftF a, SoftF b) { return b < a ? b : a; }
-inline SoftF MaxF(SoftF a, SoftF b) { return a < b ? b : a; }
-inline SoftF AbsF(SoftF a) { return (SoftF)((SoftI)a & 0x7fffffff); }
+template <typename F>
+SOFT_INLINE F MinF(F a, F b) {
+  return b < a ? b : a;
+}
+template <typename F>
+SOFT_INLINE F MaxF(F a, F b) {
+  return a < b ? b : a;
+}
+template <typename F>
+SOFT_INLINE F AbsF(F a) {
+  typedef decltype(a < a) I;
+  return (F)((I)a & 0x7fffffff);
+}
+// Bit l set where lane l of the mask is set.
+SOFT_INLINE int Bits(SoftI4 m) {
 #if defined(__SSE__)
-inline bool AnyI(SoftI m) { return __builtin_ia32_movmskps((SoftF)m) != 0; }
+  return __builtin_ia32_movmskps((SoftF4)m);
 #else
-inline bool AnyI(SoftI m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+  return (m[0] ? 1 : 0) | (m[1] ? 2 : 0) | (m[2] ? 4 : 0) | (m[3] ? 8 : 0);
 #endif
-inline float SumF(SoftF a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+}
+template <typename I>
+SOFT_INLINE int Bits(I m) {
+  SoftI4 half[2];
+  std::memcpy(half, &m, sizeof(half));
+  return Bits(half[0]) | (Bits(half[1]) << 4);
+}
+template <typename I>
+SOFT_INLINE bool Any(I m) {
+  return Bits(m) != 0;
+}
+// Sum of the lanes, pairwise.
+SOFT_INLINE float SumF(SoftF4 a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+template <typename F>
+SOFT_INLINE float SumF(F a) {
+  SoftF4 half[2];
+  std::memcpy(half, &a, sizeof(half));
+  return SumF(half[0]) + SumF(half[1]);
+}
 
 // exp(x) for x <= 0, lane by lane: Cephes' expf (range reduction by ln 2 in
-// two parts, degree-7 polynomial), within 2 ulp of exp; 0 below -87 (where
-// exp is at most ~1.6e-38, and subnormal below -87.3).
-inline SoftF ExpF(SoftF x) {
-  const SoftI tiny = x < Splat(-87.0f);
-  x = MaxF(x, Splat(-87.0f));
-  const SoftF fx = x * Splat(1.44269504088896341f) + Splat(0.5f);
-  SoftI n = __builtin_convertvector(fx, SoftI);           // truncation
-  n += (SoftI)(__builtin_convertvector(n, SoftF) > fx);  // -1 where it rounded up: floor
-  const SoftF nf = __builtin_convertvector(n, SoftF);
-  const SoftF r = (x - nf * Splat(0.693359375f)) - nf * Splat(-2.12194440e-4f);
-  SoftF y = Splat(1.9875691500e-4f);
-  y = y * r + Splat(1.3981999507e-3f);
-  y = y * r + Splat(8.3334519073e-3f);
-  y = y * r + Splat(4.1665795894e-2f);
-  y = y * r + Splat(1.6666665459e-1f);
-  y = y * r + Splat(5.0000001201e-1f);
-  y = y * (r * r) + r + Splat(1.0f);
-  const SoftF scale = (SoftF)((n + 127) << 23);
-  return tiny ? Splat(0.0f) : y * scale;
+// two parts, polynomial of degree 7), within 1 ulp of exp over [-87, 0] and
+// exp(0) = 1 exactly; 0 below -87 (where exp is below 1.7e-38).
+template <typename F>
+SOFT_INLINE F ExpF(F x) {
+  typedef decltype(x < x) I;
+  const I tiny = x < -87.0f;
+  x = MaxF(x, Splat<F>(-87.0f));
+  const F fx = x * 1.44269504088896341f + 0.5f;
+  I n = __builtin_convertvector(fx, I);                // truncation
+  n += (I)(__builtin_convertvector(n, F) > fx);        // -1 where it rounded up: floor
+  const F nf = __builtin_convertvector(n, F);
+  const F r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+  F y = Splat<F>(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const F scale = (F)((n + 127) << 23);
+  return tiny ? Splat<F>(0.0f) : y * scale;
 }
 
 // Per-call constants. sigma, gamma and radius may be traced values in JAX, so
@@ -1454,62 +1540,68 @@ SoftTri MakeSoftTri(const SoftBox& box) {
   return s;
 }
 
-// The pixel centres of rows [row, row_end) of a box (row-major),
-// kSoftLanes at a time; lanes past the end repeat its last pixel (not valid).
-// Lane coordinates come from the fragment's index j in the box, j = k ncols
-// + r, all in exact float integer arithmetic (k from a rounded quotient,
-// then corrected by one step): no branches.
+// The pixel centres of rows [row, row_end) of a box (row-major), W at a time;
+// lanes past the end repeat its last pixel (not valid). Lane coordinates come
+// from the fragment's index j in the box, j = k ncols + r, all in exact float
+// integer arithmetic (k from a rounded quotient, then corrected by one step):
+// no branches.
+template <int W>
 struct SoftSpan {
+  typedef typename SoftVec<W>::F F;
+  typedef typename SoftVec<W>::I I;
   int32_t next, count;
-  SoftF ncols, inv_ncols, col0, row0, last;
-  SoftI width;
+  F ncols, inv_ncols, col0, row0, last;
+  I width;
 
-  SoftSpan(const Camera& cam, int32_t col0_, int32_t ncols_, int32_t row, int32_t row_end)
-      : next(0), count(ncols_ * (row_end - row)), ncols(Splat(static_cast<float>(ncols_))),
-        inv_ncols(Splat(1.0f / static_cast<float>(ncols_))),
-        col0(Splat(static_cast<float>(col0_))), row0(Splat(static_cast<float>(row))),
-        last(Splat(static_cast<float>(count - 1))),
-        width(SoftI{cam.width, cam.width, cam.width, cam.width}) {}
+  SOFT_INLINE SoftSpan(const Camera& cam, int32_t col0_, int32_t ncols_, int32_t row,
+                       int32_t row_end)
+      : next(0), count(ncols_ * (row_end - row)),
+        ncols(Splat<F>(static_cast<float>(ncols_))),
+        inv_ncols(Splat<F>(1.0f / static_cast<float>(ncols_))),
+        col0(Splat<F>(static_cast<float>(col0_))), row0(Splat<F>(static_cast<float>(row))),
+        last(Splat<F>(static_cast<float>(count - 1))), width(I{} + cam.width) {}
 
-  bool Next(SoftF* px, SoftF* py, SoftI* pixel, SoftI* valid) {
+  SOFT_INLINE bool Next(F* px, F* py, I* pixel, I* valid) {
     if (next >= count) return false;
-    SoftF j = Splat(static_cast<float>(next)) + SoftF{0.0f, 1.0f, 2.0f, 3.0f};
-    next += kSoftLanes;
+    F j = static_cast<float>(next) + Iota<F>();
+    next += W;
     *valid = j <= last;
     j = MinF(j, last);
-    SoftF k = __builtin_convertvector(
-        __builtin_convertvector((j + 0.5f) * inv_ncols, SoftI), SoftF);
-    SoftF r = j - k * ncols;
-    const SoftI low = r < 0.0f;
+    F k = __builtin_convertvector(__builtin_convertvector((j + 0.5f) * inv_ncols, I), F);
+    F r = j - k * ncols;
+    const I low = r < 0.0f;
     k = low ? k - 1.0f : k;
     r = low ? r + ncols : r;
-    const SoftI high = r >= ncols;
+    const I high = r >= ncols;
     k = high ? k + 1.0f : k;
     r = high ? r - ncols : r;
-    const SoftF col = col0 + r, row = row0 + k;
+    const F col = col0 + r, row = row0 + k;
     *px = col + 0.5f;
     *py = row + 0.5f;
-    *pixel = __builtin_convertvector(row, SoftI) * width + __builtin_convertvector(col, SoftI);
+    *pixel = __builtin_convertvector(row, I) * width + __builtin_convertvector(col, I);
     return true;
   }
 };
 
-// kSoftLanes fragments of _soft_fragments with the intermediates the
-// transpose needs.
+// W fragments of _soft_fragments with the intermediates the transpose needs.
+template <int W>
 struct SoftLanes {
-  SoftF au[3], av[3], s[3], t_raw[3], t[3], du[3], dv[3], d2[3], dist2_01, dist2;
-  SoftI inside, on;  // on: the fragment is aggregated (prob > 0)
-  SoftF x, raw, prob, miss;  // miss = 1 - prob
-  SoftF lam[3], lam_sum, w[3], w_sum, inv_w, z;
-  SoftI w_ok;
+  typedef typename SoftVec<W>::F F;
+  typedef typename SoftVec<W>::I I;
+  F au[3], av[3], s[3], t_raw[3], t[3], du[3], dv[3], d2[3], dist2_01, dist2;
+  I inside, on;  // on: the fragment is aggregated (prob > 0)
+  F x, raw, prob, miss;  // miss = 1 - prob
+  F lam[3], lam_sum, w[3], w_sum, inv_w, z;
+  I w_ok;
 };
 
 // Evaluates the fragments at (px, py) of the lanes in valid; false when none
 // is aggregated (then only q->on is set).
-inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const SoftParams& prm,
-                     SoftLanes* q) {
-  const SoftF zero = Splat(0.0f);
-  SoftI far = SoftI{0, 0, 0, 0};
+template <int W, typename F = typename SoftVec<W>::F, typename I = typename SoftVec<W>::I>
+SOFT_INLINE bool SoftEval(const SoftTri& s, F px, F py, I valid, const SoftParams& prm,
+                          SoftLanes<W>* q) {
+  const F zero = Splat<F>(0.0f);
+  I far{};
   for (int k = 0; k < 3; ++k) {
     q->au[k] = px - s.u[k];
     q->av[k] = py - s.v[k];
@@ -1517,14 +1609,14 @@ inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const So
     // Farther than the aggregation radius from an edge's line, on its outer
     // side: the distance to the triangle is larger still (a margin of 0.1%
     // covers the rounding), so x <= x_skip below.
-    far |= (q->s[k] < zero) & (q->s[k] * q->s[k] > Splat(prm.dist2_skip * s.len2[k]));
+    far |= (q->s[k] < zero) & (q->s[k] * q->s[k] > prm.dist2_skip * s.len2[k]);
   }
   q->on = valid & ~far;
-  if (!AnyI(q->on)) return false;
+  if (!Any(q->on)) return false;
   q->inside = (q->s[0] >= zero) & (q->s[1] >= zero) & (q->s[2] >= zero);
   for (int k = 0; k < 3; ++k) {
     q->t_raw[k] = (q->au[k] * s.eu[k] + q->av[k] * s.ev[k]) * s.inv_len2[k];
-    q->t[k] = MinF(MaxF(zero, q->t_raw[k]), Splat(1.0f));
+    q->t[k] = MinF(MaxF(zero, q->t_raw[k]), Splat<F>(1.0f));
     q->du[k] = q->au[k] - q->t[k] * s.eu[k];
     q->dv[k] = q->av[k] - q->t[k] * s.ev[k];
     q->d2[k] = q->du[k] * q->du[k] + q->dv[k] * q->dv[k];
@@ -1534,15 +1626,15 @@ inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const So
   q->x = (q->inside ? q->dist2 : -q->dist2) / prm.sigma;
   // Far outside: sigmoid(x) <= cutoff without evaluating it (x_skip is below
   // logit(cutoff) by far more than the sigmoid's rounding).
-  q->on &= q->x > Splat(prm.x_skip);
-  if (!AnyI(q->on)) return false;
+  q->on &= q->x > prm.x_skip;
+  if (!Any(q->on)) return false;
   // sigmoid(x) and 1 - sigmoid(x), both accurate, from one exp(-|x|).
-  const SoftF e = ExpF(-AbsF(q->x));
-  const SoftF r = 1.0f / (1.0f + e);
-  const SoftI pos = q->x >= zero;
+  const F e = ExpF(-AbsF(q->x));
+  const F r = 1.0f / (1.0f + e);
+  const I pos = q->x >= zero;
   q->raw = pos ? r : e * r;
-  q->on &= q->raw > Splat(prm.cutoff);  // prob > 0
-  if (!AnyI(q->on)) return false;
+  q->on &= q->raw > prm.cutoff;  // prob > 0
+  if (!Any(q->on)) return false;
   q->prob = (q->raw - prm.cutoff) / prm.keep_den;
   // 1 - D = (1 - sigmoid) / (1 - cutoff): the JAX code sums its logarithm,
   // -softplus(x) - log1p(-cutoff), and exponentiates the sum; the product
@@ -1553,10 +1645,57 @@ inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const So
   for (int k = 0; k < 3; ++k) q->w[k] = q->lam[k] * s.iz[k];
   q->w_sum = q->w[0] + q->w[1] + q->w[2];
   q->w_ok = q->w_sum > zero;
-  q->inv_w = 1.0f / (q->w_ok ? q->w_sum : Splat(1.0f));
-  const SoftF depth = q->w_ok ? q->lam_sum * q->inv_w : Splat(1.0f);
+  q->inv_w = 1.0f / (q->w_ok ? q->w_sum : Splat<F>(1.0f));
+  const F depth = q->w_ok ? q->lam_sum * q->inv_w : Splat<F>(1.0f);
   q->z = (prm.zf - depth) / prm.zden;
   return true;
+}
+
+// The fragments of triangle s in rows [rb, re), W at a time, into the
+// per-pixel records acc (rec floats per pixel from pixel first, and a dummy
+// record at slot dummy; see SoftForwardRows). a: its vertices' attributes.
+template <int W, int kChannels>
+SOFT_INLINE void SoftForwardTriangle(const SoftTri& s, const float* const* a, int64_t channels,
+                                     int32_t rb, int32_t re, const Camera& cam,
+                                     const SoftParams& prm, int64_t first, int64_t rec,
+                                     int32_t dummy, float* acc,
+                                     typename SoftVec<W>::F* values_buffer) {
+  typedef typename SoftVec<W>::F F;
+  typedef typename SoftVec<W>::I I;
+  F values_fixed[kChannels > 0 ? kChannels : 1];
+  F* values = kChannels > 0 ? values_fixed : values_buffer;
+  SoftLanes<W> q;
+  SoftSpan<W> span(cam, s.col0, s.ncols, rb, re);
+  F px{}, py{};
+  I pixel{}, valid{};
+  while (span.Next(&px, &py, &pixel, &valid)) {
+    if (!SoftEval<W>(s, px, py, valid, prm, &q)) continue;
+    // Lanes that are not aggregated update the dummy record instead.
+    const I slot = q.on ? pixel - static_cast<int32_t>(first) : I{} + dummy;
+    F m;
+    for (int l = 0; l < W; ++l) m[l] = acc[slot[l] * rec];
+    // The fragment either raises m (the old sums are scaled by exp((m - z)
+    // / gamma), its weight is prob) or not (its weight is prob exp((z - m)
+    // / gamma)): one exp of -|z - m| / gamma (m - z = -(z - m) exactly).
+    const I raise = q.on & (m < q.z);
+    const F d = ExpF(-AbsF(q.z - m) / prm.gamma);
+    const F m_new = raise ? q.z : m;
+    const F scale = raise ? d : Splat<F>(1.0f);
+    const F weight = q.on ? (raise ? q.prob : q.prob * d) : Splat<F>(0.0f);
+    const F miss = q.on ? q.miss : Splat<F>(1.0f);
+    for (int64_t c = 0; c < channels; ++c) {
+      values[c] = (q.w[0] * a[0][c] + q.w[1] * a[1][c] + q.w[2] * a[2][c]) * q.inv_w;
+    }
+    for (int l = 0; l < W; ++l) {
+      float* p = acc + slot[l] * rec;
+      p[0] = m_new[l];
+      p[1] = p[1] * scale[l] + weight[l];
+      for (int64_t c = 0; c < channels; ++c) {
+        p[2 + c] = p[2 + c] * scale[l] + weight[l] * values[c][l];
+      }
+      p[rec - 1] *= miss[l];
+    }
+  }
 }
 
 // Forward of rows [r0, r1) of one image (boxes ordered by row). The depth
@@ -1564,29 +1703,24 @@ inline bool SoftEval(const SoftTri& s, SoftF px, SoftF py, SoftI valid, const So
 // and its sums of weights prob exp((z - m) / gamma) (with and without the
 // attributes), rescaled by exp((m_old - m) / gamma) when m grows, and the
 // product of 1 - D. kChannels > 0: compiled for that many channels.
-template <int kChannels>
-void SoftForwardRows(const SoftBox* boxes_begin, const SoftBox* boxes_end, const float* attr,
-                     int64_t num_channels,
-                     const float* bg, const Camera& cam, const SoftParams& prm, int32_t r0,
-                     int32_t r1, float* image, float* alpha, float* zmax, float* total,
-                     float* miss) {
+template <int W, int kChannels>
+SOFT_INLINE void SoftForwardRows(const SoftBox* boxes_begin, const SoftBox* boxes_end,
+                                 const float* attr, int64_t num_channels, const float* bg,
+                                 const Camera& cam, const SoftParams& prm, int32_t r0,
+                                 int32_t r1, float* image, float* alpha, float* zmax,
+                                 float* total, float* miss) {
   const int64_t channels = kChannels > 0 ? kChannels : num_channels;
   const int64_t width = cam.width;
   const int64_t first = r0 * width, last = r1 * width;
   // Per pixel: m, sum of weights, sum of weighted attributes [C], prod(1 - D).
   const int64_t rec = channels + 3;
   std::vector<float> acc((last - first + 1) * rec, 0.0f);
-  const int32_t dummy_slot = static_cast<int32_t>(last - first);
-  const SoftI dummy = SoftI{dummy_slot, dummy_slot, dummy_slot, dummy_slot};
-  const SoftF zero = Splat(0.0f), one = Splat(1.0f);
+  const int32_t dummy = static_cast<int32_t>(last - first);
   for (int64_t i = 0; i <= last - first; ++i) {
     acc[i * rec] = prm.eps;
     acc[i * rec + rec - 1] = 1.0f;
   }
-  std::vector<SoftF> values_buffer(kChannels > 0 ? 0 : channels);
-  SoftF values_fixed[kChannels > 0 ? kChannels : 1];
-  SoftF* values = kChannels > 0 ? values_fixed : values_buffer.data();
-  SoftLanes q;
+  SoftVectors<W> values(kChannels > 0 ? 0 : channels);
   for (const SoftBox* it = boxes_begin; it != boxes_end; ++it) {
     const SoftBox& box = *it;
     const int32_t rb = std::max(box.row0, r0), re = std::min(box.row0 + box.nrows, r1);
@@ -1594,37 +1728,8 @@ void SoftForwardRows(const SoftBox* boxes_begin, const SoftBox* boxes_end, const
     const SoftTri s = MakeSoftTri(box);
     const float* a[3] = {attr + channels * s.vid[0], attr + channels * s.vid[1],
                          attr + channels * s.vid[2]};
-    SoftSpan span(cam, s.col0, s.ncols, rb, re);
-    SoftF px, py;
-    SoftI pixel, valid;
-    while (span.Next(&px, &py, &pixel, &valid)) {
-      if (!SoftEval(s, px, py, valid, prm, &q)) continue;
-      // Lanes that are not aggregated update a dummy record instead.
-      const SoftI slot = q.on ? pixel - static_cast<int32_t>(first) : dummy;
-      SoftF m;
-      for (int l = 0; l < kSoftLanes; ++l) m[l] = acc[slot[l] * rec];
-      // The fragment either raises m (the old sums are scaled by exp((m - z)
-      // / gamma), its weight is prob) or not (its weight is prob exp((z - m)
-      // / gamma)): one exp of -|z - m| / gamma (m - z = -(z - m) exactly).
-      const SoftI raise = q.on & (m < q.z);
-      const SoftF d = ExpF(-AbsF(q.z - m) / prm.gamma);
-      const SoftF m_new = raise ? q.z : m;
-      const SoftF scale = raise ? d : one;
-      const SoftF weight = q.on ? (raise ? q.prob : q.prob * d) : zero;
-      const SoftF miss_l = q.on ? q.miss : one;
-      for (int64_t c = 0; c < channels; ++c) {
-        values[c] = (q.w[0] * a[0][c] + q.w[1] * a[1][c] + q.w[2] * a[2][c]) * q.inv_w;
-      }
-      for (int l = 0; l < kSoftLanes; ++l) {
-        float* p = acc.data() + slot[l] * rec;
-        p[0] = m_new[l];
-        p[1] = p[1] * scale[l] + weight[l];
-        for (int64_t c = 0; c < channels; ++c) {
-          p[2 + c] = p[2 + c] * scale[l] + weight[l] * values[c][l];
-        }
-        p[rec - 1] *= miss_l[l];
-      }
-    }
+    SoftForwardTriangle<W, kChannels>(s, a, channels, rb, re, cam, prm, first, rec, dummy,
+                                      acc.data(), values.data());
   }
   for (int64_t i = first; i < last; ++i) {
     const float* p = acc.data() + (i - first) * rec;
@@ -1641,43 +1746,46 @@ void SoftForwardRows(const SoftBox* boxes_begin, const SoftBox* boxes_end, const
 
 // Gradient factor of jnp.maximum / jnp.minimum w.r.t. operand x of result z
 // (the other operand y): JAX splits ties evenly.
-inline SoftF BalancedF(SoftF x, SoftF z, SoftF y) {
-  return x == z ? (y == z ? Splat(0.5f) : Splat(1.0f)) : Splat(0.0f);
+template <typename F>
+SOFT_INLINE F BalancedF(F x, F z, F y) {
+  return x == z ? (y == z ? Splat<F>(0.5f) : Splat<F>(1.0f)) : Splat<F>(0.0f);
 }
 
 // Per-lane sums of the gradients of one triangle's fields.
+template <typename F>
 struct SoftTriGrad {
-  SoftF u[3], v[3], iz[3], eu[3], ev[3], il[3];
+  F u[3], v[3], iz[3], eu[3], ev[3], il[3];
 };
 
 // Transpose of the fragments' squared distances to the triangle (gradient
 // g_dist2) and of their edge functions s (gradients g_s), into the gradients
 // of the triangle's fields.
-inline void SoftBackwardDistance(const SoftTri& s, const SoftLanes& q, SoftF g_dist2,
-                                 const SoftF* g_s, SoftTriGrad* g) {
-  const SoftF zero = Splat(0.0f), one = Splat(1.0f);
-  const SoftF g_d01 = g_dist2 * BalancedF(q.dist2_01, q.dist2, q.d2[2]);
-  const SoftF g_d2[3] = {g_d01 * BalancedF(q.d2[0], q.dist2_01, q.d2[1]),
-                         g_d01 * BalancedF(q.d2[1], q.dist2_01, q.d2[0]),
-                         g_dist2 * BalancedF(q.d2[2], q.dist2, q.dist2_01)};
+template <int W, typename F = typename SoftVec<W>::F>
+SOFT_INLINE void SoftBackwardDistance(const SoftTri& s, const SoftLanes<W>& q, F g_dist2,
+                                      const F* g_s, SoftTriGrad<F>* g) {
+  const F zero = Splat<F>(0.0f), one = Splat<F>(1.0f);
+  const F g_d01 = g_dist2 * BalancedF(q.dist2_01, q.dist2, q.d2[2]);
+  const F g_d2[3] = {g_d01 * BalancedF(q.d2[0], q.dist2_01, q.d2[1]),
+                     g_d01 * BalancedF(q.d2[1], q.dist2_01, q.d2[0]),
+                     g_dist2 * BalancedF(q.d2[2], q.dist2, q.dist2_01)};
   for (int k = 0; k < 3; ++k) {
-    const SoftF g_du = 2.0f * q.du[k] * g_d2[k];
-    const SoftF g_dv = 2.0f * q.dv[k] * g_d2[k];
-    SoftF g_au = g_du, g_av = g_dv;
+    const F g_du = 2.0f * q.du[k] * g_d2[k];
+    const F g_dv = 2.0f * q.dv[k] * g_d2[k];
+    F g_au = g_du, g_av = g_dv;
     g->eu[k] -= q.t[k] * g_du;
     g->ev[k] -= q.t[k] * g_dv;
-    const SoftF g_t = -(g_du * s.eu[k] + g_dv * s.ev[k]);
+    const F g_t = -(g_du * s.eu[k] + g_dv * s.ev[k]);
     // t = min(1, max(0, t_raw)) (jnp.clip).
-    const SoftF m = MaxF(zero, q.t_raw[k]);
-    const SoftF g_tr = g_t * BalancedF(m, q.t[k], one) * BalancedF(q.t_raw[k], m, zero);
-    const SoftF dotp = q.au[k] * s.eu[k] + q.av[k] * s.ev[k];
+    const F m = MaxF(zero, q.t_raw[k]);
+    const F g_tr = g_t * BalancedF(m, q.t[k], one) * BalancedF(q.t_raw[k], m, zero);
+    const F dotp = q.au[k] * s.eu[k] + q.av[k] * s.ev[k];
     g->il[k] += g_tr * dotp;
-    const SoftF g_dotp = g_tr * s.inv_len2[k];
+    const F g_dotp = g_tr * s.inv_len2[k];
     g_au += g_dotp * s.eu[k];
     g->eu[k] += g_dotp * q.au[k];
     g_av += g_dotp * s.ev[k];
     g->ev[k] += g_dotp * q.av[k];
-    const SoftF g_c = g_s[k] * s.orient;
+    const F g_c = g_s[k] * s.orient;
     g->eu[k] += g_c * q.av[k];
     g_av += g_c * s.eu[k];
     g->ev[k] -= g_c * q.au[k];
@@ -1692,75 +1800,77 @@ inline void SoftBackwardDistance(const SoftTri& s, const SoftLanes& q, SoftF g_d
 // adds d points [V, 3] and d attributes [V, C] of its vertices. kChannels > 0:
 // compiled for that many channels (the common case, unrolled), else any.
 // Lanes that are not aggregated get zero seeds, hence add exact zeros.
-template <int kChannels>
-void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* attr,
-                          int64_t num_channels, const float* pix, const float* zmax,
-                          const Camera& cam, const SoftParams& prm, float* d_points,
-                          int64_t dp_stride, float* d_attr, int64_t da_stride,
-                          std::vector<SoftF>& g_attr_buffer) {
+template <int W, int kChannels>
+SOFT_INLINE void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* attr,
+                                      int64_t num_channels, const float* pix, const float* zmax,
+                                      const Camera& cam, const SoftParams& prm, float* d_points,
+                                      int64_t dp_stride, float* d_attr, int64_t da_stride,
+                                      typename SoftVec<W>::F* g_attr_buffer) {
+  typedef typename SoftVec<W>::F F;
+  typedef typename SoftVec<W>::I I;
   const int64_t channels = kChannels > 0 ? kChannels : num_channels;
-  SoftF g_attr_fixed[3 * (kChannels > 0 ? kChannels : 1)];
-  SoftF* g_attr = kChannels > 0 ? g_attr_fixed : g_attr_buffer.data();
+  F g_attr_fixed[3 * (kChannels > 0 ? kChannels : 1)];
+  F* g_attr = kChannels > 0 ? g_attr_fixed : g_attr_buffer;
   const int64_t pix_size = channels + 2;
   const float* av[3] = {attr + channels * s.vid[0], attr + channels * s.vid[1],
                         attr + channels * s.vid[2]};
-  const SoftF zero = Splat(0.0f);
-  SoftTriGrad g;
+  const F zero = Splat<F>(0.0f);
+  SoftTriGrad<F> g;
   for (int k = 0; k < 3; ++k) {
     g.u[k] = g.v[k] = g.iz[k] = g.eu[k] = g.ev[k] = g.il[k] = zero;
   }
   for (int64_t j = 0; j < 3 * channels; ++j) g_attr[j] = zero;
-  SoftLanes q;
-  SoftSpan span(cam, s.col0, s.ncols, s.row0, s.row0 + s.nrows);
-  SoftF px, py;
-  SoftI pixel, valid;
+  SoftLanes<W> q;
+  SoftSpan<W> span(cam, s.col0, s.ncols, s.row0, s.row0 + s.nrows);
+  F px{}, py{};
+  I pixel{}, valid{};
   while (span.Next(&px, &py, &pixel, &valid)) {
-    if (!SoftEval(s, px, py, valid, prm, &q)) continue;
-    SoftF zm, g_lm, g_w;
-    for (int l = 0; l < kSoftLanes; ++l) {
+    if (!SoftEval<W>(s, px, py, valid, prm, &q)) continue;
+    F zm, g_lm, g_w;
+    for (int l = 0; l < W; ++l) {
       const float* p = pix + pixel[l] * pix_size;
       zm[l] = zmax[pixel[l]];
       g_lm[l] = p[channels + 1];
       g_w[l] = -p[channels];
     }
-    const SoftF e = q.on ? ExpF((q.z - zm) / prm.gamma) : zero;
-    const SoftF weight = q.prob * e;
+    const F e = q.on ? ExpF((q.z - zm) / prm.gamma) : zero;
+    const F weight = q.prob * e;
     g_lm = q.on ? g_lm : zero;
     // Through image = (sum w a + w_bg bg) / total and alpha = 1 - exp(sum lm).
-    SoftF num_dot = zero;  // sum_c g_value_c * (w . a_c)
-    SoftF g_wk_attr[3] = {zero, zero, zero};
+    F num_dot = zero;  // sum_c g_value_c * (w . a_c)
+    F g_wk_attr[3] = {zero, zero, zero};
     for (int64_t c = 0; c < channels; ++c) {
-      SoftF pc;
-      for (int l = 0; l < kSoftLanes; ++l) pc[l] = pix[pixel[l] * pix_size + c];
-      const SoftF num = q.w[0] * av[0][c] + q.w[1] * av[1][c] + q.w[2] * av[2][c];
+      F pc;
+      for (int l = 0; l < W; ++l) pc[l] = pix[pixel[l] * pix_size + c];
+      const F num = q.w[0] * av[0][c] + q.w[1] * av[1][c] + q.w[2] * av[2][c];
       g_w += pc * (num * q.inv_w);
-      const SoftF g_val = pc * weight;
+      const F g_val = pc * weight;
       num_dot += g_val * num;
-      const SoftF g_num = g_val * q.inv_w;
+      const F g_num = g_val * q.inv_w;
       for (int k = 0; k < 3; ++k) {
         g_wk_attr[k] += g_num * av[k][c];
         g_attr[k * channels + c] += g_num * q.w[k];
       }
     }
-    const SoftF g_prob = g_w * e;
-    const SoftF g_z = g_w * weight / prm.gamma;
+    const F g_prob = g_w * e;
+    const F g_z = g_w * weight / prm.gamma;
     // Depth and attribute interpolation.
-    const SoftF g_depth = -g_z / prm.zden;
-    const SoftF g_inv_w = g_depth * q.lam_sum + num_dot;
-    const SoftF g_lam_sum = q.w_ok ? g_depth * q.inv_w : zero;
-    const SoftF g_wsum = q.w_ok ? -g_inv_w * q.inv_w * q.inv_w : zero;
-    SoftF g_s[3] = {zero, zero, zero};
+    const F g_depth = -g_z / prm.zden;
+    const F g_inv_w = g_depth * q.lam_sum + num_dot;
+    const F g_lam_sum = q.w_ok ? g_depth * q.inv_w : zero;
+    const F g_wsum = q.w_ok ? -g_inv_w * q.inv_w * q.inv_w : zero;
+    F g_s[3] = {zero, zero, zero};
     for (int k = 0; k < 3; ++k) {
-      const SoftF g_wk = g_wsum + g_wk_attr[k];
+      const F g_wk = g_wsum + g_wk_attr[k];
       g.iz[k] += g_wk * q.lam[k];
-      const SoftF g_lam = g_wk * s.iz[k] + g_lam_sum;
+      const F g_lam = g_wk * s.iz[k] + g_lam_sum;
       const int n = (k + 1) % 3;
       g_s[n] += g_lam * BalancedF(q.s[n], q.lam[k], zero);
     }
     // Probability and log(1 - D) through x = ±dist2 / sigma.
-    const SoftF g_x = g_prob / prm.keep_den * (q.raw * (1.0f - q.raw)) - g_lm * q.raw;
-    const SoftF g_dist2 = (q.inside ? g_x : -g_x) / prm.sigma;
-    SoftBackwardDistance(s, q, g_dist2, g_s, &g);
+    const F g_x = g_prob / prm.keep_den * (q.raw * (1.0f - q.raw)) - g_lm * q.raw;
+    const F g_dist2 = (q.inside ? g_x : -g_x) / prm.sigma;
+    SoftBackwardDistance<W>(s, q, g_dist2, g_s, &g);
   }
   // Edge set-up, projection and the vertex gathers.
   float g_u[3], g_v[3], g_eu[3], g_ev[3];
@@ -1793,6 +1903,87 @@ void SoftBackwardTriangle(const SoftTri& s, const float* points, const float* at
     float* da = d_attr + da_stride * s.vid[k];
     for (int64_t c = 0; c < channels; ++c) da[c] += SumF(g_attr[k * channels + c]);
   }
+}
+
+// The transpose of the boxes [begin, end) of one image (see
+// SoftBackwardTriangle).
+template <int W, int kChannels>
+SOFT_INLINE void SoftBackwardBoxes(const SoftBox* begin, const SoftBox* end,
+                                   const float* points, const float* attr, int64_t num_channels,
+                                   const float* pix, const float* zmax, const Camera& cam,
+                                   const SoftParams& prm, float* d_points, int64_t dp_stride,
+                                   float* d_attr, int64_t da_stride) {
+  SoftVectors<W> g_attr(kChannels > 0 ? 0 : 3 * num_channels);
+  for (const SoftBox* box = begin; box != end; ++box) {
+    SoftBackwardTriangle<W, kChannels>(MakeSoftTri(*box), points, attr, num_channels, pix, zmax,
+                                       cam, prm, d_points, dp_stride, d_attr, da_stride,
+                                       g_attr.data());
+  }
+}
+
+// The instances: the forward 4 lanes at a time (with 8, AVX without AVX2
+// spends more on the integer lane work and on the lanes of small boxes than
+// it saves), the transpose (mostly float arithmetic) 4 at a time, or 8 in a
+// function compiled for AVX where the compiler targets x86; each for 3
+// channels or any.
+#define SOFT_BACKWARD_ARGS                                                                     \
+  const SoftBox *begin, const SoftBox *end, const float *points, const float *attr,          \
+      int64_t num_channels, const float *pix, const float *zmax, const Camera &cam,            \
+      const SoftParams &prm, float *d_points, int64_t dp_stride, float *d_attr,                \
+      int64_t da_stride
+#define SOFT_BACKWARD_PASS                                                                     \
+  begin, end, points, attr, num_channels, pix, zmax, cam, prm, d_points, dp_stride, d_attr,   \
+      da_stride
+
+void SoftForward(const SoftBox* boxes_begin, const SoftBox* boxes_end, const float* attr,
+                 int64_t num_channels, const float* bg, const Camera& cam, const SoftParams& prm,
+                 int32_t r0, int32_t r1, float* image, float* alpha, float* zmax, float* total,
+                 float* miss) {
+  if (num_channels == 3) {
+    SoftForwardRows<4, 3>(boxes_begin, boxes_end, attr, num_channels, bg, cam, prm, r0, r1,
+                          image, alpha, zmax, total, miss);
+  } else {
+    SoftForwardRows<4, 0>(boxes_begin, boxes_end, attr, num_channels, bg, cam, prm, r0, r1,
+                          image, alpha, zmax, total, miss);
+  }
+}
+
+void SoftBackward4(SOFT_BACKWARD_ARGS) {
+  if (num_channels == 3) {
+    SoftBackwardBoxes<4, 3>(SOFT_BACKWARD_PASS);
+  } else {
+    SoftBackwardBoxes<4, 0>(SOFT_BACKWARD_PASS);
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SOFT_HAVE_AVX 1
+__attribute__((target("avx"))) void SoftBackward8(SOFT_BACKWARD_ARGS) {
+  if (num_channels == 3) {
+    SoftBackwardBoxes<8, 3>(SOFT_BACKWARD_PASS);
+  } else {
+    SoftBackwardBoxes<8, 0>(SOFT_BACKWARD_PASS);
+  }
+}
+#else
+void SoftBackward8(SOFT_BACKWARD_ARGS) { SoftBackward4(SOFT_BACKWARD_PASS); }
+#endif
+
+// Whether the AVX instances run: the CPU (and OS) support AVX and
+// FOCUS_JAX_AVX is not 0/false/no/off (which tests the portable instances).
+bool SoftUseAvx() {
+#if defined(SOFT_HAVE_AVX)
+  const char* env = std::getenv("FOCUS_JAX_AVX");
+  if (env != nullptr) {
+    std::string v(env);
+    for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (v == "0" || v == "false" || v == "no" || v == "off") return false;
+  }
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx");
+#else
+  return false;
+#endif
 }
 
 // Shapes shared by the soft entry points; params: [..., 3] (sigma, gamma,
@@ -1922,17 +2113,12 @@ ffi::Error SoftRasterizeImpl(ffi::Buffer<ffi::F32> points, ffi::Buffer<ffi::F32>
     const SoftBox* last = std::lower_bound(
         first, first + header(im)[0], r1,
         [](const SoftBox& box, int32_t row) { return box.row0 < row; });
-    auto run = [&](auto forward) {
-      forward(first, last, attributes.typed_data() + im * m.num_vertices * channels, channels, background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
-              image->typed_data() + im * num_pixels * channels,
-              alpha->typed_data() + im * num_pixels, zmax->typed_data() + im * num_pixels,
-              total->typed_data() + im * num_pixels, miss->typed_data() + im * num_pixels);
-    };
-    if (channels == 3) {
-      run(SoftForwardRows<3>);
-    } else {
-      run(SoftForwardRows<0>);
-    }
+    SoftForward(
+        first, last, attributes.typed_data() + im * m.num_vertices * channels, channels,
+        background.typed_data() + im * num_pixels * channels, cam, prm, r0, r1,
+        image->typed_data() + im * num_pixels * channels, alpha->typed_data() + im * num_pixels,
+        zmax->typed_data() + im * num_pixels, total->typed_data() + im * num_pixels,
+        miss->typed_data() + im * num_pixels);
   };
   const int64_t bands = BandsPerImage(m.num_images, height);
   if (bands == 1) {
@@ -2013,6 +2199,7 @@ ffi::Error SoftRasterizeGradImpl(
   }
   const Camera cam{width, height, focal, cx, cy, near};
   const int64_t pix_size = channels + 2;
+  const bool use_avx = SoftUseAvx();
   auto prm_of = [&](int64_t im) {
     return MakeSoftParams(params.typed_data() + 3 * (im / b.images_per_param), cull, eps, zf,
                           zden, cutoff, keep_den);
@@ -2063,19 +2250,11 @@ ffi::Error SoftRasterizeGradImpl(
     const int32_t* head = boxes.typed_data() + im * box_stride;
     const SoftBox* sorted = reinterpret_cast<const SoftBox*>(head) + 1;
     const int64_t count = std::min<int64_t>(std::max(head[0], 0), m.num_faces);
-    std::vector<SoftF> g_attr(3 * channels);
     const float* image_pix = pix.data() + im * num_pixels * pix_size;
     const float* image_zmax = zmax.typed_data() + im * num_pixels;
-    for (int64_t k = count * part / parts; k < count * (part + 1) / parts; ++k) {
-      const SoftTri s = MakeSoftTri(sorted[k]);
-      if (channels == 3) {
-        SoftBackwardTriangle<3>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
-                                dp_stride, da, da_stride, g_attr);
-      } else {
-        SoftBackwardTriangle<0>(s, pts, attr, channels, image_pix, image_zmax, cam, prm, dp,
-                                dp_stride, da, da_stride, g_attr);
-      }
-    }
+    (use_avx ? SoftBackward8 : SoftBackward4)(
+        sorted + count * part / parts, sorted + count * (part + 1) / parts, pts, attr, channels,
+        image_pix, image_zmax, cam, prm, dp, dp_stride, da, da_stride);
   });
   if (parts > 1) {
     // The parts' sums, split over vertex ranges.

@@ -20,7 +20,9 @@ The library is compiled on first use with the system C++ compiler (``$CXX`` or
 cached under ``$FOCUS_JAX_CACHE`` (default ``~/.cache/focus_jax``) keyed by the
 source, the jax version and the flags. No compiler, or a failed build, logs
 one warning and falls back to pure JAX. ``FOCUS_JAX_NATIVE=0`` turns the
-kernels off (the pure-JAX path then runs everywhere).
+kernels off (the pure-JAX path then runs everywhere). The library is portable
+(no -march flags); the soft transpose also has AVX code, chosen at run time
+where the CPU has AVX (``FOCUS_JAX_AVX=0`` keeps it on the portable code).
 """
 
 from __future__ import annotations
@@ -332,22 +334,30 @@ def soft_rasterize(points, attributes, background, triangles, params, intrinsics
 
   Returns:
     (image [B, H, W, C], alpha [B, H, W], and the residuals of
-    :func:`soft_rasterize_grad`: zmax, total, miss [B, H, W]) float32.
+    :func:`soft_rasterize_grad`: zmax, total, miss [B, H, W] float32 and the
+    per-triangle set-up [B, F + 1, 16] int32, the drawn triangles' projected
+    vertices and pixel boxes ordered by first row, so that the backward pass
+    does not redo it).
 
   Same formulas as ``rasterize._soft_triangles`` / ``_soft_fragments`` /
   ``_soft_aggregate``, fragment by fragment over each triangle's padded
-  bounding box (no fragment budget), with three differences in rounding only:
-  exp and the sigmoid are libm's, not XLA's; the per-pixel sums run in
-  another order (triangles sorted by first row); and the coverage is
-  ``1 - prod(1 - D)`` (with ``1 - D = (1 - sigmoid) / (1 - cutoff)``) instead
-  of ``1 - exp(sum log(1 - D))``. The depth softmax amplifies such rounding by
-  up to ``1 / gamma`` (see tests/test_cpu_kernels.py).
+  bounding box (no fragment budget), several fragments at a time (SIMD lanes,
+  same IEEE rounding per lane), with differences in rounding only: exp is a
+  polynomial within 1 ulp (not XLA's), as is the sigmoid built on it; the
+  per-pixel sums run in another order (triangles sorted by first row) and
+  online: each pixel's sums are rescaled by ``exp((m_old - m) / gamma)`` when
+  its largest scaled depth m so far grows; the coverage is ``1 - prod(1 - D)``
+  (with ``1 - D = (1 - sigmoid) / (1 - cutoff)``) instead of
+  ``1 - exp(sum log(1 - D))``; and the backward pass sums each triangle's
+  gradient lane by lane. The depth softmax amplifies such rounding by up to
+  ``1 / gamma`` (see tests/test_cpu_kernels.py).
   """
   shape = background.shape[:-1]
   f32 = lambda s: jax.ShapeDtypeStruct(s, jnp.float32)
+  boxes = jax.ShapeDtypeStruct(points.shape[:-2] + (triangles.shape[-2] + 1, 16), jnp.int32)
   call = jax.ffi.ffi_call("focus_soft_rasterize",
                           (f32(background.shape), f32(shape), f32(shape), f32(shape),
-                           f32(shape)), vmap_method="broadcast_all")
+                           f32(shape), boxes), vmap_method="broadcast_all")
   return call(points.astype(jnp.float32), attributes.astype(jnp.float32),
               background.astype(jnp.float32), triangles.astype(jnp.int32),
               params.astype(jnp.float32),
@@ -357,7 +367,7 @@ def soft_rasterize(points, attributes, background, triangles, params, intrinsics
 def soft_rasterize_grad(points, attributes, triangles, params, residuals, image, g_image,
                         g_alpha, intrinsics, *, near, cull_backfaces, eps, depth_range, cutoff):
   """The transpose of :func:`soft_rasterize` w.r.t. points, attributes and
-  background; ``residuals`` = (zmax, total, miss) of the forward call.
+  background; ``residuals`` = (zmax, total, miss, set-up) of the forward call.
 
   Returns:
     (d_points [B, V, 3], d_attributes [B, V, C], d_background [B, H, W, C]).
@@ -366,9 +376,9 @@ def soft_rasterize_grad(points, attributes, triangles, params, residuals, image,
   call = jax.ffi.ffi_call("focus_soft_rasterize_grad",
                           (f32(points.shape), f32(attributes.shape), f32(image.shape)),
                           vmap_method="broadcast_all")
-  zmax, total, miss = residuals
+  zmax, total, miss, boxes = residuals
   return call(points.astype(jnp.float32), attributes.astype(jnp.float32),
-              triangles.astype(jnp.int32), params.astype(jnp.float32), zmax, total, miss,
+              triangles.astype(jnp.int32), params.astype(jnp.float32), zmax, total, miss, boxes,
               image, g_image.astype(jnp.float32), g_alpha.astype(jnp.float32),
               **_soft_attributes(intrinsics, near, cull_backfaces, eps, depth_range, cutoff))
 
