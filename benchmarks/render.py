@@ -10,7 +10,8 @@ triangles) and its 1x and 2x midpoint subdivisions (26944 and 107776 triangles),
 bases subdivided linearly. Without the SFM file a generated grid face of the same
 sizes is used (stated in the output). Each configuration runs in a fresh
 subprocess so that its peak resident memory (ru_maxrss) is its own; the timing is
-the median of ``--repeats`` jitted calls after a warm-up, with
+the median of ``--repeats`` jitted calls after ``--warmup`` untimed ones (the first
+compiles; the next let the heap settle, see focus_jax.host_memory), with
 ``block_until_ready``. Results go to benchmarks/results/render.md.
 """
 
@@ -103,9 +104,11 @@ def device_peak_mib():
   return None if peak is None else peak / 2**20
 
 
-def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
-  """Times one configuration; ``before_timing()`` (if given) runs after the warm-up
-  call, e.g. to wait for a turn on a shared accelerator (benchmarks/gpu.py)."""
+def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None,
+            warmup: int = 1):
+  """Times one configuration after ``warmup`` untimed calls; ``before_timing()``
+  (if given) runs after them, e.g. to wait for a turn on a shared accelerator
+  (benchmarks/gpu.py)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from focus_jax.render import camera, cpu_kernels, render  # pylint: disable=import-outside-toplevel
@@ -122,6 +125,8 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
   t0 = time.perf_counter()
   jax.block_until_ready(fn(params))
   compile_s = time.perf_counter() - t0
+  for _ in range(warmup - 1):
+    jax.block_until_ready(fn(params))
   if before_timing is not None:
     before_timing()
   times, cpu = [], []
@@ -136,7 +141,8 @@ def run_one(mesh: str, batch: int, mode: str, repeats: int, before_timing=None):
   return dict(mesh=mesh, triangles=model.num_triangles, vertices=model.num_vertices,
               source=source, batch=batch, mode=mode, ms=1000 * float(np.median(times)),
               ms_min=1000 * float(np.min(times)), cpu_ms=1000 * float(np.median(cpu)),
-              compile_s=compile_s, peak_mib=peak, faults=faults, device_peak_mib=device_peak_mib(),
+              compile_s=compile_s, peak_mib=peak, faults=faults, warmup=warmup,
+              device_peak_mib=device_peak_mib(),
               kernels="C++" if cpu_kernels.use_for_default_backend() else "JAX",
               jax=jax.__version__, device=str(jax.devices()[0]))
 
@@ -205,7 +211,9 @@ def main():
   parser.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
   parser.add_argument("--batches", nargs="+", type=int, default=[1, 12])
   parser.add_argument("--modes", nargs="+", default=["hard", "soft"], choices=["hard", "soft"])
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls per configuration")
+  parser.add_argument("--warmup", type=int, default=3,
+                      help="untimed calls first (the first compiles); steady-state step times")
   parser.add_argument("--output", default=RESULTS)
   parser.add_argument("--breakdown", metavar="MESH,BATCH",
                       help="print the CPU time of each hard-mode stage (e.g. 27k,12) instead")
@@ -219,7 +227,7 @@ def main():
     return
   if args.single:
     mesh, batch, mode = args.single.split(",")
-    print(json.dumps(dict(run_one(mesh, int(batch), mode, args.repeats),
+    print(json.dumps(dict(run_one(mesh, int(batch), mode, args.repeats, warmup=args.warmup),
                           kept_freed_memory=kept)))
     return
   rows = []
@@ -229,7 +237,7 @@ def main():
     for batch in args.batches:
       for mode in args.modes:
         cmd = [sys.executable, __file__, "--single", f"{mesh},{batch},{mode}",
-               "--repeats", str(args.repeats)]
+               "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if out.returncode != 0:
           print(f"{mesh} b={batch} {mode}: FAILED\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -257,7 +265,8 @@ def write_report(rows, path, load_start):
       f"{', '.join(f'{x:.1f}' for x in load_start)}, at the end: "
       f"{', '.join(f'{x:.1f}' for x in load)}.",
       "",
-      "Forward + backward (`jax.value_and_grad`, jitted, median of repeats after warm-up) of a "
+      "Forward + backward (`jax.value_and_grad`, jitted, median of repeats after "
+      f"{rows[0]['warmup'] if rows else '?'} untimed calls, the first of which compiles) of a "
       "masked photometric loss of `render(...)` at 224 x 224 w.r.t. shape, expression, "
       "albedo, pose and light, with `buffers=False`; hard mode with silhouette "
       "antialiasing, soft mode with the defaults (sigma 0.1 px², gamma 1e-4). Peak = "
