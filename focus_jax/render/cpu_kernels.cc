@@ -1219,6 +1219,40 @@ VertexParts VertexPartsOf(const MeshBatch& m) {
           m.num_vertices};
 }
 
+// Face ranges of the vertex stage's per-face loops (summed face normals and
+// their transpose), `parts` per image like VertexParts. Part 0 of an image
+// accumulates into the result itself, each further part into a zeroed buffer
+// of its own; Merge then adds the buffers to the result in part order, so the
+// sums do not depend on the thread schedule (with one part per image, the
+// batched case, nothing is buffered).
+class FaceParts {
+ public:
+  FaceParts(const MeshBatch& m, int64_t parts)
+      : parts_(parts), num_faces_(m.num_faces), size_(3 * m.num_vertices),
+        buffers_(m.num_images * (parts - 1) * size_) {}
+  void Range(int64_t unit, int64_t* f0, int64_t* f1) const {
+    *f0 = num_faces_ * (unit % parts_) / parts_;
+    *f1 = num_faces_ * (unit % parts_ + 1) / parts_;
+  }
+  // Where work unit `unit` accumulates, given its image's result.
+  float* Sums(int64_t unit, float* result) {
+    const int64_t part = unit % parts_;
+    if (part == 0) return result;
+    return buffers_.data() + ((unit / parts_) * (parts_ - 1) + part - 1) * size_;
+  }
+  // result[v] += the further parts' sums, for vertices [v0, v1) of an image.
+  void Merge(int64_t image, int64_t v0, int64_t v1, float* result) const {
+    for (int64_t part = 1; part < parts_; ++part) {
+      const float* b = buffers_.data() + (image * (parts_ - 1) + part - 1) * size_;
+      for (int64_t i = 3 * v0; i < 3 * v1; ++i) result[i] += b[i];
+    }
+  }
+
+ private:
+  int64_t parts_, num_faces_, size_;
+  std::vector<float> buffers_;
+};
+
 // verts, albedo [..., V, 3]; rotation [..., 3, 3]; translation [..., 3]; light
 // [..., 9, 3]; triangles [..., F, 3] (see MeshBatch). Results [..., V, 3]:
 // camera-space vertices, camera-space unit normals, colours, and the summed
@@ -1234,16 +1268,20 @@ ffi::Error VertexStageImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32> tr
       err.failure()) {
     return err;
   }
-  ParallelFor(m.num_images, [&](int64_t image) {
-    const int64_t off = image * m.num_vertices * 3;
-    SumFaceNormals(verts.typed_data() + off, m.TrianglesOf(image), m.num_vertices, m.num_faces,
-                   summed->typed_data() + off);
-  });
   const VertexParts parts = VertexPartsOf(m);
+  FaceParts faces(m, parts.parts);
+  ParallelFor(m.num_images * parts.parts, [&](int64_t unit) {
+    const int64_t image = unit / parts.parts, off = image * m.num_vertices * 3;
+    int64_t f0, f1;
+    faces.Range(unit, &f0, &f1);
+    SumFaceNormals(verts.typed_data() + off, m.TrianglesOf(image) + 3 * f0, m.num_vertices,
+                   f1 - f0, faces.Sums(unit, summed->typed_data() + off));
+  });
   ParallelFor(m.num_images * parts.parts, [&](int64_t unit) {
     const int64_t image = unit / parts.parts, off = image * m.num_vertices * 3;
     int64_t v0, v1;
     parts.Range(unit, &v0, &v1);
+    faces.Merge(image, v0, v1, summed->typed_data() + off);
     VertexStageForward(VertexStageOf(m, image, verts, albedo, rotation, translation, light), v0,
                        v1, eps, summed->typed_data() + off, cam->typed_data() + off,
                        normals->typed_data() + off, colors->typed_data() + off);
@@ -1282,10 +1320,23 @@ ffi::Error VertexStageGradImpl(ffi::Buffer<ffi::F32> verts, ffi::Buffer<ffi::S32
                         d_verts->typed_data() + off, d_albedo->typed_data() + off,
                         ds.data() + off, &sums[unit]);
   });
+  FaceParts faces(m, parts.parts);
+  ParallelFor(m.num_images * parts.parts, [&](int64_t unit) {
+    const int64_t image = unit / parts.parts, off = image * m.num_vertices * 3;
+    int64_t f0, f1;
+    faces.Range(unit, &f0, &f1);
+    float* dp = d_verts->typed_data() + off;
+    if (unit % parts.parts != 0) dp = faces.Sums(unit, dp);   // zeroed partial sums
+    FaceNormalsTranspose(verts.typed_data() + off, m.TrianglesOf(image) + 3 * f0, f1 - f0,
+                         ds.data() + off, dp);
+  });
+  ParallelFor(m.num_images * parts.parts, [&](int64_t unit) {
+    const int64_t image = unit / parts.parts, off = image * m.num_vertices * 3;
+    int64_t v0, v1;
+    parts.Range(unit, &v0, &v1);
+    faces.Merge(image, v0, v1, d_verts->typed_data() + off);
+  });
   ParallelFor(m.num_images, [&](int64_t image) {
-    const int64_t off = image * m.num_vertices * 3;
-    FaceNormalsTranspose(verts.typed_data() + off, m.TrianglesOf(image), m.num_faces,
-                         ds.data() + off, d_verts->typed_data() + off);
     VertexStageSums total;
     for (int64_t part = 0; part < parts.parts; ++part) {
       const VertexStageSums& u = sums[image * parts.parts + part];
