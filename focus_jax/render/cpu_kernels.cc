@@ -92,9 +92,10 @@ void AxisBounds(const float u[3], const float z[3], float focal, float c, int32_
 }
 
 // AxisBounds of a triangle whose three vertices are in front of the near plane,
-// from their projections (focal * u / z + c, precomputed per vertex).
+// from their projections (focal * u / z + c, precomputed per vertex), with the
+// box widened by pad (px).
 inline void ProjectedBounds(const float proj[3], int32_t size, int32_t* first_out,
-                            int32_t* count_out) {
+                            int32_t* count_out, float pad = 0.0f) {
   const float inf = std::numeric_limits<float>::infinity();
   float lo = inf, hi = -inf;
   for (int k = 0; k < 3; ++k) {
@@ -103,7 +104,7 @@ inline void ProjectedBounds(const float proj[3], int32_t size, int32_t* first_ou
       hi = std::max(hi, proj[k]);
     }
   }
-  PixelRange(lo - 0.0f - kBboxSlack, hi + 0.0f + kBboxSlack, size, first_out, count_out);
+  PixelRange(lo - pad - kBboxSlack, hi + pad + kBboxSlack, size, first_out, count_out);
 }
 
 // Returns false for triangles that draw nothing (degenerate, non-finite, or
@@ -1500,29 +1501,6 @@ void SoftVertices(const float* points, int64_t begin, int64_t end, const Camera&
   }
 }
 
-// PixelRange with the padding of AxisBounds, for the projections of three
-// vertices in front of the near plane (ceil and floor by truncation: the
-// clipped bounds lie in [-1, size]).
-void SoftAxisRange(float p0, float p1, float p2, float pad, int32_t size, int32_t* first_out,
-                   int32_t* count_out) {
-  const float inf = std::numeric_limits<float>::infinity();
-  float lo = inf, hi = -inf;
-  for (const float p : {p0, p1, p2}) {
-    if (std::isfinite(p)) {
-      lo = std::min(lo, p);
-      hi = std::max(hi, p);
-    }
-  }
-  const float fsize = static_cast<float>(size);
-  const float lo_c = std::min(std::max(lo - pad - kBboxSlack - 0.5f, -1.0f), fsize);
-  const float hi_c = std::min(std::max(hi + pad + kBboxSlack - 0.5f, -1.0f), fsize);
-  const int32_t lo_t = static_cast<int32_t>(lo_c), hi_t = static_cast<int32_t>(hi_c);
-  const int32_t first = std::max(lo_t + (static_cast<float>(lo_t) < lo_c ? 1 : 0), 0);
-  const int32_t last = std::min(hi_t - (static_cast<float>(hi_t) > hi_c ? 1 : 0), size - 1);
-  *first_out = first;
-  *count_out = std::max(last - first + 1, 0);
-}
-
 // A triangle that soft-rasterizes something: its vertices, their projections
 // and inverse depths, and its padded box (one cache line).
 struct SoftBox {
@@ -1552,9 +1530,10 @@ void SoftBoxes(const SoftVertex* verts, const int32_t* tris, int64_t begin, int6
     const float area = (b.u - a.u) * (c.v - a.v) - (b.v - a.v) * (c.u - a.u);
     if (area == 0.0f || (prm.cull && !(area < 0.0f))) continue;
     SoftBox box;
-    SoftAxisRange(a.bv, b.bv, c.bv, prm.radius, cam.height, &box.row0, &box.nrows);
+    const float bv[3] = {a.bv, b.bv, c.bv}, bu[3] = {a.bu, b.bu, c.bu};
+    ProjectedBounds(bv, cam.height, &box.row0, &box.nrows, prm.radius);
     if (box.nrows == 0 || box.row0 >= r1 || box.row0 + box.nrows <= r0) continue;
-    SoftAxisRange(a.bu, b.bu, c.bu, prm.radius, cam.width, &box.col0, &box.ncols);
+    ProjectedBounds(bu, cam.width, &box.col0, &box.ncols, prm.radius);
     if (box.ncols == 0) continue;
     const SoftVertex* p[3] = {&a, &b, &c};
     for (int k = 0; k < 3; ++k) {
