@@ -10,7 +10,8 @@ writes: ~14,000 faults, 15-20 % of the step's CPU time on a 2-core VM.
 :func:`keep_freed_memory` asks glibc to serve every block from its heap and
 to keep freed memory there (``mallopt``: no ``mmap`` for large blocks, no
 trimming, one arena so that blocks freed by one thread are reused by
-another). The next run then reuses pages that are already mapped. The price:
+another). The next run then usually reuses pages that are already mapped (not
+always: in some processes the buffer keeps landing on fresh pages). The price:
 the process's resident memory does not shrink after a peak, which suits a
 training or fitting process that repeats the same step. The command-line entry
 points (``focus-jax``, ``experiments/*``) and the benchmarks call it; library
