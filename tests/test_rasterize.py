@@ -160,6 +160,21 @@ def test_chunking_and_footprint_do_not_change_result():
     np.testing.assert_array_equal(np.asarray(other.triangle_id), np.asarray(base.triangle_id))
 
 
+def test_float64_points_give_the_float32_visibility():
+  """Under x64 (the finite-difference tests) float64 points take the JAX path; their
+  visibility is the float32 one (it once came back empty: float64 inverse depths
+  never equalled their float32-rounded z-buffer maxima)."""
+  points, triangles = sphere(subdivisions=1)
+  pts, tri = padded(points, triangles)
+  want = R.rasterize(pts, tri, WIDE, cull_backfaces=True, native=False)
+  with jax.enable_x64(True):
+    got = R.rasterize(jnp.asarray(pts, jnp.float64), tri, WIDE, cull_backfaces=True)
+    got = jax.tree_util.tree_map(np.asarray, got)
+  assert int(want.mask.sum()) > 200
+  np.testing.assert_array_equal(got.triangle_id, np.asarray(want.triangle_id))
+  np.testing.assert_array_equal(got.depth, np.asarray(want.depth))
+
+
 def test_ties_resolve_to_smallest_id():
   points = np.array([[-80, -80, 1000], [80, -80, 1000], [0, 90, 1000]], np.float32)
   # Bitwise-equal depths (a repeated triangle): the smaller id wins. (A rotated

@@ -342,7 +342,7 @@ def _expand(counts, starts, chunk_start, chunk_size: int):
   rel = starts - chunk_start
   here = (counts > 0) & (rel >= 0) & (rel < chunk_size)
   # The triangle owning the first slot may have started in an earlier chunk.
-  first = jnp.sum((starts + counts <= chunk_start).astype(jnp.int32))
+  first = jnp.sum(starts + counts <= chunk_start, dtype=jnp.int32)
   mark = jnp.zeros((chunk_size,), jnp.int32).at[0].set(jnp.minimum(first, num - 1))
   mark = mark.at[jnp.where(here, rel, chunk_size)].max(ids, mode="drop")
   tri = jax.lax.cummax(mark)
@@ -371,7 +371,10 @@ def _rasterize_batch(points, triangles, intrinsics: Intrinsics, cull_backfaces: 
   B * H * W pixels (no vmap: XLA:CPU compiles batched gathers and scatters
   poorly). Global triangle ids ``b * F + f`` keep the smaller-id tie-break.
   ``native``: the C++ kernel of :mod:`cpu_kernels` instead (CPU only)."""
-  points = jax.lax.stop_gradient(points)
+  # Visibility is computed in float32 whatever the input precision (as the kernel
+  # does): the z-buffer scatters are float32, and float64 inverse depths never
+  # equal their rounded maxima, which left float64 images empty.
+  points = jax.lax.stop_gradient(points).astype(jnp.float32)
   if native:
     tid, bary, depth, num_fragments = cpu_kernels.rasterize(points, triangles, intrinsics,
                                                             near, cull_backfaces, barycentrics)
