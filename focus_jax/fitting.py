@@ -599,7 +599,10 @@ def solve_light(albedo, normals, target_colors, weight, ridge: float,
     tint = (jnp.sum(w[:, None] * shade * target_colors, 0)
             / jnp.maximum(jnp.sum(w[:, None] * shade * shade, 0), 1e-6))
     scale = jnp.mean(tint)
-    tint = tint / scale
+    # A black target or all-zero weights leave the tint at 0 (0/0 below): keep it white.
+    known = jnp.abs(scale) > 1e-12
+    scale = jnp.where(known, scale, 1.0)
+    tint = jnp.where(known, tint / scale, 1.0)
     if tint_ridge:
       tint = (tint + tint_ridge) / (1.0 + tint_ridge)
     return g * scale, tint
