@@ -85,3 +85,69 @@ def confusion_image(pred_inlier, true_inlier, region=None) -> np.ndarray:
   if region is not None:
     out[~np.asarray(region, bool)] = 0.5
   return out
+
+
+def landmark_hull(landmarks, shape) -> np.ndarray:
+  """[H, W] bool: pixels whose centre lies inside (or on) the convex hull of ``landmarks``.
+
+  The region the semi-real benchmark (benchmarks/real.py) scores masks in: the hull of
+  the 68 landmarks of the unoccluded photo (jaw line, brows), in photo pixels.
+
+  Args:
+    landmarks: [N, 2] pixels (x right, y down; pixel (row i, col j) has its centre at
+      (j + 0.5, i + 0.5)); rows with NaN are ignored.
+    shape: (H, W) of the image.
+
+  Raises:
+    ValueError: fewer than 3 finite points, or all of them on one line.
+  """
+  from scipy import spatial  # pylint: disable=import-outside-toplevel
+  pts = np.asarray(landmarks, np.float64).reshape(-1, 2)
+  pts = pts[np.isfinite(pts).all(1)]
+  if len(pts) < 3:
+    raise ValueError(f"landmark_hull: needs at least 3 finite landmarks, got {len(pts)}")
+  try:
+    hull = spatial.ConvexHull(pts)
+  except spatial.QhullError as e:
+    raise ValueError("landmark_hull: the landmarks span no area (all on one line)") from e
+  h, w = int(shape[0]), int(shape[1])
+  ys, xs = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+  # Unit outward normals: each equation gives the signed distance (px) to one facet.
+  eq = hull.equations
+  dist = xs[..., None] * eq[:, 0] + ys[..., None] * eq[:, 1] + eq[:, 2]
+  return np.all(dist <= 1e-6, axis=-1)
+
+
+def hull_mask_scores(pred_inlier, occluder, landmarks) -> dict:
+  """A predicted inlier mask against a known occluder, inside the landmark hull.
+
+  Ground truth: inlier = hull pixel not under the occluder (binary occluder mask,
+  e.g. alpha >= 0.5 of a pasted layer); only pixels of :func:`landmark_hull` count.
+
+  Args:
+    pred_inlier: [H, W] bool, True = face pixel the model explains (``NAME_mask.png``
+      of ``focus-jax fit`` > 0).
+    occluder: [H, W] bool, True = occluded (all False for an unoccluded photo).
+    landmarks: [68, 2] landmarks of the *unoccluded* photo (pixels, centre +0.5).
+
+  Returns:
+    the keys of :func:`mask_scores` (inlier class positive; occluder IoU of the
+    outlier class), plus ``all_inlier_f1`` (F1 of the trivial mask that calls every
+    hull pixel inlier), ``outlier_share`` (hull pixels predicted outlier),
+    ``false_outlier_share`` (truly visible hull pixels predicted outlier),
+    ``occluded_share`` (hull pixels under the occluder) and ``hull_pixels``.
+  """
+  pred = np.asarray(pred_inlier, bool)
+  occ = np.asarray(occluder, bool)
+  if pred.shape != occ.shape or pred.ndim != 2:
+    raise ValueError(f"hull_mask_scores: predicted mask {pred.shape} and occluder {occ.shape} "
+                     "must be the same [H, W]")
+  hull = landmark_hull(landmarks, pred.shape)
+  out = mask_scores(pred, ~occ, hull)
+  out["all_inlier_f1"] = mask_scores(np.ones_like(pred), ~occ, hull)["f1"]
+  n = int(hull.sum())
+  out["outlier_share"] = _ratio(np.sum(hull & ~pred), n, 0.0)
+  out["false_outlier_share"] = false_outlier_rate(pred, ~occ, hull)
+  out["occluded_share"] = _ratio(np.sum(hull & occ), n, 0.0)
+  out["hull_pixels"] = n
+  return out
