@@ -11,8 +11,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["focus_jax", "focus_jax.*"]),
-    # The C++ source of the CPU rasterizer kernels, compiled on first use.
-    package_data={"focus_jax.render": ["cpu_kernels.cc"]},
+    # The C++ sources of the CPU rasterizer kernels, compiled on first use.
+    package_data={"focus_jax.render.cpu_kernels": ["*.cc", "*.h"]},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.8",
@@ -33,7 +33,8 @@ setup(
         # face-recognition ResNet weights (the default identity network, read without
         # dlib) and dlib's own descriptor as the parity reference.
         "test": ["pytest>=7", "eos-py>=1.4", "scikit-image>=0.21", "torch==2.13.0",
-                 "dlib-bin", "face-recognition-models"],
+                 "dlib-bin", "face-recognition-models",
+                 "hypothesis>=6.100"],  # property-based fuzzing of the file readers
         # Landmark detection (dlib's HOG detector + 68-point predictor) and the weights
         # of the default identity network.
         "detect": ["dlib-bin", "face-recognition-models"],

@@ -36,6 +36,8 @@ NUM_VALUES = 2 * NUM_LANDMARKS
 # Reference (integer pixel centres) -> project (centres at +0.5).
 CSV_TO_OURS = 0.5
 SPLITS = ("train", "val", "test")
+# Values near float32's maximum (3.4e38) could become inf in the float32 table.
+_FLOAT32_MAX = 1e38
 
 
 def csv_name(split: str) -> str:
@@ -70,12 +72,22 @@ class LandmarkTable:
 def parse_landmarks_csv(text: str, path: str = "<string>") -> LandmarkTable:
   """Parses the text of a reference-layout landmark file (see module docstring).
 
-  Blank lines are ignored. Raises :class:`DataError` naming ``path`` and the
-  line for a row without 136 numbers or with a value that is not a number.
+  Blank lines are ignored; lines may end in \\n, \\r\\n or \\r. Raises
+  :class:`DataError` naming ``path`` and the line for a row without 136 numbers, with
+  a value that is not a number, or infinite (or beyond float32: the table's type);
+  ``nan`` marks an undefined landmark. Malformed CSV (a NUL byte, a quoted field left
+  open or longer than the csv module's field limit) is a DataError too.
   """
   names, rows, lines = [], [], []
-  reader = csv.reader(io.StringIO(text))
-  for row in reader:
+  # newline="": the csv module does the line splitting (\r alone too, quoted newlines).
+  reader = csv.reader(io.StringIO(text, newline=""))
+  while True:
+    try:
+      row = next(reader)
+    except StopIteration:
+      break
+    except csv.Error as e:
+      raise DataError(f"{path}, line {reader.line_num}: not a CSV row ({e})") from None
     line = reader.line_num
     if not row or all(not c.strip() for c in row):
       continue
@@ -95,6 +107,11 @@ def parse_landmarks_csv(text: str, path: str = "<string>") -> LandmarkTable:
                       "not a number") from None
     if not name:
       raise DataError(f"{path}, line {line}: empty image name")
+    bad = next((i for i, v in enumerate(numbers)
+                if np.isinf(v) or (np.isfinite(v) and abs(v) > _FLOAT32_MAX)), None)
+    if bad is not None:
+      raise DataError(f"{path}, line {line}: value {bad + 2} ({values[bad]!r}) for {name!r} is "
+                      "infinite or too large (use nan for an undefined landmark)")
     names.append(name)
     rows.append(numbers)
     lines.append(line)

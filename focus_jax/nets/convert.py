@@ -119,7 +119,10 @@ class _Tensor:
       raise WeightsError(f"{where}: size {size} with stride {stride} at offset {offset} "
                          f"reaches past its storage of {flat.size} elements")
     if count == 0:
-      return np.zeros(size, flat.dtype)
+      try:
+        return np.zeros(size, flat.dtype)
+      except ValueError as e:   # e.g. (0, 2**62): numpy refuses the dimensions
+        raise WeightsError(f"{where}: empty tensor of size {size} ({e})") from None
     if not size:
       return np.array(flat[offset], copy=True)
     itemsize = flat.dtype.itemsize
