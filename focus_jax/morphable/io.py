@@ -93,6 +93,13 @@ def load(path: str | os.PathLike, *, landmarks=None, num_shape: Optional[int] = 
     ModelFileError: missing, empty, corrupt, wrongly laid out or unknown file.
   """
   path = os.fspath(path)
+  try:
+    return _load(path, landmarks, num_shape, num_expression, num_albedo, name, format_options)
+  except model_lib.NonFiniteModelError as e:
+    raise model_lib.NonFiniteModelError(path, e.detail) from None
+
+
+def _load(path, landmarks, num_shape, num_expression, num_albedo, name, format_options):
   fmt = detect_format(path)
   if fmt == "npz":
     if format_options:
@@ -165,6 +172,9 @@ def load_npz(path: str | os.PathLike) -> model_lib.MorphableModel:
   if missing:
     raise ModelFileError(f"{path}: not a focus-jax model file, missing arrays {missing} "
                          "(write models with focus_jax.morphable.save)")
-  return model_lib.make_model(
-      **{k: arrays[k] for k in _NPZ_ARRAYS}, uv=arrays.get("uv"),
-      name=str(arrays["name"]) if "name" in arrays else os.path.basename(path))
+  try:
+    return model_lib.make_model(
+        **{k: arrays[k] for k in _NPZ_ARRAYS}, uv=arrays.get("uv"),
+        name=str(arrays["name"]) if "name" in arrays else os.path.basename(path))
+  except model_lib.NonFiniteModelError as e:
+    raise model_lib.NonFiniteModelError(path, e.detail) from None

@@ -22,7 +22,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax.errors import CoefficientError
+from focus_jax.errors import CoefficientError, ModelFileError
 
 NUM_LANDMARKS = 68
 
@@ -90,7 +90,8 @@ def make_model(mean, shape_basis, expression_basis, albedo_mean, albedo_basis,
   """Builds a :class:`MorphableModel` from array-likes, checking shapes and dtypes.
 
   Empty bases may be given as ``None`` (e.g. a model without expressions). This is
-  the one constructor every loader goes through, so its checks guard all of them.
+  the one constructor every loader goes through, so its checks guard all of them:
+  shapes, index ranges, and finite means, bases and uv (:class:`NonFiniteModelError`).
   """
   mean = np.asarray(mean, np.float32)
   if mean.ndim != 2 or mean.shape[1] != 3:
@@ -130,16 +131,43 @@ def make_model(mean, shape_basis, expression_basis, albedo_mean, albedo_basis,
     uv = np.asarray(uv, np.float32)
     if uv.shape != (num_vertices, 2):
       raise CoefficientError(f"{name}: uv must be [{num_vertices}, 2], got {uv.shape}")
+  shape_basis = basis(shape_basis, "shape_basis")
+  expression_basis = basis(expression_basis, "expression_basis")
+  albedo_basis = basis(albedo_basis, "albedo_basis")
+  check_finite(name, mean=mean, shape_basis=shape_basis, expression_basis=expression_basis,
+               albedo_mean=albedo_mean, albedo_basis=albedo_basis, uv=uv)
   return MorphableModel(
       mean=jnp.asarray(mean),
-      shape_basis=jnp.asarray(basis(shape_basis, "shape_basis")),
-      expression_basis=jnp.asarray(basis(expression_basis, "expression_basis")),
+      shape_basis=jnp.asarray(shape_basis),
+      expression_basis=jnp.asarray(expression_basis),
       albedo_mean=jnp.asarray(albedo_mean),
-      albedo_basis=jnp.asarray(basis(albedo_basis, "albedo_basis")),
+      albedo_basis=jnp.asarray(albedo_basis),
       triangles=jnp.asarray(triangles.astype(np.int32)),
       landmarks=jnp.asarray(landmarks),
       uv=None if uv is None else jnp.asarray(uv),
       name=name)
+
+
+class NonFiniteModelError(ModelFileError):
+  """A model array holds NaN or infinite values (``detail`` says which, without the name)."""
+
+  def __init__(self, name: str, detail: str):
+    super().__init__(f"{name}: {detail}")
+    self.detail = detail
+
+
+def check_finite(name: str, **arrays) -> None:
+  """Raises :class:`NonFiniteModelError` naming the first array (None = absent) with a
+  NaN or infinite value: a model like that fits every photo to NaN."""
+  for what, a in arrays.items():
+    if a is None:
+      continue
+    bad = ~np.isfinite(a)
+    if bad.any():
+      first = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise NonFiniteModelError(
+          name, f"{what} is not finite ({int(bad.sum())} NaN/inf value(s), the first at "
+          f"{list(first)}); the model file is corrupt")
 
 
 def _check_length(coeffs, expected: int, what: str, model: MorphableModel):
