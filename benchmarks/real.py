@@ -257,6 +257,19 @@ def _cell(image, box, size):
                  0, 1)[:size, :size]
 
 
+def label(cell, text):
+  """The cell [S, S, 3] with ``text`` written in its top-left corner."""
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
+  img = Image.fromarray(images.to_uint8(cell))
+  draw = ImageDraw.Draw(img)
+  for k, line in enumerate(text.split("\n")):
+    box = draw.textbbox((2, 1 + 11 * k), line)
+    draw.rectangle(box, fill=(0, 0, 0))
+    draw.text((2, 1 + 11 * k), line, fill=(255, 255, 255))
+  return np.asarray(img, np.float32) / 255.0
+
+
 def overlay(photo, pred_inlier, region, tint=(0.15, 0.35, 1.0)):
   """The photo with predicted outliers inside ``region`` tinted, outside it dimmed."""
   out = np.asarray(photo, np.float32).copy()
@@ -385,8 +398,8 @@ def markdown(report) -> str:
              f"{_f(o['outlier_share_median'])}. Tile: [real_occluded_faces.png]"
              "(real_occluded_faces.png) (input | render | blue = labelled outlier).")
   L.append("\n## Pictures\n")
-  L.append("- [real_worst.png](real_worst.png): the lowest-F1 cases, input | mask against the "
-           "truth (white = inlier found, black = occluder found, red = occluder taken for "
+  L.append("- [real_worst.png](real_worst.png): the lowest-F1 occluded photos (the worse of "
+           "the two landmark modes), input | mask against the truth (white = inlier found, black = occluder found, red = occluder taken for "
            "face, blue = face taken for occluder, grey = outside the hull).")
   L.append("- [real_examples.png](real_examples.png): one held-out (else tune) case per "
            "family, landmarks of the unoccluded photo, same colours.")
@@ -423,12 +436,14 @@ def machine() -> str:
 
 
 def git_commit() -> str:
+  """The commit, plus the package files that differ from it (the code that ran)."""
   try:
     head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], check=True,
                           capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "focus_jax"],
-                           check=True, capture_output=True, text=True).stdout.strip()
-    return head + ("+local changes" if dirty else "")
+                           check=True, capture_output=True, text=True).stdout.split("\n")
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
@@ -565,14 +580,20 @@ def run(argv):
 
   # ---- pictures
   size = 160
-  worst = sorted(rows, key=lambda r: r["f1"])[:args.worst]
+  worst, seen = [], set()          # the lowest F1 per occluded photo (either mode)
+  for r in sorted(rows, key=lambda r: r["f1"]):
+    if (r["photo"], r["slot"]) not in seen and len(worst) < args.worst:
+      seen.add((r["photo"], r["slot"]))
+      worst.append(r)
   cells = []
   for r in worst:
     occluded, pred, truth, lm = keep[(r["mode"], r["photo"], r["slot"])]
     box = _crop_box(lm, pred.shape)
     hull = mask_metrics.landmark_hull(lm, pred.shape)
-    cells += [_cell(occluded / 255.0, box, size),
-              _cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size)]
+    cells += [label(_cell(occluded / 255.0, box, size), f"{r['photo']} {r['half']}\n"
+                    f"{r['description'][:26]}"),
+              label(_cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size),
+                    f"F1 {r['f1']:.2f} IoU {r['occluder_iou']:.2f}\nlandmarks: {r['mode']}")]
   files = {}
   if cells:
     files["real_worst.png"] = save_tile(os.path.join(args.out, "real_worst.png"), cells, 8)
@@ -585,15 +606,18 @@ def run(argv):
       occluded, pred, truth, lm = keep[(r["mode"], r["photo"], r["slot"])]
       box = _crop_box(lm, pred.shape)
       hull = mask_metrics.landmark_hull(lm, pred.shape)
-      cells += [_cell(occluded / 255.0, box, size),
-                _cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size)]
+      cells += [label(_cell(occluded / 255.0, box, size), f"{r['photo']} {r['half']}\n"
+                      f"{r['description'][:26]}"),
+                label(_cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size),
+                      f"F1 {r['f1']:.2f} IoU {r['occluder_iou']:.2f}")]
   if cells:
     files["real_examples.png"] = save_tile(os.path.join(args.out, "real_examples.png"), cells, 6)
   cells = []
   for u in sorted(unocc_rows, key=lambda u: (u["half"], real_split.natural_key(u["photo"]))):
     photo, pred, _, lm = keep[("unoccluded", u["photo"])]
     hull = mask_metrics.landmark_hull(lm, pred.shape)
-    cells.append(_cell(overlay(photo / 255.0, pred, hull), _crop_box(lm, pred.shape), 112))
+    cells.append(label(_cell(overlay(photo / 255.0, pred, hull), _crop_box(lm, pred.shape), 112),
+                       f"{u['photo']} {u['half'][0]} {100 * u['outlier_share']:.0f}%"))
   if cells:
     files["real_unoccluded.png"] = save_tile(os.path.join(args.out, "real_unoccluded.png"),
                                              cells, 10)
