@@ -101,7 +101,8 @@ def parse_args(argv):
 def parse_fit_flags(argv0, rest):
   """Parses the focus-jax fit flags (defined by importing its command module)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  from focus_jax.commands import common, fit as fit_cmd  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  # importing the command modules defines their flags (--iterations, --size, ...)
+  from focus_jax.commands import common, fit  # noqa: F401  pylint: disable=unused-import
   try:
     leftover = flags.FLAGS([argv0] + list(rest))
   except flags.Error as e:
@@ -399,8 +400,9 @@ def markdown(report) -> str:
              "(real_occluded_faces.png) (input | render | blue = labelled outlier).")
   L.append("\n## Pictures\n")
   L.append("- [real_worst.png](real_worst.png): the lowest-F1 occluded photos (the worse of "
-           "the two landmark modes), input | mask against the truth (white = inlier found, black = occluder found, red = occluder taken for "
-           "face, blue = face taken for occluder, grey = outside the hull).")
+           "the two landmark modes), input | mask against the truth (white = inlier found, "
+           "black = occluder found, red = occluder taken for face, blue = face taken for "
+           "occluder, grey = outside the hull).")
   L.append("- [real_examples.png](real_examples.png): one held-out (else tune) case per "
            "family, landmarks of the unoccluded photo, same colours.")
   return "\n".join(L) + "\n"

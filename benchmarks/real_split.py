@@ -105,8 +105,8 @@ def build(folder: str) -> list:
 def format_split(rows) -> str:
   lines = ["# Identity split of ../shared/data/real_faces for benchmarks/real.py; rebuilt by "
            "python benchmarks/real_split.py.",
-           f"# person: dlib face-recognition descriptors, average-linkage clusters cut at {THRESHOLD} "
-           "(checked by eye on a contact sheet).",
+           "# person: dlib face-recognition descriptors, average-linkage clusters cut at "
+           f"{THRESHOLD} (checked by eye on a contact sheet).",
            "# half: tune = choose settings on these people; heldout = report only.",
            "# file person half"]
   lines += [f"{n} {p} {h}" for n, p, h in rows]

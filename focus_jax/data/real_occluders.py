@@ -42,7 +42,6 @@ import colorsys
 import copy
 import dataclasses
 import zlib
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -847,10 +846,3 @@ def benchmark_occluders(photo, landmarks, name: str, index: int, count: int = 4,
     out.append(occ)
   return out
 
-
-def describe(occluder: Occluder, face: Optional[Face] = None) -> dict:
-  """JSON-ready facts of an occluder (family, description, colour class, coverage)."""
-  out = dict(family=occluder.family, description=occluder.description, colour=occluder.colour)
-  if face is not None and face.hull.any():
-    out["hull_coverage"] = float(occluder.mask[face.hull].mean())
-  return out
