@@ -1,6 +1,7 @@
 """Native CPU kernels for the rendering paths (XLA FFI custom calls).
 
-``cpu_kernels.cc`` holds C++ versions of the operations that XLA:CPU runs
+The C++ files of this folder (one ``.cc`` per op, the shared ``common.h`` and
+``bindings.cc``, which registers the entry points) hold C++ versions of the operations that XLA:CPU runs
 slowest (serial generic gathers and scatters) in :mod:`focus_jax.render`: the
 z-buffer visibility pass, the interpolation of vertex attributes (forward and
 backward), the search for the pixel pairs that antialiasing blends, the
@@ -17,8 +18,8 @@ kernels are unavailable, the pure-JAX code runs.
 
 The library is compiled on first use with the system C++ compiler (``$CXX`` or
 ``c++``; a few seconds) against the XLA FFI headers that ship with jaxlib, and
-cached under ``$FOCUS_JAX_CACHE`` (default ``~/.cache/focus_jax``) keyed by the
-source, the jax version and the flags. No compiler, or a failed build, logs
+cached under ``$FOCUS_JAX_CACHE`` (default ``~/.cache/focus_jax``) keyed by all
+the sources, the jax version and the flags. No compiler, or a failed build, logs
 one warning and falls back to pure JAX. ``FOCUS_JAX_NATIVE=0`` turns the
 kernels off (the pure-JAX path then runs everywhere). The library is portable
 (no -march flags); the soft transpose also has AVX code, chosen at run time
@@ -27,6 +28,7 @@ where the CPU has AVX (``FOCUS_JAX_AVX=0`` keeps it on the portable code).
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import hashlib
 import logging
@@ -41,10 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
-_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC",
-          # No fused multiply-adds: the kernels then round like the JAX code.
-          "-ffp-contract=off", "-pthread")
+_DIR = pathlib.Path(__file__).parent
+_COMPILE_FLAGS = ("-O3", "-std=c++17", "-fPIC",
+                  # No fused multiply-adds: the kernels then round like the JAX code.
+                  "-ffp-contract=off", "-pthread")
+_LINK_FLAGS = ("-shared", "-pthread")
 # FFI target name -> exported handler symbol in the library.
 _TARGETS = {"focus_rasterize": "FocusRasterize", "focus_rasterize_depth": "FocusRasterizeDepth",
             "focus_interpolate": "FocusInterpolate",
@@ -67,29 +70,43 @@ def _cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "cpu_kernels"
 
 
+def _sources() -> list:
+  """The C++ files of the library: every .cc (one per op, and bindings.cc) and
+  the headers they share."""
+  return sorted(_DIR.glob("*.cc")) + sorted(_DIR.glob("*.h"))
+
+
 def _library_path(compiler: str) -> pathlib.Path:
   key = hashlib.sha256()
-  key.update(_SOURCE.read_bytes())
+  for source in _sources():
+    key.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
   key.update(jax.__version__.encode())
-  key.update(" ".join((compiler,) + _FLAGS).encode())
+  key.update(" ".join((compiler,) + _COMPILE_FLAGS + _LINK_FLAGS).encode())
   return _cache_dir() / f"focus_cpu_kernels_{key.hexdigest()[:16]}.so"
 
 
+def _run(cmd) -> None:
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  if proc.returncode != 0:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[:2000]}")
+
+
 def _build(compiler: str, target: pathlib.Path) -> None:
-  """Compiles the library to ``target`` atomically (a temporary file, then a
-  rename, so concurrent processes never load a half-written library)."""
+  """Compiles the .cc files (in parallel) and links them into ``target``
+  atomically (a temporary file, then a rename, so concurrent processes never
+  load a half-written library)."""
   target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-  os.close(fd)
-  cmd = [compiler, *_FLAGS, "-w", "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
-  try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-      raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[:2000]}")
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    sources = [s for s in _sources() if s.suffix == ".cc"]
+    objects = [os.path.join(tmp, s.stem + ".o") for s in sources]
+    compile_one = lambda src, obj: _run([compiler, *_COMPILE_FLAGS, "-w", "-I",
+                                         jax.ffi.include_dir(), "-c", str(src), "-o", obj])
+    with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+      for done in [pool.submit(compile_one, s, o) for s, o in zip(sources, objects)]:
+        done.result()
+    library = os.path.join(tmp, target.name)
+    _run([compiler, *_LINK_FLAGS, *objects, "-o", library])
+    os.replace(library, target)
 
 
 def _load() -> bool:
