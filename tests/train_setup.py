@@ -1,15 +1,109 @@
-"""Set-up shared by the training-step tests that run in subprocesses
-(tests/test_train_bfloat16.py, tests/test_train_parallel.py): a fresh tiny
-TrainState whose encoder head is non-zero, and a batch of synthetic faces.
+"""Set-up shared by the training tests, in this process and in subprocesses.
+
+* :func:`tiny_state_and_batch`: a fresh tiny TrainState whose encoder head is
+  non-zero, and a batch of synthetic faces (tests/test_train_bfloat16.py,
+  tests/test_train_parallel.py).
+* :func:`micro`, :data:`MICRO_FLAGS`: the cheapest training configuration that still
+  has every piece (32² crops, a 1-stage ResNet, a 2-level UNet, the built-in model at
+  resolution 25, batch 2, EM cycles of 2 UNet + 3 encoder steps), as a TrainConfig
+  and as the same flags for the ``experiments/`` scripts. One configuration for every
+  default-run training test, so that each step function is compiled once per session
+  (:func:`compilation_cache`, :func:`subprocess_env`).
+* :func:`write_faces`: a synthetic dataset in the reference layout.
 
 Imported inside the subprocesses (``PYTHONPATH`` = the repository), so it imports
 nothing from pytest.
 """
 
+import contextlib
+import os
+from pathlib import Path
+
 import numpy as np
 
 from focus_jax.data import synthetic
+from focus_jax.train import config as config_lib
 from focus_jax.train import state as state_lib
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FLAGS = REPO / "experiments" / "configs" / "tiny.flags"
+
+# The tiny preset made cheaper to compile (see the module docstring); the training
+# tests' run directories never write image tiles or intermediate checkpoints unless
+# a test asks for them.
+MICRO_CHANGES = dict(image_size=32, batch_size=2, model_resolution=25, encoder_stages=(1,),
+                     unet_width=4, unet_depth=2, em_unet_steps=2, em_encoder_steps=3,
+                     progress=False, image_every=1000, checkpoint_every=1000,
+                     keep_checkpoints=10)
+MICRO_FLAGS = (f"--flagfile={TINY_FLAGS}", "--image_size=32", "--batch_size=2",
+               "--model_resolution=25", "--encoder_stages=1", "--unet_width=4",
+               "--unet_depth=2", "--em_unet_steps=2", "--em_encoder_steps=3", "--noprogress",
+               "--image_every=1000", "--checkpoint_every=1000", "--keep_checkpoints=10")
+
+
+def micro(**changes) -> config_lib.TrainConfig:
+  """The micro training configuration (tiny preset + :data:`MICRO_CHANGES`)."""
+  return config_lib.tiny(**{**MICRO_CHANGES, **changes})
+
+
+def write_faces(out, num: int = 5, size: int = 32, seed: int = 0) -> Path:
+  """``num`` synthetic faces of ``size``² in the reference layout, all in the train
+  split (with ``params.npz`` and the visible-skin masks); returns ``out``."""
+  from focus_jax import morphable  # pylint: disable=import-outside-toplevel
+  gen = synthetic.SyntheticFaces(morphable.builtin(resolution=25),
+                                 synthetic.SyntheticConfig(size=size), seed=seed,
+                                 batch_size=num)
+  synthetic.write_dataset(str(out), gen, num, fractions=(1.0, 0.0, 0.0), progress=False,
+                          save_maps=False)
+  return Path(out)
+
+
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
+
+
+@contextlib.contextmanager
+def compilation_cache(path):
+  """JAX's persistent compilation cache in ``path`` for every compilation inside the
+  block (also the quick ones), then the previous settings again.
+
+  A program compiled once by any process sharing ``path`` (see :func:`subprocess_env`)
+  is loaded, not compiled again: the training tests rebuild the same step functions in
+  many runs and processes. Nested blocks with the same ``path`` are no-ops.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
+  old = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+  if old["jax_compilation_cache_dir"] == str(path):
+    yield
+    return
+  new = dict(zip(_CACHE_OPTIONS, (str(path), 0.0, 0)))
+  for name, value in new.items():
+    jax.config.update(name, value)
+  cc.reset_cache()
+  try:
+    yield
+  finally:
+    for name, value in old.items():
+      jax.config.update(name, value)
+    cc.reset_cache()
+
+
+def subprocess_env(cache=None, devices: int = 0) -> dict:
+  """Environment of a test subprocess: the repository on ``PYTHONPATH``, CPU only, the
+  persistent compilation cache ``cache`` (if given) and ``devices`` host devices
+  (0: JAX's default, one)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+             TF_CPP_MIN_LOG_LEVEL="3")
+  if cache is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  if devices:
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+  return env
 
 
 def tiny_state_and_batch(config, num: int, seed: int = 3, pseudo: bool = False):

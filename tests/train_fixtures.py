@@ -1,0 +1,57 @@
+"""pytest fixtures shared by the default-run training tests (resume, devices, bf16,
+experiments end to end, fit from a checkpoint).
+
+Import the fixtures a module uses by name (pytest finds them in the module's
+namespace). Every fixture compiles through one persistent compilation cache per
+session (:func:`tests.train_setup.compilation_cache`), which the subprocesses share
+(:func:`tests.train_setup.subprocess_env`): a step function of the micro
+configuration is compiled once, whichever test or process needs it first.
+"""
+
+import pytest
+
+from tests import train_setup
+
+
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("train_jax_cache")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(jax_cache_dir):
+  """The session's persistent compilation cache, on for a module's tests."""
+  with train_setup.compilation_cache(jax_cache_dir):
+    yield jax_cache_dir
+
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory, jax_cache_dir):
+  """5 synthetic 32² faces (train split): 2 batches of 2 per epoch, one face dropped."""
+  with train_setup.compilation_cache(jax_cache_dir):
+    return train_setup.write_faces(tmp_path_factory.mktemp("micro_faces"), num=5)
+
+
+@pytest.fixture(scope="session")
+def micro_runs(tmp_path_factory, micro_data, jax_cache_dir):
+  """Uninterrupted micro runs of every stage, chained as the pipeline chains them.
+
+  Returns a dict of run directories: ``pretrain`` (5 steps), ``pseudo`` (its pseudo
+  masks), ``unet`` (4 steps from ``pretrain``), ``em`` (6 steps from ``unet``: UNet
+  steps 1-2 and 6, encoder steps 3-5); and ``results``: stage -> TrainResult.
+  """
+  from focus_jax.train import stages, trainer  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("micro_runs")
+  d = {name: root / name for name in ("pretrain", "pseudo", "unet", "em")}
+  results = {}
+  with train_setup.compilation_cache(jax_cache_dir):
+    results["pretrain"] = trainer.train(train_setup.micro(stage="pretrain", num_steps=5),
+                                        str(d["pretrain"]), str(micro_data))
+    stages.make_pseudo_masks(train_setup.micro(stage="pretrain"), str(d["pseudo"]),
+                             str(micro_data), str(d["pretrain"]))
+    results["unet"] = trainer.train(train_setup.micro(stage="unet", num_steps=4),
+                                    str(d["unet"]), str(micro_data),
+                                    init_from=str(d["pretrain"]), pseudo_dir=str(d["pseudo"]))
+    results["em"] = trainer.train(train_setup.micro(stage="em", num_steps=6), str(d["em"]),
+                                  str(micro_data), init_from=str(d["unet"]))
+  return dict(d, results=results, data=micro_data)
