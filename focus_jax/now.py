@@ -112,7 +112,8 @@ def split_entry(entry: str) -> tuple:
   such an entry would read or write outside the dataset or the output folder.
   """
   parts = entry.strip().replace("\\", "/").split("/")
-  if len(parts) < 3 or not all(parts[-3:]):
+  # (a part with surrounding blanks would not survive the line strip of a re-read)
+  if len(parts) < 3 or not all(p and p == p.strip() for p in parts[-3:]):
     raise DataError(f"image list entry {entry!r} is not <subject>/<challenge>/<image>")
   for part in parts:
     if part in (".", "..") or any(ord(c) < 32 or c == "\x7f" for c in part):
@@ -203,7 +204,8 @@ def read_box(path: str) -> tuple:
   except DataError as e:
     raise DataError(f"{path}: {e}") from None
   except Exception as e:  # pylint: disable=broad-except  (a malformed header or pickle)
-    raise DataError(f"{path}: not a NoW face box .npy ({type(e).__name__}: {e})") from None
+    raise DataError(f"{path}: not a NoW face box .npy ({type(e).__name__}: "
+                    f"{_escaped(e, 200)})") from None
   box = tuple(float(v) for v in values)
   if (not all(np.isfinite(box)) or not box[0] < box[2] or not box[1] < box[3]):
     raise DataError(f"{path}: not a valid face box (left < right, top < bottom, finite): {box}")
@@ -244,6 +246,11 @@ def _box_values(raw: bytes) -> list:
     raise DataError("truncated array data")
   flat = np.frombuffer(payload, dtype, 4).reshape(shape, order="F" if fortran else "C")
   return flat.ravel().tolist()
+
+
+def _escaped(text, limit: int = 60) -> str:
+  """``text`` from a file, printable on one line (escapes, truncated)."""
+  return repr(str(text))[1:-1][:limit]
 
 
 class _Refused(ValueError):
@@ -344,7 +351,8 @@ class _BoxUnpickler(pickle.Unpickler):
   def find_class(self, module, name):
     found = self._NAMES.get((module, name))
     if found is None:
-      raise DataError(f"refusing to unpickle {module}.{name} (a NoW face box holds only "
+      raise DataError(f"refusing to unpickle {_escaped(module)}.{_escaped(name)} (a NoW face "
+                      "box holds only "
                       "numbers; this file tries to build or call other objects)")
     return found
 

@@ -290,3 +290,35 @@ def test_fuzz_now_pp_mutations(tmp_path_factory, data):
     assert str(path) in str(e)
     return
   assert pts.ndim == 2 and pts.shape[1] == 3 and pts.dtype == np.float64
+
+
+# ----------------------------------------------------------------------------- dlib .dat
+
+
+@pytest.fixture(scope="module")
+def dlib_bytes():
+  from focus_jax.nets import weights  # pylint: disable=import-outside-toplevel
+  try:
+    path = weights.resolve_dlib_weights()
+  except WeightsError:
+    pytest.skip("dlib face-recognition weights not installed (pip install "
+                "face-recognition-models)")
+  with open(path, "rb") as f:
+    return f.read()
+
+
+@fuzz(20)
+@given(data=st.data())
+def test_fuzz_dlib_mutations(dlib_bytes, data):  # pylint: disable=redefined-outer-name
+  from focus_jax.nets import dlib_reader  # pylint: disable=import-outside-toplevel
+  # Mutations near the start hit the headers; elsewhere a layer's header or its floats.
+  head = data.draw(st.sampled_from([4096, len(dlib_bytes)]))
+  raw = _mutated(data, dlib_bytes[:head]) + dlib_bytes[head:]
+  if data.draw(st.booleans()):
+    raw = raw[:data.draw(st.integers(0, len(raw)))]
+  try:
+    net = dlib_reader.parse_dlib_net(raw, "fuzz.dat")
+  except WeightsError as e:
+    assert "fuzz.dat" in str(e) and "\n" not in str(e)
+    return
+  assert all(isinstance(layer, dict) and "type" in layer for layer in net["layers"])

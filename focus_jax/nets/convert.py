@@ -76,6 +76,11 @@ class _Storage:
     return 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
 
 
+def _escaped(text, limit: int = 60) -> str:
+  """``text`` from a file, printable on one line (escapes, truncated)."""
+  return repr(str(text))[1:-1][:limit]
+
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -153,7 +158,8 @@ class _StateDictUnpickler(pickle.Unpickler):
       return _rebuild_parameter
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise WeightsError(f"{self.path}: unexpected object {module}.{name} in the checkpoint; "
+    raise WeightsError(f"{self.path}: unexpected object {_escaped(module)}.{_escaped(name)} "
+                       "in the checkpoint; "
                        f"expected a plain state_dict of tensors")
 
   def persistent_load(self, pid):
@@ -204,7 +210,8 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
     self.path = path
 
   def find_class(self, module, name):
-    raise WeightsError(f"{self.path}: unexpected object {module}.{name}; not a checkpoint")
+    raise WeightsError(f"{self.path}: unexpected object {_escaped(module)}.{_escaped(name)}; "
+                       "not a checkpoint")
 
   def persistent_load(self, pid):
     raise WeightsError(f"{self.path}: unexpected persistent object; not a checkpoint")
@@ -292,7 +299,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> Dict[str, np.ndarray]:
     raise
   except Exception as e:  # pylint: disable=broad-except  (truncated or corrupt pickle / archive)
     raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                       f"{str(e)[:200]})") from None
+                       f"{_escaped(e, 200)})") from None
   for key in ("state_dict", "model"):
     if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
       obj = obj[key]

@@ -111,13 +111,17 @@ class _Stream:
   def real(self) -> float:
     mantissa = self.int()
     exponent = self.int()
+    if abs(exponent) > 1100:
+      self.fail(f"float exponent {exponent} out of range")
     return float(np.ldexp(float(mantissa), exponent))
 
   def tensor(self) -> np.ndarray:
     if self.int() != 2:
       self.fail("unknown tensor version")
     shape = tuple(self.int() for _ in range(4))
-    count = int(np.prod(shape))
+    if any(n < 0 for n in shape):
+      self.fail(f"negative tensor dimension {shape}")
+    count = shape[0] * shape[1] * shape[2] * shape[3]   # Python ints: no overflow
     nbytes = 4 * count
     if self.pos + nbytes > len(self.data):
       self.fail("tensor data past the end of the file")
@@ -128,15 +132,20 @@ class _Stream:
   def alias_tensor(self) -> tuple:
     if self.int() != 1:
       self.fail("unknown alias_tensor version")
-    return tuple(self.int() for _ in range(4))
+    shape = tuple(self.int() for _ in range(4))
+    if any(n < 0 for n in shape):
+      self.fail(f"negative alias_tensor dimension {shape}")
+    return shape
 
 
-def _split(params: np.ndarray, *shapes) -> List[np.ndarray]:
+def _split(s: _Stream, params: np.ndarray, *shapes) -> List[np.ndarray]:
   """Cuts a layer's flat ``params`` tensor into the alias-tensor views it holds."""
   flat = params.reshape(-1)
   out, offset = [], 0
   for shape in shapes:
-    n = int(np.prod(shape))
+    n = shape[0] * shape[1] * shape[2] * shape[3]
+    if offset + n > flat.size:
+      s.fail(f"alias tensors of {offset + n} values in a params tensor of {flat.size}")
     out.append(flat[offset:offset + n].reshape(shape))
     offset += n
   return out
@@ -159,7 +168,7 @@ def _layer_details(s: _Stream) -> Dict[str, Any]:
     if name == "con_6":
       s.bool()  # use_relu: a fused-relu flag, only set by dlib's layer fusion.
     shapes = [filters_shape] + ([biases_shape] if params.size > np.prod(filters_shape) else [])
-    parts = _split(params, *shapes)
+    parts = _split(s, params, *shapes)
     if filters_shape[0] != num_filters or filters_shape[2:] != (nr, nc):
       s.fail("conv filter shape disagrees with its header")
     return dict(type="con", kernel=parts[0],  # [out, in, kh, kw]
@@ -171,7 +180,7 @@ def _layer_details(s: _Stream) -> Dict[str, Any]:
     beta_shape = s.alias_tensor()
     mode = s.int()
     disabled = s.bool() if name == "affine_2" else False
-    gamma, beta = _split(params, gamma_shape, beta_shape)
+    gamma, beta = _split(s, params, gamma_shape, beta_shape)
     return dict(type="affine", gamma=gamma.reshape(-1), beta=beta.reshape(-1), mode=mode,
                 disabled=disabled)
   if name in ("relu_", "relu_2"):
@@ -195,7 +204,9 @@ def _layer_details(s: _Stream) -> Dict[str, Any]:
     if name == "fc_3":
       s.bool()
     shapes = [weights_shape] + ([biases_shape] if bias_mode == 0 else [])
-    parts = _split(params, *shapes)
+    parts = _split(s, params, *shapes)
+    if parts[0].size != num_inputs * num_outputs:
+      s.fail(f"fc weights of {parts[0].size} values for {num_inputs}x{num_outputs}")
     return dict(type="fc", weights=parts[0].reshape(num_inputs, num_outputs),
                 bias=parts[1].reshape(-1) if len(parts) > 1 else None)
   s.fail(f"layer type {name!r} is not supported by this reader")
@@ -223,7 +234,21 @@ def read_dlib_net(path: str | os.PathLike) -> Dict[str, Any]:
       data = f.read()
   except OSError as e:
     raise WeightsError(f"cannot read dlib network file {path}: {e}") from e
+  return parse_dlib_net(data, path)
+
+
+def parse_dlib_net(data: bytes, path: str = "<bytes>") -> Dict[str, Any]:
+  """:func:`read_dlib_net` of the file's bytes (``path`` names it in errors)."""
   s = _Stream(data, path)
+  try:
+    return _read_net(s)
+  except WeightsError:
+    raise
+  except (ValueError, IndexError, OverflowError, TypeError, MemoryError) as e:
+    s.fail(f"{type(e).__name__}: {' '.join(str(e).split())[:120]}")
+
+
+def _read_net(s: _Stream) -> Dict[str, Any]:
   if s.int() != 1:
     s.fail("unknown add_loss_layer version")
   loss_name = s.string()
