@@ -6,14 +6,16 @@ leaves no half checkpoint under a step name; the oldest beyond ``keep`` are
 deleted).
 
 Restoring (:meth:`Checkpointer.restore_latest`) walks the steps newest first: a
-checkpoint that cannot be read (truncated or corrupt files) is skipped with a
-warning and the previous one is tried; a checkpoint written with another
-configuration is refused with :class:`ConfigMismatchError`, naming the fields.
+checkpoint that cannot be read (truncated or corrupt files) is moved aside to
+``<step>.corrupt-<time>`` (kept for inspection; the resumed run writes that step
+again) with a warning, and the previous one is tried; a checkpoint written with
+another configuration is refused with :class:`ConfigMismatchError`, naming the fields.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Optional, Tuple
 
@@ -88,8 +90,7 @@ class Checkpointer:
       try:
         saved = self.read_config(step)
       except Exception as e:  # pylint: disable=broad-except
-        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                      "falling back to the previous checkpoint", stacklevel=2)
+        self._set_aside(step, e)
         continue
       diffs = self.config.mismatches(saved)
       if diffs:
@@ -100,11 +101,32 @@ class Checkpointer:
         restored = jax.tree_util.tree_map(np.asarray, restored)
         _check_finite_structure(restored, template, path)
       except Exception as e:  # pylint: disable=broad-except
-        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
-                      "falling back to the previous checkpoint", stacklevel=2)
+        self._set_aside(step, e)
         continue
       return step, restored
     return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable step folder to ``<step>.corrupt-<time>`` (process 0), so that
+    the resumed run can save that step again, and says so."""
+    path = os.path.join(self.directory, str(step))
+    # No '_' in the name: orbax would read "<anything>_<digits>" as a step.
+    target = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+    n = 1
+    while os.path.exists(target):
+      target, n = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{n}", n + 1
+    text = str(error).strip()
+    why = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    where = "left in place"
+    if jax.process_index() == 0:
+      try:
+        os.replace(path, target)
+        where = f"moved aside to {target}"
+      except OSError as e:
+        where = f"left in place (cannot move it: {e.strerror})"
+    warnings.warn(f"checkpoint {path} is unreadable ({why[:300]}); {where}; falling back "
+                  "to the previous checkpoint", stacklevel=3)
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.close()

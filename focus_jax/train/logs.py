@@ -238,11 +238,15 @@ class MetricsLog:
   Args:
     workdir: the run directory. columns: the loss-term names (fixed per stage).
     enabled: False on processes other than 0 (everything becomes a no-op).
+    start_step: the step this run starts from (the resumed checkpoint's, 0 for a
+      fresh run): rows of later steps, logged by a run that stopped before its next
+      checkpoint, are dropped, since this run logs those steps again.
   """
 
   BASE = ("step", "phase", "time", "seconds_per_step")
 
-  def __init__(self, workdir: str, columns: Sequence[str], enabled: bool = True):
+  def __init__(self, workdir: str, columns: Sequence[str], enabled: bool = True,
+               start_step: Optional[int] = None):
     self.enabled = enabled
     self.columns = tuple(self.BASE) + tuple(columns)
     self.workdir = workdir
@@ -257,6 +261,8 @@ class MetricsLog:
       if header is not None and tuple(header) != self.columns:
         os.replace(self.path, self.path + f".{int(time.time())}.old")
         new = True
+      elif start_step is not None:
+        _drop_rows_after(self.path, start_step)
     self._f = open(self.path, "a", newline="")
     self._csv = csv.writer(self._f)
     if new:
@@ -293,6 +299,19 @@ class MetricsLog:
     if self.enabled:
       self._f.close()
       self.events.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites metrics.csv without the rows of steps after ``step`` (atomically)."""
+  with open(path, newline="") as f:
+    rows = list(csv.reader(f))
+  keep = rows[:1] + [r for r in rows[1:] if not (r and r[0].isdigit() and int(r[0]) > step)]
+  if len(keep) == len(rows):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    csv.writer(f).writerows(keep)
+  os.replace(tmp, path)
 
 
 def read_metrics(path: str) -> Dict[str, np.ndarray]:

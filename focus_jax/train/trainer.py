@@ -204,7 +204,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
          for p in phases_of(config)}
   predict = jax.pmap(steps_lib.make_predict(config, nets, with_unet=config.stage != "pretrain"),
                      in_axes=(0, 0, 0, None))
-  log = logs_lib.MetricsLog(workdir, columns_of(config), enabled=pid == 0)
+  log = logs_lib.MetricsLog(workdir, columns_of(config), enabled=pid == 0, start_step=step)
   bar = None
   if config.progress and pid == 0:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
