@@ -103,11 +103,9 @@ def render(model: model_lib.MorphableModel, shape, expression, albedo_coeffs, an
   albedo = model_lib.albedo(model, albedo_coeffs)                       # [B, V, 3]
   tri = model.triangles
   cam, normals, colors = vertex_stage(verts, albedo, angles, translation, light, tri)
-  safe = cam.at[..., 2].set(jnp.where(cam[..., 2] > 0, cam[..., 2], 1.0))
-  vimg = camera_lib.project(safe, intrinsics)
+  vimg = project_vertices(cam, intrinsics)
   lm_cam = model_lib.landmark_positions(model, cam)
-  lm_safe = lm_cam.at[..., 2].set(jnp.where(lm_cam[..., 2] > 0, lm_cam[..., 2], 1.0))
-  landmarks = camera_lib.project(lm_safe, intrinsics)
+  landmarks = project_vertices(lm_cam, intrinsics)
 
   batch = verts.shape[0]
   size = (batch, intrinsics.height, intrinsics.width, 3)
@@ -170,10 +168,8 @@ def vertex_stage(verts, albedo, angles, translation, light, triangles, *,
     [B, V, 3], shaded vertex colours [B, V, 3]).
   """
   if not cpu_kernels.resolve(native, verts, albedo, angles, translation, light):
-    cam = camera_lib.to_camera(verts, angles, translation)
-    normals = camera_lib.rotate_to_camera(
-        shading_lib.vertex_normals(verts, triangles, native=False), angles)
-    return cam, normals, shading_lib.shade(albedo, normals, light)
+    return pose_and_shade(verts, shading_lib.vertex_normals(verts, triangles, native=False),
+                          albedo, angles, translation, light)
   batch = jnp.broadcast_shapes(verts.shape[:-2], albedo.shape[:-2], angles.shape[:-1],
                                translation.shape[:-1], light.shape[:-2])
   expand = lambda x, tail: jnp.broadcast_to(x, batch + tail)
@@ -182,6 +178,36 @@ def vertex_stage(verts, albedo, angles, translation, light, triangles, *,
       expand(camera_lib.camera_rotation(angles), (3, 3)),
       expand(camera_lib.camera_translation(translation), (3,)), expand(light, light.shape[-2:]),
       triangles, shading_lib.NORMALS_EPS)
+
+
+def pose_and_shade(verts, normals, albedo, angles, translation, light):
+  """:func:`vertex_stage` with given model-space vertex normals (pure JAX).
+
+  For callers that hold the normals fixed or compute them apart (the fit's
+  M-step poses a vertex subset with the normals of its last E-step).
+
+  Args:
+    verts: [..., V, 3] model-space vertices (mm).
+    normals: [..., V, 3] model-space unit vertex normals.
+    albedo: [..., V, 3]; angles, translation: [..., 3] (radians, mm);
+    light: [..., 9, 3] SH light.
+
+  Returns:
+    (camera-space vertices [..., V, 3] mm, camera-space normals [..., V, 3],
+    shaded vertex colours [..., V, 3]).
+  """
+  cam = camera_lib.to_camera(verts, angles, translation)
+  normals = camera_lib.rotate_to_camera(normals, angles)
+  return cam, normals, shading_lib.shade(albedo, normals, light)
+
+
+def project_vertices(points_camera, intrinsics: camera_lib.Intrinsics):
+  """:func:`camera.project` with the renderer's near-plane guard: [..., N, 3] mm ->
+  [..., N, 2] px. Points at or behind the camera plane (z <= 0) project as if
+  at depth 1 mm: finite positions and gradients (the rasterizer clips them)."""
+  z = points_camera[..., 2]
+  safe = points_camera.at[..., 2].set(jnp.where(z > 0, z, 1.0))
+  return camera_lib.project(safe, intrinsics)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
