@@ -208,20 +208,48 @@ def dist_loss(features_masked_render, features_masked_target):
   return cosine_distance(features_masked_render, features_masked_target)
 
 
-def neighbour_min_distance(image, target, window: int = 5):
+def neighbour_min_distance(image, target, window: int = 5, *, border: str = "valid",
+                           eps: float = 1e-12):
   """Per-pixel ``min_δ ‖R(p) − I(p + δ)‖₂`` over shifts δ in a window × window box.
 
-  Only pixels whose whole window lies inside the image are returned, as the
-  reference: [..., H, W, 3] -> [..., H − 2m, W − 2m] with m = window // 2.
+  The one neighbour-tolerant residual of the project: the UNet's neighbour term
+  (:func:`neighbour_loss`) and the fit's E-step
+  (:mod:`focus_jax.fitting.estep`).
+
+  Args:
+    image: [..., H, W, 3] render R.
+    target: [..., H, W, 3] target I.
+    window: odd side of the shift box (1 = no shift).
+    border: ``'valid'``: only pixels whose whole window lies inside the image, as
+      the reference: [..., H − 2m, W − 2m] with m = window // 2. ``'edge'``:
+      every pixel, the target edge-padded: [..., H, W].
+    eps: the norm is ``sqrt(‖·‖² + eps) − sqrt(eps)`` (a finite gradient at 0;
+      0 = the plain norm).
+
+  Returns:
+    [..., H', W'] distances (RGB units).
+
+  Raises:
+    ValueError: an even or non-positive window, or an unknown border.
   """
+  if window < 1 or window % 2 == 0:
+    raise ValueError(f"neighbour_min_distance: window must be odd and >= 1, got {window}")
   m = window // 2
   h, w = image.shape[-3], image.shape[-2]
-  centre = image[..., m:h - m, m:w - m, :]
+  if border == "edge":
+    pad = [(0, 0)] * (target.ndim - 3) + [(m, m), (m, m), (0, 0)]
+    target = jnp.pad(target, pad, mode="edge")
+    centre = image
+  elif border == "valid":
+    centre = image[..., m:h - m, m:w - m, :]
+  else:
+    raise ValueError(f"neighbour_min_distance: border must be 'valid' or 'edge', got "
+                     f"{border!r}")
+  hc, wc = centre.shape[-3], centre.shape[-2]
   best = None
-  for dy in range(-m, m + 1):
-    for dx in range(-m, m + 1):
-      shifted = target[..., m + dy:h - m + dy, m + dx:w - m + dx, :]
-      d = _pixel_norm(centre - shifted)
+  for dy in range(window):
+    for dx in range(window):
+      d = _pixel_norm(centre - target[..., dy:dy + hc, dx:dx + wc, :], eps)
       best = d if best is None else jnp.minimum(best, d)
   return best
 

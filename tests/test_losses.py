@@ -116,6 +116,31 @@ def test_neighbour_loss_tolerates_small_shifts_only():
   assert float(losses.neighbour_loss(a, b, jnp.ones((1, 6, 6)))) == pytest.approx(0.5, rel=1e-4)
 
 
+def test_neighbour_min_distance_edge_border_against_brute_force():
+  # The fit's E-step form (every pixel, target edge-padded, plain norm) against
+  # a direct numpy loop; its interior is the 'valid' form; even windows refused.
+  rng = np.random.default_rng(1)
+  image = rng.random((2, 7, 9, 3)).astype(np.float32)
+  target = rng.random((2, 7, 9, 3)).astype(np.float32)
+  got = np.asarray(losses.neighbour_min_distance(jnp.asarray(image), jnp.asarray(target), 3,
+                                                 border="edge", eps=0.0))
+  assert got.shape == (2, 7, 9)
+  want = np.full((2, 7, 9), np.inf)
+  for dy in (-1, 0, 1):
+    for dx in (-1, 0, 1):
+      ys = np.clip(np.arange(7) + dy, 0, 6)
+      xs = np.clip(np.arange(9) + dx, 0, 8)
+      d = np.linalg.norm(image - target[:, ys][:, :, xs], axis=-1)
+      want = np.minimum(want, d)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  valid = losses.neighbour_min_distance(jnp.asarray(image), jnp.asarray(target), 3, eps=0.0)
+  np.testing.assert_array_equal(got[:, 1:-1, 1:-1], np.asarray(valid))
+  with pytest.raises(ValueError, match="odd"):
+    losses.neighbour_min_distance(jnp.asarray(image), jnp.asarray(target), 4)
+  with pytest.raises(ValueError, match="border"):
+    losses.neighbour_min_distance(jnp.asarray(image), jnp.asarray(target), 3, border="wrap")
+
+
 def test_neighbour_loss_divides_by_the_prior_scale_per_pixel():
   # Constant images 0.5 apart: interior of 8x8 with a 5x5 window is 4x4 pixels.
   a = jnp.zeros((1, 8, 8, 3))
