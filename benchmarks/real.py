@@ -464,7 +464,7 @@ def run(argv):
   host_memory.keep_freed_memory()
   from focus_jax import images, inference  # pylint: disable=import-outside-toplevel
   from focus_jax.commands import fit as fit_cmd  # pylint: disable=import-outside-toplevel
-  from focus_jax.data import dataset, real_occluders  # pylint: disable=import-outside-toplevel
+  from focus_jax.data import real_occluders  # pylint: disable=import-outside-toplevel
   from focus_jax.eval import mask_metrics  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
 
@@ -483,7 +483,7 @@ def run(argv):
         f"{len(modes)} landmark modes, fit batch {rec.batch_size} ({rec.method})", flush=True)
 
   for index, name, person, half in photos:
-    photo = dataset.read_image(os.path.join(args.data, name))
+    photo = images.read_image(os.path.join(args.data, name))
     try:
       clean_lm, _ = inference.find_landmarks(photo, detector, name)
     except DataError as e:
@@ -537,7 +537,7 @@ def run(argv):
   occluded_info = None
   occ_cells = []
   if args.occluded_sample and os.path.isdir(args.occluded_dir):
-    names = dataset.list_images(args.occluded_dir)
+    names = images.list_images(args.occluded_dir)
     picks = sorted({int(i) for i in np.linspace(0, len(names) - 1, args.occluded_sample)})
     sources, shares = {}, []
 
@@ -547,7 +547,7 @@ def run(argv):
       occ_cells.extend([photo, r.render, overlay(photo, r.inlier_mask, hull)])
 
     for i in picks:
-      photo = dataset.read_image(os.path.join(args.occluded_dir, names[i]))
+      photo = images.read_image(os.path.join(args.occluded_dir, names[i]))
       prep = inference.prepare(photo, detector=detector_fb, size=rec.size, name=names[i])
       sources[prep.landmark_source] = sources.get(prep.landmark_source, 0) + 1
       runner.add(prep, lambda r, photo=prep.photo: occ_done(r, photo))

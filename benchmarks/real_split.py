@@ -43,15 +43,16 @@ def natural_key(name: str):
 
 
 def list_photos(folder: str) -> list:
-  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
   return sorted((n for n in os.listdir(folder)
-                 if n.lower().endswith(tuple(dataset.IMAGE_EXTENSIONS))), key=natural_key)
+                 if n.lower().endswith(tuple(images.IMAGE_EXTENSIONS))), key=natural_key)
 
 
 def descriptors(folder: str, names) -> np.ndarray:
   """[N, 128] dlib face-recognition descriptors of the largest face of each photo."""
   import dlib  # pylint: disable=import-outside-toplevel
-  from focus_jax.data import dataset, detect  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
+  from focus_jax.data import detect  # pylint: disable=import-outside-toplevel
   files = detect.model_files()
   models = os.path.dirname(files["predictor"])
   recognizer = dlib.face_recognition_model_v1(os.path.join(models, RECOGNITION_FILE))
@@ -59,7 +60,7 @@ def descriptors(folder: str, names) -> np.ndarray:
   finder = detect.LandmarkDetector(aligned=False)
   out = []
   for n in names:
-    img = (np.clip(dataset.read_image(os.path.join(folder, n)), 0, 1) * 255 + 0.5).astype(np.uint8)
+    img = (np.clip(images.read_image(os.path.join(folder, n)), 0, 1) * 255 + 0.5).astype(np.uint8)
     found = finder.find_face(img)
     if found.box is None:
       raise SystemExit(f"{n}: dlib finds no face; the split needs every photo")
@@ -130,7 +131,6 @@ def read_split(path: str = SPLIT_FILE) -> list:
 
 def contact_sheet(folder: str, rows, path: str, thumb: int = 96) -> None:
   from focus_jax import images  # pylint: disable=import-outside-toplevel
-  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
   from scipy import ndimage  # pylint: disable=import-outside-toplevel
   groups = {}
   for n, p, h in rows:
@@ -140,7 +140,7 @@ def contact_sheet(folder: str, rows, path: str, thumb: int = 96) -> None:
   for key in sorted(groups):
     for k in range(width):
       if k < len(groups[key]):
-        img = dataset.read_image(os.path.join(folder, groups[key][k]))
+        img = images.read_image(os.path.join(folder, groups[key][k]))
         z = thumb / img.shape[0]
         cells.append(np.clip(ndimage.zoom(img, (z, z, 1), order=1), 0, 1))
       else:

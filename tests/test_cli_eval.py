@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from focus_jax import morphable, obj_io
-from focus_jax.data import dataset
+from focus_jax import images, morphable, obj_io
 from focus_jax.eval import mesh_metrics
 from tests.test_cli import _run
 
@@ -35,8 +34,8 @@ def test_synth_writes_the_dataset(synth):
   assert params["vertices"].shape == (NUM, model.num_vertices, 3)
   assert list(params["names"]) == [f"{i:06d}.png" for i in range(NUM)]
   for i in range(NUM):
-    visible = dataset.read_mask(data / "images" / f"{i:06d}_visible_skin_mask.png") > 0
-    face = dataset.read_mask(data / "images" / f"{i:06d}_face_mask.png") > 0
+    visible = images.read_mask(data / "images" / f"{i:06d}_visible_skin_mask.png") > 0
+    face = images.read_mask(data / "images" / f"{i:06d}_face_mask.png") > 0
     assert visible.shape == (48, 48) and face.any() and not (visible & ~face).any()
   assert (data / "train_landmarks.csv").exists()
 
@@ -80,8 +79,8 @@ def test_eval_perfect_and_corrupted_predictions(synth):
   # The corrupted scores, computed here from the ground truth.
   precision, f1, iou = [], [], []
   for i in range(NUM):
-    visible = dataset.read_mask(data / "images" / f"{i:06d}_visible_skin_mask.png") > 0
-    face = dataset.read_mask(data / "images" / f"{i:06d}_face_mask.png") > 0
+    visible = images.read_mask(data / "images" / f"{i:06d}_visible_skin_mask.png") > 0
+    face = images.read_mask(data / "images" / f"{i:06d}_face_mask.png") > 0
     p = visible.sum() / face.sum()
     precision.append(p)
     f1.append(2 * p / (1 + p))

@@ -188,17 +188,17 @@ def test_list_images_skips_masks_and_maps(tmp_path):
   image_dir, names, _ = _reference_layout(tmp_path, n=2)
   images.save_png(image_dir / "000_face_mask.png", np.zeros((4, 4)))
   (image_dir / "notes.txt").write_text("x")
-  assert dataset.list_images(str(image_dir)) == names
+  assert images.list_images(str(image_dir)) == names
 
 
 def test_read_image_grey_and_alpha(tmp_path):
   grey = tmp_path / "g.png"
   images.save_png(grey, np.full((5, 6), 0.5))
-  img = dataset.read_image(grey)
+  img = images.read_image(grey)
   assert img.shape == (5, 6, 3)
   import imageio.v3 as iio
   rgba = tmp_path / "a.png"
   iio.imwrite(rgba, np.full((3, 4, 4), 200, np.uint8))
-  assert dataset.read_image(rgba).shape == (3, 4, 3)
+  assert images.read_image(rgba).shape == (3, 4, 3)
   with pytest.raises(ImageReadError, match="missing.png"):
-    dataset.read_image(tmp_path / "missing.png")
+    images.read_image(tmp_path / "missing.png")

@@ -124,6 +124,6 @@ def test_shared_occluded_faces_sample(shared_dir, detector, tmp_path):
   if not folder.is_dir():
     pytest.skip(f"shared data not available: {folder}")
   for name in sorted(os.listdir(folder))[:6]:    # 112 x 112 aligned crops: never 'none'
-    det = detector.detect(dataset.read_image(folder / name))
+    det = detector.detect(images.read_image(folder / name))
     assert det.method in ("hog", "crop") and np.isfinite(det.landmarks).all()
   assert not any(p.name.startswith("detected") for p in folder.iterdir())

@@ -35,94 +35,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from focus_jax import images as images_lib
 from focus_jax.data import align as align_lib
 from focus_jax.data import landmarks as lm_lib
 from focus_jax.errors import DataError, ImageReadError
+# Until focus_jax/inference.py and commands/fit.py import them from focus_jax.images.
+from focus_jax.images import IMAGE_EXTENSIONS, list_images, read_image, to_rgb_float  # noqa: F401  pylint: disable=unused-import
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_SUFFIX = "_visible_skin_mask.png"
-# Files next to the images that are not photos (masks and maps this package writes).
-_NOT_PHOTOS = ("_visible_skin_mask", "_face_mask", "_detail", "_occluder_mask")
 
 
 def mask_path_for(image_path: str) -> str:
   """``dir/x.jpg`` -> ``dir/x_visible_skin_mask.png`` (the reference's naming)."""
   return os.path.splitext(image_path)[0] + MASK_SUFFIX
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-  """Reads a photo as [H, W, 3] float32 RGB in [0, 1].
-
-  Grey images are repeated to three channels, alpha is dropped, 16-bit images
-  are scaled by 1/65535.
-
-  Raises:
-    ImageReadError: missing, unreadable, truncated or not an image.
-  """
-  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
-  path = os.fspath(path)
-  try:
-    img = np.asarray(iio.imread(path))
-  except Exception as e:  # decoders raise anything: OSError, ValueError, SyntaxError...
-    raise ImageReadError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
-  return to_rgb_float(img, path)
-
-
-def to_rgb_float(img, name: str = "image") -> np.ndarray:
-  """A decoded image as [H, W, 3] float32 in [0, 1].
-
-  Grey is repeated to three channels, alpha is dropped, uint8 / uint16 are
-  scaled by 1/255 / 1/65535, floats are clipped to [0, 1].
-
-  Raises:
-    ImageReadError: not an [H, W], [H, W, 1|3|4] image, or an unsupported pixel
-      type (the message starts with ``name``).
-  """
-  img = np.asarray(img)
-  if img.ndim == 3 and img.shape[-1] == 1:
-    img = img[..., 0]
-  if img.ndim == 2:
-    img = np.repeat(img[..., None], 3, axis=-1)
-  if img.ndim != 3 or img.shape[-1] not in (3, 4) or min(img.shape[:2]) < 1:
-    raise ImageReadError(f"{name}: not an RGB image (array shape {img.shape})")
-  img = img[..., :3]
-  if img.dtype == np.uint8:
-    return img.astype(np.float32) / 255.0
-  if img.dtype == np.uint16:
-    return img.astype(np.float32) / 65535.0
-  if img.dtype.kind == "f":
-    return np.clip(img.astype(np.float32), 0.0, 1.0)
-  raise ImageReadError(f"{name}: unsupported pixel type {img.dtype}")
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-  """Reads a ground-truth mask as [H, W] float32 in {0, 1} (white = 1).
-
-  Raises:
-    ImageReadError: unreadable file.
-  """
-  img = read_image(path)
-  return (img.mean(axis=-1) >= 0.5).astype(np.float32)
-
-
-def list_images(image_dir: str, recursive: bool = True) -> list:
-  """Photo names (relative to ``image_dir``, '/'-separated, sorted) in a folder.
-
-  Masks and maps written next to photos (``*_visible_skin_mask.png`` ...) are
-  left out.
-  """
-  names = []
-  for root, dirs, files in os.walk(image_dir):
-    dirs.sort()
-    for f in sorted(files):
-      stem, ext = os.path.splitext(f)
-      if ext.lower() not in IMAGE_EXTENSIONS or stem.endswith(_NOT_PHOTOS):
-        continue
-      rel = os.path.relpath(os.path.join(root, f), image_dir)
-      names.append(rel.replace(os.sep, "/"))
-    if not recursive:
-      break
-  return names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +125,8 @@ class FaceDataset(Sequence):
       ImageReadError: the image or its mask cannot be decoded.
     """
     rec = self.records[index]
-    image = read_image(rec.path)
-    mask = read_mask(rec.mask_path) if rec.mask_path else None
+    image = images_lib.read_image(rec.path)
+    mask = images_lib.read_mask(rec.mask_path) if rec.mask_path else None
     if mask is not None and mask.shape != image.shape[:2]:
       raise ImageReadError(f"{rec.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but the "
                            f"image {rec.path} is {image.shape[1]}x{image.shape[0]}")

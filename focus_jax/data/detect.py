@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from focus_jax import images as images_lib
 from focus_jax.data import landmarks as lm_lib
 from focus_jax.errors import DataError, ImageReadError
 
@@ -339,14 +340,13 @@ def detect_folder(image_dir: str, detector: Optional[LandmarkDetector] = None,
   Returns:
     :class:`FolderLandmarks`. Unreadable images are skipped with a warning.
   """
-  from focus_jax.data import dataset as ds_lib  # pylint: disable=import-outside-toplevel
   image_dir = os.path.abspath(image_dir)
   if not os.path.isdir(image_dir):
     raise DataError(f"image folder not found: {image_dir}")
-  names = ds_lib.list_images(image_dir, recursive=recursive)
+  names = images_lib.list_images(image_dir, recursive=recursive)
   if not names:
     raise DataError(f"{image_dir}: no images found (extensions "
-                    f"{', '.join(ds_lib.IMAGE_EXTENSIONS)})")
+                    f"{', '.join(images_lib.IMAGE_EXTENSIONS)})")
   folder = cache_location(image_dir, cache_dir)
   csv_path, info_path = os.path.join(folder, CACHE_CSV), os.path.join(folder, CACHE_INFO)
   cached_lm, info = {}, {}
@@ -371,7 +371,7 @@ def detect_folder(image_dir: str, detector: Optional[LandmarkDetector] = None,
     pending = {}
     for name in iterator:
       try:
-        img = _to_uint8(ds_lib.read_image(os.path.join(image_dir, name)))
+        img = _to_uint8(images_lib.read_image(os.path.join(image_dir, name)))
       except ImageReadError as e:
         warnings.warn(f"skipping an unreadable image: {e}", stacklevel=2)
         info[name] = dict(method="unreadable", box=None, score=float("nan"))
@@ -388,10 +388,10 @@ def detect_folder(image_dir: str, detector: Optional[LandmarkDetector] = None,
     if pending:
       for name in names:    # cached boxes count for calibration too (same folder)
         if name not in shapes and name in info and info[name]["method"] == "hog":
-          shapes[name] = _image_shape(os.path.join(image_dir, name))
+          shapes[name] = images_lib.image_shape(os.path.join(image_dir, name))
       rel = calibrate_fallback_box(info, shapes) if calibrate else None
       for name in pending:
-        img = _to_uint8(ds_lib.read_image(os.path.join(image_dir, name)))
+        img = _to_uint8(images_lib.read_image(os.path.join(image_dir, name)))
         box = detector.crop_box(img.shape, rel)
         cached_lm[name] = detector.landmarks_in_box(img, box)
         info[name] = dict(method="crop", box=box, score=float("nan"))
@@ -423,13 +423,3 @@ def detect_folder(image_dir: str, detector: Optional[LandmarkDetector] = None,
   lms = np.stack(out_lm).astype(np.float32) if out_lm else np.zeros((0, 68, 2), np.float32)
   return FolderLandmarks(tuple(out_names), lms, tuple(out_methods), tuple(failed),
                          tuple(unreadable), csv_path, rel, counts)
-
-
-def _image_shape(path: str) -> tuple:
-  try:
-    from PIL import Image  # pylint: disable=import-outside-toplevel
-    with Image.open(path) as im:
-      return im.size[1], im.size[0]
-  except Exception:  # pylint: disable=broad-except
-    from focus_jax.data import dataset as ds_lib  # pylint: disable=import-outside-toplevel
-    return ds_lib.read_image(path).shape[:2]

@@ -263,7 +263,7 @@ def hand_sprite(rng: np.random.Generator):
 @functools.lru_cache(maxsize=8)
 def load_occluder_images(folder: str) -> tuple:
   """RGBA PNGs of a folder as (name, [H, W, 4] float32) pairs (alpha required)."""
-  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(folder):
     raise DataError(f"occluder folder not found: {folder}")
@@ -272,7 +272,7 @@ def load_occluder_images(folder: str) -> tuple:
     if not name.lower().endswith(".png"):
       continue
     try:
-      img = np.asarray(iio.imread(os.path.join(folder, name)))
+      img = images.read_pixels(os.path.join(folder, name))
     except Exception:  # pylint: disable=broad-except
       continue
     if img.ndim != 3 or img.shape[-1] != 4:

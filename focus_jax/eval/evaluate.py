@@ -79,6 +79,7 @@ def load_ground_truth(data_dir: str) -> GroundTruth:
   Raises:
     DataError: missing folder, unreadable params.npz, or nothing to evaluate.
   """
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
   from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
   root = os.path.abspath(os.fspath(data_dir))
   if not os.path.isdir(root):
@@ -102,7 +103,7 @@ def load_ground_truth(data_dir: str) -> GroundTruth:
     except (OSError, ValueError, KeyError) as e:
       raise DataError(f"{params_path}: cannot read the ground-truth parameters ({e})") from e
   samples = []
-  for name in dataset.list_images(image_dir):
+  for name in images.list_images(image_dir):
     path = os.path.join(image_dir, name)
     mask = dataset.mask_path_for(path)
     face = _stem(path) + "_face_mask.png"
@@ -131,9 +132,9 @@ def prediction_files(pred_dir: str, name: str) -> dict:
 
 
 def _read_mask(path: str, what: str) -> np.ndarray:
-  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
   try:
-    return dataset.read_mask(path) > 0.5
+    return images.read_mask(path) > 0.5
   except DataError as e:
     raise DataError(f"{path}: cannot read the {what} ({e})") from e
 

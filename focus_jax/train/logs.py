@@ -23,6 +23,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from focus_jax.images import encode_png
+
 # ----------------------------------------------------------------------- CRC-32C
 
 
@@ -201,14 +203,6 @@ def _parse_event(record):
 
 
 # ----------------------------------------------------------------------- images
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
-  img = np.asarray(image)
-  if img.dtype != np.uint8:
-    img = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-  return iio.imwrite("<bytes>", img, extension=".png")
 
 
 def tile(images: np.ndarray, render: np.ndarray, face: np.ndarray, mask: np.ndarray,
