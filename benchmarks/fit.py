@@ -262,8 +262,8 @@ def main():
   prior = None
   if any(k in args.variants for k in "cdus"):
     t0 = time.time()
-    prior = prior_lib.build(model, num_faces=args.prior_faces, size=args.size,
-                            seed=args.prior_seed, batch=args.batch)
+    prior = fitting.build_prior(model, num_faces=args.prior_faces, size=args.size,
+                                seed=args.prior_seed, batch=args.batch)
     print(f"built the prior from {args.prior_faces} faces in {time.time() - t0:.0f}s",
           flush=True)
 

@@ -345,7 +345,7 @@ def write_report(args, cfg, rows, timing, real, paper, curves):
            f"evaluated. Steps: pretrain {args.pretrain_steps}, UNet {args.unet_steps}, EM "
            f"{args.em_steps} (cycles of {cfg.em_unet_steps} UNet + {cfg.em_encoder_steps} "
            "encoder steps)." + (f" Misfit prior: {args.prior_faces} unoccluded synthetic "
-                                "fits (focus_jax.prior.build)." if args.prior_faces > 0
+                                "fits (focus_jax.fitting.build_prior)." if args.prior_faces > 0
                                 else ""), "",
            "Mask F1: inlier (visible skin) class inside the rendered face region vs the "
            "ground-truth visible-skin mask. 3D: median over test images of the per-image "

@@ -3,7 +3,7 @@ r"""Builds the misfit prior: per-vertex σ multipliers of the face model.
 Fits --num_faces unoccluded synthetic faces that carry appearance detail the
 model cannot express (brows, lipstick, stubble, freckles) with the
 analysis-by-synthesis fitter and records each vertex's residual
-(focus_jax.prior.build). make_pseudo_masks.py --prior uses it so that
+(focus_jax.fitting.build_prior). make_pseudo_masks.py --prior uses it so that
 systematically hard-to-fit skin is not labelled outlier.
 
 Example::

@@ -7,7 +7,8 @@ shows which regions are hard to fit though they are skin. The prior stores a
 per-vertex σ multiplier (``sigma_scale`` [V] ≥ 1): the robust likelihood then
 uses ``σ·scale`` there, so those regions are not labelled outliers.
 
-* :func:`build` — fit synthetic faces, accumulate residual statistics.
+* :func:`from_residuals` — the prior from accumulated residual statistics
+  (:func:`focus_jax.fitting.build_prior` fits synthetic faces to get them).
 * :func:`save` / :func:`load` — ``.npz``.
 * applied by :func:`focus_jax.fitting.fit` (E-step σ map and M-step weights), and
   by :func:`sigma_map` / :func:`normalised_residual` for the UNet losses.
@@ -54,66 +55,6 @@ def from_residuals(sq_sum, count, max_scale: float = 3.0, min_count: int = 3,
                      count=count.astype(np.int32), model_name=model_name)
 
 
-def build(model, num_faces: int = 64, size: int = 112, seed: int = 1000, config=None,
-          batch: int = 8, max_scale: float = 3.0, smooth: int = 1) -> MisfitPrior:
-  """Fits ``num_faces`` unoccluded synthetic faces with unmodelled detail and
-  records per-vertex residuals (colour of the fitted vertex vs the image there).
-
-  Args:
-    model: the morphable model.
-    num_faces, size, seed: the synthetic faces (occlusion off, details on).
-    config: :class:`~focus_jax.fitting.FitConfig` (default: non-robust, so that
-      every visible vertex is recorded; there are no occluders to reject).
-    batch: faces per fit call.
-    max_scale: cap of the σ multiplier.
-    smooth: mesh-neighbour averaging passes of the squared residuals.
-  """
-  from focus_jax import fitting  # pylint: disable=import-outside-toplevel
-  from focus_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  from focus_jax.morphable import model as model_lib  # pylint: disable=import-outside-toplevel
-  from focus_jax.render import camera, shading  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  cfg = synthetic.SyntheticConfig(size=size, occlusion_probability=0.0)
-  gen = synthetic.SyntheticFaces(model, cfg, seed=seed)
-  config = config or fitting.FitConfig(robust=False)
-  intr = camera.Intrinsics.reference(size)
-  num_v = model.num_vertices
-  sq_sum = np.zeros(num_v)
-  count = np.zeros(num_v, np.int64)
-  for start in range(0, num_faces, batch):
-    samples = gen.generate(range(start, min(start + batch, num_faces)))
-    images = np.stack([s.image for s in samples])
-    result = jax.device_get(fitting.fit(model, images, np.stack([s.landmarks for s in samples]),
-                                        config=config))
-    for i in range(len(samples)):
-      verts = jnp.asarray(result.vertices[i])
-      normals = camera.rotate_to_camera(shading.vertex_normals(verts, model.triangles),
-                                        jnp.asarray(result.angles[i]))
-      colors = shading.shade(model_lib.albedo(model, jnp.asarray(result.albedo[i])), normals,
-                             jnp.asarray(result.light[i]))
-      vimg = camera.project(jnp.asarray(result.vertices_camera[i]), intr)
-      sampled = fitting.bilinear_sample(jnp.asarray(images[i]), vimg)
-      sq = np.asarray(jnp.sum(jnp.square(colors - sampled), -1))
-      # Non-robust fit: the weight is the vertex visibility.
-      visible = np.asarray(result.vertex_weight[i]) > 0
-      sq_sum += np.where(visible, sq, 0.0)
-      count += visible
-  tri = np.asarray(model.triangles)
-  for _ in range(smooth):
-    sq_sum, count = _neighbour_mean(sq_sum, tri), _neighbour_mean(count.astype(float), tri)
-  return from_residuals(sq_sum, np.round(count).astype(np.int64), max_scale,
-                        model_name=model.name)
-
-
-def _neighbour_mean(values, triangles):
-  total = values.astype(np.float64).copy()
-  n = np.ones_like(total)
-  for a, b in ((0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)):
-    np.add.at(total, triangles[:, a], values[triangles[:, b]])
-    np.add.at(n, triangles[:, a], 1.0)
-  return total / n
-
-
 def save(path: str | os.PathLike, prior: MisfitPrior) -> None:
   """Writes the prior as ``.npz``."""
   np.savez(path, sigma_scale=prior.sigma_scale, rms=prior.rms, count=prior.count,
@@ -128,7 +69,7 @@ def load(path: str | os.PathLike, model=None) -> MisfitPrior:
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"misfit prior {path} not found; build one with "
-                            "focus_jax.prior.build(model) and focus_jax.prior.save")
+                            "focus_jax.fitting.build_prior(model) and focus_jax.prior.save")
   try:
     with np.load(path) as z:
       prior = MisfitPrior(sigma_scale=z["sigma_scale"], rms=z["rms"], count=z["count"],

@@ -296,7 +296,7 @@ def test_edge_weights_cut_across_colour_edges():
   target = np.zeros((6, 6, 3), np.float32)
   target[:, 3:] = 0.5
   w = np.asarray(fitting.edge_weights(jnp.asarray(target), 0.1))
-  right = fitting._OFFSETS8.index((0, 1))  # pylint: disable=protected-access
+  right = fitting.inliers._OFFSETS8.index((0, 1))  # pylint: disable=protected-access
   np.testing.assert_allclose(w[right, :, :2], 1.0)          # same colour: full coupling
   assert w[right, :, 2].max() < 1e-3                        # across the edge: none
   assert w[right, :, 5].max() == 0.0                        # outside the image
@@ -316,7 +316,7 @@ def test_extend_inliers_adds_matching_contour_pixels_only():
       jnp.asarray(render), jnp.asarray(face), jnp.asarray(face), jnp.asarray(target),
       cfg.sigma, 1, cfg.outlier_sigmas))
   ring = ~face & (r < 8.0) & (xx <= 16)
-  near = np.asarray(fitting._box3(jnp.asarray(face, jnp.float32))) > 0  # pylint: disable=protected-access
+  near = np.asarray(fitting.inliers._box3(jnp.asarray(face, jnp.float32))) > 0  # pylint: disable=protected-access
   assert not (ext & face).any() and not (ext & ~near).any()    # one pixel outside only
   assert ext[ring & near].all()                                # matching skin: added
   assert not ext[xx > 16].any() and not ext[r >= 8.0].any()    # occluder, background: not

@@ -71,11 +71,11 @@ def make_pseudo_masks(config: TrainConfig, out_dir: str, data_dir: str, init_fro
 def build_prior(config: TrainConfig, out_path: str, num_faces: int = 64, size: int = 0,
                 seed: int = 1000) -> dict:
   """Misfit prior of the configured model from ``num_faces`` synthetic fits
-  (:func:`focus_jax.prior.build`); writes ``out_path`` (.npz)."""
-  from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
+  (:func:`focus_jax.fitting.build_prior`); writes ``out_path`` (.npz)."""
+  from focus_jax import fitting, prior as prior_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   model = state_lib.load_model(config)
-  p = prior_lib.build(model, num_faces=num_faces, size=size or config.image_size, seed=seed)
+  p = fitting.build_prior(model, num_faces=num_faces, size=size or config.image_size, seed=seed)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   if jax.process_index() == 0:
     prior_lib.save(out_path, p)
