@@ -25,8 +25,8 @@ predict``, the folder one submits)::
     <out>/<subject>/<challenge>/<IMG>.npy   [7, 3] float its 7 landmarks, order below
 
 The 7 landmarks, in the challenge's order, and the iBUG-68 points they are
-(1-based iBUG numbering; our models' ``landmarks`` table is 0-based, so the
-vertex is ``model.landmarks[ibug - 1]``). "Right"/"left" are the image's, as in
+(:data:`focus_jax.morphable.landmark_map.IBUG_OF_NOW`; 1-based iBUG numbering; our
+models' ``landmarks`` table is 0-based, so the vertex is ``model.landmarks[ibug - 1]``). "Right"/"left" are the image's, as in
 iBUG; the official evaluation uses points 0-3 (eye corners) and 4 (nose
 bottom) to crop the scan:
 
@@ -65,11 +65,6 @@ import numpy as np
 from focus_jax.errors import DataError
 
 CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
-IBUG_OF_NOW = (37, 40, 43, 46, 34, 49, 55)
-"""iBUG-68 point (1-based) of each of the 7 NoW landmarks, in the challenge's order."""
-NOW_LANDMARK_NAMES = ("image-left eye outer corner", "image-left eye inner corner",
-                      "image-right eye inner corner", "image-right eye outer corner",
-                      "nose bottom", "image-left mouth corner", "image-right mouth corner")
 VALIDATION_LIST = "imagepathsvalidation.txt"
 TEST_LIST = "imagepathstest.txt"
 # Radius factor of the official scan crop.
@@ -373,7 +368,8 @@ def write_box(path: str, box) -> None:
 def read_pp(path: str) -> np.ndarray:
   """The points of a MeshLab picked-points file (.pp, XML): [N, 3] float64, file order.
 
-  NoW's scan landmark files hold the 7 points of :data:`IBUG_OF_NOW` in that order.
+  NoW's scan landmark files hold the 7 points of
+  :data:`~focus_jax.morphable.landmark_map.IBUG_OF_NOW` in that order.
   """
   import xml.etree.ElementTree as ET  # pylint: disable=import-outside-toplevel
   try:
@@ -421,6 +417,8 @@ def landmark_vertices(model) -> np.ndarray:
   Raises:
     DataError: the model has no vertex for one of them.
   """
+  from focus_jax.morphable.landmark_map import (  # pylint: disable=import-outside-toplevel
+      IBUG_OF_NOW, NOW_LANDMARK_NAMES)
   table = np.asarray(model.landmarks)
   idx = table[np.asarray(IBUG_OF_NOW) - 1]
   if (idx < 0).any():

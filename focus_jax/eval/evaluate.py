@@ -208,12 +208,12 @@ def alignment_vertices(model, landmarks: str = "now") -> np.ndarray:
   """Vertex indices whose positions start the 3D alignment.
 
   ``'now'``: the seven NoW points (eye corners, nose tip, mouth corners;
-  :data:`focus_jax.now.IBUG_OF_NOW`) as the model defines them; ``'all'``: every
+  :data:`focus_jax.morphable.landmark_map.IBUG_OF_NOW`) as the model defines them; ``'all'``: every
   landmark vertex of the model.
   """
   idx = np.asarray(model.landmarks)
   if landmarks == "now":
-    from focus_jax.now import IBUG_OF_NOW  # pylint: disable=import-outside-toplevel
+    from focus_jax.morphable.landmark_map import IBUG_OF_NOW  # pylint: disable=import-outside-toplevel
     idx = idx[np.asarray(IBUG_OF_NOW) - 1]
   elif landmarks != "all":
     raise ValueError(f"alignment landmarks must be 'now' or 'all', got {landmarks!r}")

@@ -1,4 +1,5 @@
-"""iBUG-68 -> vertex index tables (the eos/TOML ``ibug_to_*.txt`` files).
+"""Landmark index tables: iBUG-68 -> vertex (the eos/TOML ``ibug_to_*.txt`` files),
+and the NoW challenge's 7 points as iBUG-68 points (:data:`IBUG_OF_NOW`).
 
 A table is a TOML file with a ``[landmark_mappings]`` section whose keys are iBUG
 point numbers (1-based) and values mesh vertex indices (0-based)::
@@ -19,6 +20,12 @@ import numpy as np
 
 from focus_jax.errors import ModelFileError
 from focus_jax.morphable.model import NUM_LANDMARKS
+
+IBUG_OF_NOW = (37, 40, 43, 46, 34, 49, 55)
+"""iBUG-68 point (1-based) of each of the 7 NoW landmarks, in the challenge's order."""
+NOW_LANDMARK_NAMES = ("image-left eye outer corner", "image-left eye inner corner",
+                      "image-right eye inner corner", "image-right eye outer corner",
+                      "nose bottom", "image-left mouth corner", "image-right mouth corner")
 
 
 def read_ibug_mapping(path: str | os.PathLike) -> np.ndarray:
