@@ -627,7 +627,7 @@ def run(argv):
     files["real_occluded_faces.png"] = save_tile(
         os.path.join(args.out, "real_occluded_faces.png"), occ_cells, 12)
 
-  meta = dict(command="python benchmarks/real.py " + " ".join(argv[1:]),
+  meta = dict(command=" ".join(["python benchmarks/real.py"] + list(argv[1:])),
               date=datetime.date.today().isoformat(), commit=git_commit(), machine=machine(),
               load_before=load_before,
               load_after="/".join(f"{x:.1f}" for x in os.getloadavg()),
