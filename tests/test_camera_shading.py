@@ -180,3 +180,29 @@ def test_shading_gradients_and_transforms():
   np.testing.assert_allclose(jax.vmap(shading.shade)(*stacked)[1], shaded, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(jax.pmap(shading.shade)(*[s[:1] for s in stacked])[0], shaded,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_pose_and_shade_is_the_vertex_stage_and_projection_guards_the_near_plane():
+  from focus_jax.render import render   # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(4)
+  model = tiny_model()
+  verts = jnp.asarray(model.mean)[None] + jnp.asarray(rng.normal(0, 2, (2,) + model.mean.shape),
+                                                      jnp.float32)
+  albedo = jnp.asarray(rng.random((2,) + model.mean.shape), jnp.float32)
+  angles = jnp.array([[0.2, -0.3, 0.1], [0.0, 0.5, 0.0]])
+  trans = jnp.array([[3.0, -2.0, 10.0], [0.0, 0.0, -20.0]])
+  light = shading.default_light((2,)) * 0.9
+  normals = shading.vertex_normals(verts, model.triangles, native=False)
+  got = render.pose_and_shade(verts, normals, albedo, angles, trans, light)
+  want = render.vertex_stage(verts, albedo, angles, trans, light, model.triangles, native=False)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+  intr = camera.Intrinsics.reference(64)
+  pts = jnp.array([[10.0, -5.0, 400.0], [3.0, 2.0, 0.0], [1.0, 1.0, -50.0]])
+  proj = np.asarray(render.project_vertices(pts, intr))
+  np.testing.assert_array_equal(proj[0], np.asarray(camera.project(pts[:1], intr))[0])
+  # At or behind the camera plane: as if at depth 1 mm (finite, gradients too).
+  np.testing.assert_allclose(proj[1:], np.asarray(camera.project(
+      pts[1:].at[:, 2].set(1.0), intr)), rtol=1e-6)
+  grad = jax.grad(lambda p: render.project_vertices(p, intr).sum())(pts)
+  assert np.isfinite(np.asarray(grad)).all() and float(jnp.abs(grad[1:, 2]).max()) == 0.0
