@@ -26,3 +26,7 @@ class ImageReadError(DataError):
 
   Input pipelines catch this one, skip the image with a warning and count it.
   """
+
+
+class CheckpointError(FocusError, RuntimeError):
+  """No readable checkpoint where one is required."""

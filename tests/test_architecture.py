@@ -103,7 +103,7 @@ LONG_FUNCTIONS = {
 
 
 def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
-  """focus_jax/data/__init__.py -> focus_jax.data; focus_jax/data/align.py -> focus_jax.data.align."""
+  """focus_jax/data/__init__.py -> focus_jax.data; data/align.py -> focus_jax.data.align."""
   parts = list(path.relative_to(root.parent).with_suffix("").parts)
   if parts[-1] == "__init__":
     parts = parts[:-1]

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from focus_jax.autoencoder import checkpoints as ckpt_io
+from focus_jax.autoencoder import networks as networks_lib
 from focus_jax.train import checkpoint as ckpt_lib
 from focus_jax.train import config as config_lib
 from focus_jax.train import logs, trainer
@@ -55,7 +57,7 @@ def run_cli(script, *args, cache=None, timeout=600, check=True):
 
 
 def latest_state(workdir):
-  enc, unet, cfg, step = ckpt_lib.load_networks(str(workdir))
+  enc, unet, cfg, step = ckpt_io.load_networks(str(workdir))
   return enc, unet, step
 
 
@@ -99,7 +101,7 @@ def test_encoder_translation_units_follow_the_config():
                     (config_lib.tiny(translation_scale=1.0, depth_scale=0.005),
                      (1.0, 1.0, 0.005))):
     enc = state_lib.make_networks(cfg, axis_name=None).encoder
-    m = state_lib.load_model(cfg)
+    m = networks_lib.load_model(cfg)
     raw = np.zeros((1, enc.num_outputs), np.float32)
     at = m.num_shape + m.num_expression + m.num_albedo + 3     # pose: 3 angles, then t
     raw[0, at:at + 3] = [1.0, -2.0, 3.0]
@@ -140,8 +142,8 @@ def test_unet_sees_the_render_only_inside_the_face_and_learns_only_there():
   target = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
   face = np.zeros((2, 32, 32), np.float32)
   face[:, 8:24, 6:26] = 1.0
-  seg = jax.jit(lambda r, f: steps_lib.segment(cfg, nets, st.unet, r, jnp.asarray(target),
-                                               train=False, face=f)[1])
+  seg = jax.jit(lambda r, f: networks_lib.segment(cfg, nets, st.unet, r, jnp.asarray(target),
+                                                  train=False, face=f)[1])
   other = np.where(face[..., None] > 0, render, rng.uniform(size=render.shape))
   np.testing.assert_array_equal(seg(render, face), seg(other.astype(np.float32), face))
   # Without F the background of the render does reach the UNet.

@@ -213,7 +213,8 @@ def alignment_vertices(model, landmarks: str = "now") -> np.ndarray:
   """
   idx = np.asarray(model.landmarks)
   if landmarks == "now":
-    from focus_jax.morphable.landmark_map import IBUG_OF_NOW  # pylint: disable=import-outside-toplevel
+    from focus_jax.morphable.landmark_map import (  # pylint: disable=import-outside-toplevel
+        IBUG_OF_NOW)
     idx = idx[np.asarray(IBUG_OF_NOW) - 1]
   elif landmarks != "all":
     raise ValueError(f"alignment landmarks must be 'now' or 'all', got {landmarks!r}")

@@ -23,23 +23,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from focus_jax.errors import FocusError
+from focus_jax.autoencoder import checkpoints as ckpt_io
+from focus_jax.errors import CheckpointError, FocusError
 from focus_jax.train.config import TrainConfig
+# Until train/stages.py (being edited by another helper) imports it from
+# focus_jax.autoencoder.checkpoints.
+from focus_jax.autoencoder.checkpoints import load_networks  # noqa: F401 pylint: disable=W0611
 
 
 class ConfigMismatchError(FocusError, ValueError):
   """A checkpoint was written by a run with a different configuration."""
-
-
-class CheckpointError(FocusError, RuntimeError):
-  """No readable checkpoint where one is required."""
-
-
-def _manager(directory: str, keep: int = 0) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=("state", "config"))
 
 
 def describe_mismatch(path: str, diffs) -> str:
@@ -60,7 +53,7 @@ class Checkpointer:
   def __init__(self, directory: str, config: TrainConfig):
     self.directory = os.path.abspath(directory)
     self.config = config
-    self.manager = _manager(self.directory, config.keep_checkpoints)
+    self.manager = ckpt_io.manager(self.directory, config.keep_checkpoints)
 
   def steps(self) -> list:
     return sorted(self.manager.all_steps())
@@ -141,38 +134,3 @@ def _check_finite_structure(restored, template, path):
     if np.shape(x) != np.shape(y):
       raise CheckpointError(f"{path}: array of shape {np.shape(x)} where {np.shape(y)} "
                             "was expected")
-
-
-def load_networks(workdir_or_dir: str) -> Tuple[dict, dict, TrainConfig, int]:
-  """The network variables of another stage's newest readable checkpoint.
-
-  Args:
-    workdir_or_dir: that stage's ``--workdir`` (or its ``checkpoints`` folder).
-
-  Returns:
-    (encoder variables, unet variables, that run's TrainConfig, step), NumPy.
-
-  Raises:
-    CheckpointError: no readable checkpoint there.
-  """
-  directory = workdir_or_dir
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"--init_from: no checkpoint folder at {workdir_or_dir} (run the "
-                          "previous stage first, or point at its --workdir)")
-  manager = _manager(directory)
-  try:
-    for step in reversed(sorted(manager.all_steps())):
-      try:
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
-        warnings.warn(f"checkpoint {directory}/{step} is unreadable ({type(e).__name__}: {e}); "
-                      "trying the previous one", stacklevel=2)
-        continue
-      state = jax.tree_util.tree_map(np.asarray, out["state"])
-      return (state["encoder"], state["unet"], TrainConfig.from_dict(out["config"]), step)
-  finally:
-    manager.close()
-  raise CheckpointError(f"--init_from: no readable checkpoint in {directory}")

@@ -25,11 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from focus_jax import morphable
+from focus_jax.autoencoder import networks as networks_lib
 from focus_jax.nets import encoder as encoder_lib
 from focus_jax.nets import unet as unet_lib
 from focus_jax.render import camera
 from focus_jax.train.config import TrainConfig
+# Until train/stages.py and benchmarks/train.py (being edited by another helper) import it
+# from focus_jax.autoencoder.networks.
+from focus_jax.autoencoder.networks import load_model  # noqa: F401  pylint: disable=unused-import
 
 RNG_IMPL = "rbg"   # much faster to compile on CPU than threefry; fine for dropout
 
@@ -70,28 +73,13 @@ def make_optimizer(config: TrainConfig, lr: float) -> optax.GradientTransformati
   return optax.adam(schedule)
 
 
-def load_model(config: TrainConfig):
-  """The morphable model of ``config``, truncated to the configured components."""
-  model = (morphable.builtin(resolution=config.model_resolution)
-           if config.model == "builtin" else morphable.load(config.model))
-  return morphable.truncate(model, config.num_shape, config.num_expression, config.num_albedo)
-
-
 def make_networks(config: TrainConfig, axis_name: str | None = "batch",
                   model=None) -> Networks:
-  """Modules (BatchNorm synchronised over ``axis_name``), optimisers, model, camera."""
-  model = load_model(config) if model is None else model
-  enc = encoder_lib.FaceEncoder(
-      num_shape=model.num_shape, num_expression=model.num_expression,
-      num_albedo=model.num_albedo, active_shape=None, active_expression=None,
-      active_albedo=None, depth=config.encoder_depth, width=config.encoder_width,
-      stage_sizes=config.encoder_stages, bn_axis_name=axis_name,
-      depth_scale=config.depth_scale, translation_scale=config.translation_scale)
-  net = unet_lib.UNet(base_width=config.unet_width, depth=config.unet_depth,
-                      bn_axis_name=axis_name)
-  return Networks(enc, net, make_optimizer(config, config.encoder_lr_of_stage()),
-                  make_optimizer(config, config.unet_lr), model,
-                  camera.Intrinsics.reference(config.image_size))
+  """Modules (BatchNorm synchronised over ``axis_name``; see
+  :func:`focus_jax.autoencoder.networks.make_modules`), optimisers, model, camera."""
+  m = networks_lib.make_modules(config, axis_name=axis_name, model=model)
+  return Networks(m.encoder, m.unet, make_optimizer(config, config.encoder_lr_of_stage()),
+                  make_optimizer(config, config.unet_lr), m.model, m.intrinsics)
 
 
 def init_state(config: TrainConfig, nets: Networks, num_processes: int = 1) -> TrainState:

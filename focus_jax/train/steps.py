@@ -40,9 +40,11 @@ import jax.numpy as jnp
 import optax
 
 from focus_jax import losses
+from focus_jax.autoencoder.networks import encode, prior_sigma_map, render_faces, segment
+# Until focus_jax/inference.py (being edited by another helper) imports it from
+# focus_jax.autoencoder.networks.
+from focus_jax.autoencoder.networks import make_predict  # noqa: F401 pylint: disable=W0611
 from focus_jax.morphable import model as model_lib
-from focus_jax.render import rasterize as raster_lib
-from focus_jax.render import render as render_lib
 from focus_jax.train.config import TrainConfig
 from focus_jax.train.state import RNG_IMPL, Networks, TrainState
 
@@ -61,60 +63,6 @@ REFERENCE_SIZE = 224.0
 
 def trained_network(phase: str) -> str:
   return "encoder" if phase in ("pretrain", "em_encoder") else "unet"
-
-
-def _cast(tree, dtype):
-  return jax.tree_util.tree_map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def _dtype(config: TrainConfig):
-  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-
-
-def encode(config: TrainConfig, nets: Networks, variables, images, train: bool):
-  """Encoder forward: images [b, S, S, 3] -> (EncoderOutput float32, new batch_stats)."""
-  dt = _dtype(config)
-  v = {"params": _cast(variables["params"], dt), "batch_stats": variables["batch_stats"]}
-  if train:
-    out, upd = nets.encoder.apply(v, images.astype(dt), train=True, mutable=["batch_stats"])
-    stats = _cast(upd["batch_stats"], jnp.float32)
-  else:
-    out, stats = nets.encoder.apply(v, images.astype(dt), train=False), None
-  return _cast(out, jnp.float32), stats
-
-
-def segment(config: TrainConfig, nets: Networks, variables, render_image, images, train: bool,
-            rng=None, face=None):
-  """UNet forward on render ⊕ target: -> (mask [b, S, S] in (0, 1), logits, new stats).
-
-  ``face``: [b, S, S] render coverage F. Given, the render channels are ``R·F`` (black
-  outside the face, as the reference's raster image) rather than the render composited
-  over the target: composited, a background pixel (R = I exactly) looks like a perfect
-  inlier to the UNet, so it cannot tell face from background by the residual.
-  """
-  dt = _dtype(config)
-  v = {"params": _cast(variables["params"], dt), "batch_stats": variables["batch_stats"]}
-  if face is not None:
-    render_image = render_image * face[..., None]
-  x = jnp.concatenate([render_image, images], axis=-1).astype(dt)
-  if train:
-    logits, upd = nets.unet.apply(v, x, train=True, return_logits=True,
-                                  rngs={"dropout": rng}, mutable=["batch_stats"])
-    stats = _cast(upd["batch_stats"], jnp.float32)
-  else:
-    logits, stats = nets.unet.apply(v, x, train=False, return_logits=True), None
-  logits = logits[..., 0].astype(jnp.float32)
-  return jax.nn.sigmoid(logits), logits, stats
-
-
-def render_faces(config: TrainConfig, nets: Networks, model, out, images):
-  """Renders encoder outputs over the targets: RenderOutput (image [b, S, S, 3],
-  mask [b, S, S], landmarks [b, 68, 2] px)."""
-  return render_lib.render(model, out.shape, out.expression, out.albedo, out.angles,
-                           out.translation, out.light, nets.intrinsics,
-                           mode=config.render_mode, background=images, buffers=False,
-                           antialias=config.antialias)
 
 
 def global_ratio(num, den, axis_name=AXIS, eps: float = 1.0):
@@ -196,16 +144,6 @@ def _loss_unet(config, nets, params, state, batch, model, identity, rng):
   return bce, dict(bce=bce, pseudo_fraction=frac), dict(unet=stats)
 
 
-def prior_sigma_map(prior, nets: Networks, model, vertices_camera):
-  """[b, S, S] σ multiplier (≥ 1; 1 on background) of a misfit prior at a render's
-  visible surface (a separate hard rasterization: no gradient flows through it)."""
-  from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
-  frags = raster_lib.rasterize(vertices_camera, model.triangles, nets.intrinsics,
-                               cull_backfaces=True)
-  return jax.lax.stop_gradient(prior_lib.sigma_map(prior, vertices_camera, model.triangles,
-                                                   frags, nets.intrinsics))
-
-
 def _loss_em_unet(config, nets, params, state, batch, model, identity, rng, prior=None):
   images, lms = batch["image"], batch["landmarks"]
   r = _frozen_render(config, nets, state, batch, model)
@@ -269,7 +207,8 @@ def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = 
   axis_name=axis_name)`` (see :func:`focus_jax.train.parallel.pmap_step`).
 
   ``prior``: optional :class:`focus_jax.prior.MisfitPrior` of the model, used by the
-  EM UNet losses (:func:`prior_sigma_map`); ignored by the other phases."""
+  EM UNet losses (:func:`focus_jax.autoencoder.networks.prior_sigma_map`); ignored by
+  the other phases."""
   if phase not in PHASES:
     raise ValueError(f"unknown phase {phase!r}; one of {PHASES}")
   loss_impl = _LOSSES[phase]
@@ -313,33 +252,3 @@ def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = 
     return state, metrics
 
   return step
-
-
-def make_predict(config: TrainConfig, nets: Networks, with_unet: bool = True, prior=None):
-  """(encoder vars, unet vars, images [b, S, S, 3], model) -> dict of eval-mode outputs:
-  render [b,S,S,3] (over the target), face [b,S,S], inlier (robust likelihood) [b,S,S],
-  mask (UNet, or the robust inliers without it) [b,S,S], landmarks [b,68,2],
-  vertices [b,V,3] (model space, mm), vertices_camera [b,V,3], shape/expression/albedo,
-  angles [b,3] (rad) and translation [b,3] (mm) (the pose in ``nets.intrinsics``' camera).
-
-  ``prior``: a :class:`focus_jax.prior.MisfitPrior` of the model: the robust
-  inliers then use its per-pixel σ map (hard-to-fit skin is not an outlier)."""
-
-  def predict(enc_vars, unet_vars, images, model):
-    out, _ = encode(config, nets, enc_vars, images, train=False)
-    r = render_faces(config, nets, model, out, images)
-    sigma = losses.SIGMA
-    if prior is not None:
-      sigma = losses.SIGMA * prior_sigma_map(prior, nets, model, r.vertices_camera)
-    inlier = losses.robust_inliers(r.image, images, r.mask, sigma)
-    if with_unet:
-      m, _, _ = segment(config, nets, unet_vars, r.image, images, train=False, face=r.mask)
-    else:
-      m = inlier
-    verts = model_lib.vertices(model, out.shape, out.expression)
-    return dict(render=r.image, face=r.mask, inlier=inlier, mask=m, landmarks=r.landmarks,
-                vertices=verts, vertices_camera=r.vertices_camera, shape=out.shape,
-                expression=out.expression, albedo=out.albedo, angles=out.angles,
-                translation=out.translation)
-
-  return predict

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from focus_jax.autoencoder import checkpoints as ckpt_io
+from focus_jax.autoencoder import networks as networks_lib
 from focus_jax.errors import FocusError
 from focus_jax.nets import identity as identity_lib
 from focus_jax.train import checkpoint as ckpt_lib
@@ -107,7 +109,7 @@ def initial_state(config: TrainConfig, nets: state_lib.Networks,
   state = fresh if fresh is not None else state_lib.to_host(
       state_lib.init_state(config, nets, jax.process_count()))
   if init_from:
-    enc, unet, other, step = ckpt_lib.load_networks(init_from)
+    enc, unet, other, step = ckpt_io.load_networks(init_from)
     _check_compatible(config, other, init_from)
     take_unet = config.stage in ("em", "adapt")
     state = state.replace(encoder=_like(enc, state.encoder),
@@ -202,7 +204,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
     prior = prior_lib.load(config.unet_prior, nets.model)
   fns = {p: parallel.pmap_step(steps_lib.make_step(config, nets, p, prior=prior))
          for p in phases_of(config)}
-  predict = jax.pmap(steps_lib.make_predict(config, nets, with_unet=config.stage != "pretrain"),
+  predict = jax.pmap(networks_lib.make_predict(config, nets, with_unet=config.stage != "pretrain"),
                      in_axes=(0, 0, 0, None))
   log = logs_lib.MetricsLog(workdir, columns_of(config), enabled=pid == 0, start_step=step)
   bar = None
@@ -354,7 +356,7 @@ def _predict_fn(config: TrainConfig, with_unet: bool, prior, model=None):
     _PREDICT_CACHE.move_to_end(key)
     return hit[1], hit[2]
   nets = state_lib.make_networks(config, axis_name=None, model=model)
-  fn = jax.jit(steps_lib.make_predict(config, nets, with_unet=with_unet, prior=prior))
+  fn = jax.jit(networks_lib.make_predict(config, nets, with_unet=with_unet, prior=prior))
   _PREDICT_CACHE[key] = (prior, nets, fn)
   while len(_PREDICT_CACHE) > _PREDICT_CACHE_SIZE:
     _PREDICT_CACHE.popitem(last=False)
@@ -371,7 +373,7 @@ def predict_dataset(config: TrainConfig, encoder_vars, unet_vars, source, *,
     encoder_vars, unet_vars: network variables (host or device).
     source: an :class:`~focus_jax.train.data.AlignedSource`.
     indices: which examples (default: this process's share, i ≡ process mod count).
-    keys: outputs to keep (see :func:`~focus_jax.train.steps.make_predict`).
+    keys: outputs to keep (see :func:`~focus_jax.autoencoder.networks.make_predict`).
     prior: optional MisfitPrior for the robust inliers.
 
   Returns:
