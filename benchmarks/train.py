@@ -281,8 +281,9 @@ def paired_3d(ev: dict, reference: dict) -> str:
 def all_inlier_scores(cfg, run_dir, data) -> dict:
   """Scores of the trivial mask (all inlier) inside a run's rendered face, test split."""
   from focus_jax.eval import mask_metrics
-  from focus_jax.train import checkpoint as ckpt_lib, data as data_lib
-  enc, unet, _, _ = ckpt_lib.load_networks(run_dir)
+  from focus_jax.autoencoder import checkpoints as ckpt_io
+  from focus_jax.train import data as data_lib
+  enc, unet, _, _ = ckpt_io.load_networks(run_dir)
   source = data_lib.AlignedSource(data_lib.open_data(data, "test"), cfg.image_size)
   p = trainer.predict_dataset(cfg, enc, unet, source, with_unet=False, keys=("face",),
                               indices=list(range(len(source))))
@@ -298,8 +299,9 @@ def mean_face_errors(cfg, data) -> list:
   import jax.numpy as jnp
   from focus_jax.eval import mesh_metrics
   from focus_jax.morphable import model as model_lib
-  from focus_jax.train import data as data_lib, state as state_lib
-  m = state_lib.load_model(cfg)
+  from focus_jax.autoencoder import networks as networks_lib
+  from focus_jax.train import data as data_lib
+  m = networks_lib.load_model(cfg)
   v = np.asarray(model_lib.vertices(m, jnp.zeros((m.num_shape,)),
                                     jnp.zeros((m.num_expression,))))
   with np.load(os.path.join(data, "params.npz")) as z:

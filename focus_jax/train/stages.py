@@ -20,7 +20,9 @@ from typing import Optional
 import jax
 import numpy as np
 
-from focus_jax.train import checkpoint as ckpt_lib
+from focus_jax import images
+from focus_jax.autoencoder import checkpoints as ckpt_io
+from focus_jax.autoencoder import networks as networks_lib
 from focus_jax.train import data as data_lib
 from focus_jax.train import logs as logs_lib
 from focus_jax.train import trainer
@@ -28,7 +30,7 @@ from focus_jax.train.config import TrainConfig
 
 
 def _networks(config: TrainConfig, run_dir: str):
-  enc, unet, other, step = ckpt_lib.load_networks(run_dir)
+  enc, unet, other, step = ckpt_io.load_networks(run_dir)
   trainer._check_compatible(config, other, run_dir)  # pylint: disable=protected-access
   return enc, unet, other, step
 
@@ -47,9 +49,8 @@ def make_pseudo_masks(config: TrainConfig, out_dir: str, data_dir: str, init_fro
   Writes ``out_dir/pseudo_masks_p<process>.npz`` (this process's share) and a tile.
   Returns summary numbers (examples, mean inlier fraction of the face).
   """
-  from focus_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   enc, unet, _, step = _networks(config, init_from)
-  model = state_lib.load_model(config)
+  model = networks_lib.load_model(config)
   prior = load_prior(prior_path, model)
   source = data_lib.AlignedSource(data_lib.open_data(data_dir, split), config.image_size)
   preds = trainer.predict_dataset(config, enc, unet, source, with_unet=False, model=model,
@@ -61,8 +62,8 @@ def make_pseudo_masks(config: TrainConfig, out_dir: str, data_dir: str, init_fro
                  encoder_step=int(step), path=path, prior=prior_path or "")
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, "tile.png"), "wb") as f:
-      f.write(logs_lib.encode_png(logs_lib.tile(preds["image"], preds["render"], preds["face"],
-                                                preds["inlier"], max_rows=6)))
+      f.write(images.encode_png(logs_lib.tile(preds["image"], preds["render"], preds["face"],
+                                              preds["inlier"], max_rows=6)))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
   return summary
@@ -73,8 +74,7 @@ def build_prior(config: TrainConfig, out_path: str, num_faces: int = 64, size: i
   """Misfit prior of the configured model from ``num_faces`` synthetic fits
   (:func:`focus_jax.fitting.build_prior`); writes ``out_path`` (.npz)."""
   from focus_jax import fitting, prior as prior_lib  # pylint: disable=import-outside-toplevel
-  from focus_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  model = state_lib.load_model(config)
+  model = networks_lib.load_model(config)
   p = fitting.build_prior(model, num_faces=num_faces, size=size or config.image_size, seed=seed)
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   if jax.process_index() == 0:
@@ -100,8 +100,8 @@ def export_predictions(config: TrainConfig, run_dir: str, data_dir: str, out_dir
                       landmarks=preds["landmarks"])
   tile_path = os.path.join(out_dir, "tile.png")
   with open(tile_path, "wb") as f:
-    f.write(logs_lib.encode_png(logs_lib.tile(preds["image"], preds["render"], preds["face"],
-                                              preds["mask"], max_rows=max_tile)))
+    f.write(images.encode_png(logs_lib.tile(preds["image"], preds["render"], preds["face"],
+                                            preds["mask"], max_rows=max_tile)))
   return dict(examples=int(len(names)), tile=tile_path, step=int(step))
 
 
