@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -184,10 +183,30 @@ def prepare(image, *, landmarks=None, detector=None, size: int = 224,
   if not np.isfinite(five).all():
     raise DataError(f"{name}: the eye corners, nose tip (iBUG 31) and mouth corners "
                     "(iBUG 49, 55) are needed for the alignment but some are missing")
-  al = align_lib.estimate(lm, photo.shape[:2], size=size)
+  _check_on_photo(lm, five, photo.shape[:2], name)
+  try:
+    al = align_lib.estimate(lm, photo.shape[:2], size=size)
+  except ValueError as e:     # e.g. coincident points: no similarity maps them
+    raise DataError(f"{name}: cannot align the face to its landmarks ({e})") from e
   crop = np.clip(al.crop(photo), 0.0, 1.0)
   return Prepared(photo=photo, landmarks=lm, landmark_source=source, alignment=al,
                   crop=crop, crop_landmarks=al.to_crop(lm).astype(np.float32), name=name)
+
+
+def _check_on_photo(lm, five, shape, name):
+  """The landmarks must describe a face in this photo: every given point within one
+  photo size of it (a face partly outside is fine) and an alignment point inside."""
+  h, w = shape
+  ok = np.isfinite(lm).all(-1)
+  far = ok & ((lm[:, 0] < -w) | (lm[:, 0] > 2 * w) | (lm[:, 1] < -h) | (lm[:, 1] > 2 * h))
+  if far.any():
+    i = int(np.argmax(far))
+    raise DataError(f"{name}: landmark {i + 1} at ({lm[i, 0]:.4g}, {lm[i, 1]:.4g}) lies far "
+                    f"outside the {w}x{h} photo; are the landmarks in this photo's pixels?")
+  inside = (five[:, 0] >= 0) & (five[:, 0] <= w) & (five[:, 1] >= 0) & (five[:, 1] <= h)
+  if not inside.any():
+    raise DataError(f"{name}: the face's landmarks (eyes, nose, mouth) all lie outside the "
+                    f"{w}x{h} photo")
 
 
 # ----------------------------------------------------------------------------- back to the photo
@@ -463,13 +482,24 @@ def params_arrays(rec: Reconstruction, image_path: str = "") -> dict:
   return out
 
 
+def non_finite_fields(rec: Reconstruction) -> list:
+  """Names of the arrays of ``rec`` holding NaN or inf (the fitted landmarks may be
+  NaN where the model defines no vertex; they are not checked)."""
+  arrays = dict(render=rec.render, vertices=rec.vertices, vertices_model=rec.vertices_model,
+                crop_render=rec.crop_render, crop_inlier=rec.crop_inlier,
+                **{f"coefficients[{k!r}]": v for k, v in rec.coefficients.items()})
+  return [k for k, v in arrays.items() if not np.isfinite(np.asarray(v, np.float64)).all()]
+
+
 def write_outputs(rec: Reconstruction, out_dir: str, name: str, image_path: str = "",
                   csv_name: Optional[str] = None) -> dict:
   """Writes one photo's five files into ``out_dir``; all or nothing.
 
-  The files are written into a temporary folder inside ``out_dir`` and renamed
-  into place at the end, so an error (or an interrupt) leaves no half-written
-  output behind. ``name`` may contain '/' (sub-folders are created).
+  The files are written into a staging folder inside ``out_dir`` and committed
+  as one set (:mod:`focus_jax.file_sets`): an error, an interrupt, a crash or a
+  second process writing the same name never leaves a mix of two sets (a crash's
+  set is completed by the next write into that folder). ``name`` may contain '/'
+  (sub-folders are created).
 
   Files: ``NAME.obj`` (camera-space mesh in mm, with ``vt`` when the model has
   texture coordinates), ``NAME_params.npz`` (:func:`params_arrays`),
@@ -479,15 +509,23 @@ def write_outputs(rec: Reconstruction, out_dir: str, name: str, image_path: str 
 
   Returns:
     kind -> path of the written file.
+
+  Raises:
+    DataError: the reconstruction is not finite (nothing is written), or a folder
+      is in the way of one of the files.
+    OSError: the files cannot be written (nothing is changed).
   """
+  from focus_jax import file_sets  # pylint: disable=import-outside-toplevel
   from focus_jax import images as images_lib  # pylint: disable=import-outside-toplevel
   from focus_jax import obj_io  # pylint: disable=import-outside-toplevel
   from focus_jax.data import landmarks as lm_lib  # pylint: disable=import-outside-toplevel
+  bad = non_finite_fields(rec)
+  if bad:
+    raise DataError(f"{image_path or rec.name}: the reconstruction is not finite "
+                    f"({', '.join(bad)} hold NaN or inf); nothing written")
   files = output_files(name)
   final = {k: os.path.join(out_dir, v) for k, v in files.items()}
-  target_dir = os.path.dirname(final["mesh"])
-  os.makedirs(target_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".partial-", dir=target_dir)
+  tmp = file_sets.staging_folder(os.path.dirname(final["mesh"]))
   try:
     staged = {k: os.path.join(tmp, os.path.basename(v)) for k, v in files.items()}
     obj_io.write_obj(staged["mesh"], rec.vertices, rec.triangles, rec.uv,
@@ -498,8 +536,8 @@ def write_outputs(rec: Reconstruction, out_dir: str, name: str, image_path: str 
     images_lib.save_png(staged["mask"], rec.inlier_mask.astype(np.uint8) * 255)
     row = csv_name or os.path.basename(image_path) or os.path.basename(name)
     lm_lib.write_landmarks_csv(staged["landmarks"], [row], rec.landmarks[None])
-    for k in files:
-      os.replace(staged[k], final[k])
-  finally:
+  except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  file_sets.commit(tmp, [os.path.basename(v) for v in files.values()])
   return final

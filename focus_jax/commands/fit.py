@@ -14,10 +14,15 @@ given, or by the file name) or else from dlib (the `detect` extra). Without
 --checkpoint each photo gets the per-image robust fit; with it, the trained
 encoder + UNet of that training run.
 
-Each photo's files appear together or not at all. A photo that cannot be used
-(unreadable, no face found and no landmarks) is reported on one line and skipped;
-the others are still written, and the command then exits with status 1. A missing
-path or a malformed --landmarks file stops the command before any work.
+Each photo's files appear together or not at all (staged, then committed as one
+set: :mod:`focus_jax.file_sets`). A photo that fails for any reason (unreadable, no
+face found and no landmarks, landmarks that do not fit the photo, a name the
+landmark CSV cannot hold, a result that is not finite, a write error) is reported
+on one line and skipped; the others are still written, and the command then exits
+with status 1. An unusable --out (a file, not writable) stops the command with
+status 2, and a missing path or a malformed --landmarks file with status 1, before
+any work. Files under --out are never taken as photos when --out lies inside a
+folder given.
 """
 
 from absl import flags
@@ -98,8 +103,11 @@ def make_reconstructor(model_path=None):
   return rec
 
 
-def collect_images(paths):
+def collect_images(paths, exclude=None):
   """[(image path, output name, CSV keys)] for files and folders (recursive).
+
+  exclude: a folder (the --out folder) whose files are not taken from the folders
+    given: a fit's own outputs are not photos.
 
   Raises:
     DataError: a path does not exist, a folder holds no images, or two photos
@@ -108,10 +116,14 @@ def collect_images(paths):
   import os  # pylint: disable=import-outside-toplevel
   from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  skip = os.path.join(os.path.realpath(exclude), "") if exclude else None
   items = []
   for p in paths:
     if os.path.isdir(p):
       names = dataset.list_images(p, recursive=True)
+      if skip:
+        names = [n for n in names
+                 if not os.path.realpath(os.path.join(p, n)).startswith(skip)]
       if not names:
         raise DataError(f"{p}: no images found (extensions "
                         f"{', '.join(dataset.IMAGE_EXTENSIONS)})")
@@ -145,6 +157,33 @@ def read_photo(path):
     raise DataError(f"{path}: cannot read the image, is it a photo? ({reason})") from e
 
 
+def one_line_error(path, error):
+  """``error`` of the photo at ``path`` as a one-line DataError naming the photo."""
+  from focus_jax.errors import DataError, FocusError  # pylint: disable=import-outside-toplevel
+  text = str(error).strip()
+  first = text.splitlines()[0] if text else ""
+  if isinstance(error, FocusError):
+    message = first if first.startswith(path) else f"{path}: {first}"
+  elif isinstance(error, OSError):
+    where = f": {error.filename}" if error.filename else ""
+    message = f"{path}: cannot write its outputs ({error.strerror or first}{where})"
+  else:
+    message = f"{path}: {type(error).__name__}: {first}"
+  out = DataError(message if len(message) <= 400 else message[:397] + "...")
+  out.__cause__ = error
+  return out
+
+
+def check_csv_name(path):
+  """The photo's row name in NAME_landmarks.csv must fit the reference layout."""
+  import os  # pylint: disable=import-outside-toplevel
+  from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  base = os.path.basename(path)
+  if "," in base or "\n" in base or "\r" in base:
+    raise DataError(f"{path}: its file name contains a comma or line break, which the "
+                    "landmark CSV (NAME_landmarks.csv) cannot hold; rename the photo")
+
+
 def main(args):
   if not args:
     raise flags.Error(f"fit needs at least one image or folder\nusage: {USAGE}")
@@ -155,7 +194,13 @@ def main(args):
   from focus_jax.data import landmarks as lm_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError, FocusError  # pylint: disable=import-outside-toplevel
 
-  items = collect_images(args)
+  out_dir = common.out_dir("fit")
+  try:
+    common.check_out_dir(out_dir)
+  except DataError as e:
+    print(f"focus-jax fit: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  items = collect_images(args, exclude=out_dir)
   table = lm_lib.read_landmarks_csv(LANDMARKS.value).as_dict() if LANDMARKS.value else {}
   lookup = [next((table[k] for k in keys if k in table), None) for _, _, keys in items]
   detectors = []    # built on first need (dlib is optional)
@@ -172,7 +217,6 @@ def main(args):
     return detectors[0]
 
   rec = make_reconstructor()
-  out_dir = common.out_dir("fit")
   many = len(items) > 1
   failures, written, pending = [], [], []
 
@@ -181,17 +225,33 @@ def main(args):
   bar = tqdm(total=len(items), desc="fit", unit="img", disable=not many)
 
   def fail(path, error):
+    error = one_line_error(path, error)
     failures.append((path, error))
     bar.update(1)
     if many:
       tqdm.write(f"focus-jax fit: skipped {error}", file=sys.stderr)
 
+  def reconstruct(batch):
+    """[(item, Reconstruction or the exception)]: a batch that fails is retried photo by
+    photo, so that one bad photo does not take the others with it."""
+    try:
+      return list(zip((item for _, item in batch), rec.run([p for p, _ in batch])))
+    except Exception as e:  # pylint: disable=broad-except
+      if len(batch) == 1:
+        return [(batch[0][1], e)]
+      return [r for one in batch for r in reconstruct([one])]
+
   def flush():
-    results = rec.run([p for p, _ in pending])
-    for (_, item), result in zip(pending, results):
+    for item, result in reconstruct(pending):
       path, name, _ = item
-      inference.write_outputs(result, out_dir, name, image_path=path,
-                              csv_name=os.path.basename(path))
+      try:
+        if isinstance(result, Exception):
+          raise result
+        inference.write_outputs(result, out_dir, name, image_path=path,
+                                csv_name=os.path.basename(path))
+      except Exception as e:  # pylint: disable=broad-except
+        fail(path, e)
+        continue
       written.append(path)
       bar.update(1)
     pending.clear()
@@ -199,10 +259,11 @@ def main(args):
   for item, lm in zip(items, lookup):
     path = item[0]
     try:
+      check_csv_name(path)
       photo = read_photo(path)
       prep = inference.prepare(photo, landmarks=lm, detector=None if lm is not None
                                else detector(path), size=rec.size, name=path)
-    except DataError as e:
+    except Exception as e:  # pylint: disable=broad-except
       fail(path, e)
       continue
     pending.append((prep, item))
