@@ -1,6 +1,9 @@
-"""Synthetic occluded faces: reproducible by seed, masks consistent with the mesh, dataset files."""
+"""Synthetic occluded faces: reproducible by seed, masks and mesh against an independent NumPy
+reference, dataset files."""
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,10 @@ from focus_jax import morphable
 from focus_jax.data import dataset, landmarks, occluders, synthetic
 from focus_jax.render import camera
 from focus_jax.errors import DataError
+
+sys.path.insert(0, os.path.dirname(__file__))
+import numpy_raster  # noqa: E402
+from render_testing import rotation  # noqa: E402
 
 SIZE = 64
 BATCH = 4
@@ -75,27 +82,35 @@ def test_shapes_ranges_and_ground_truth(model, samples):
   assert np.median(errors) < 0.03
 
 
-def test_masks_agree_with_a_re_render_without_occluders(model, samples):
-  """Re-renders every returned mesh with its parameters on a plain background."""
-  params = [s.params for s in samples[:BATCH]]
-  stack = lambda k: np.stack([p[k] for p in params])
-  verts = np.asarray(morphable.vertices(model, stack("shape"), stack("expression")))
-  cam = np.asarray(camera.to_camera(verts, stack("angles"), stack("translation")))
-  out = synthetic.render_batch(model, stack("shape"), stack("expression"), stack("albedo"),
-                               stack("angles"), stack("translation"), stack("light"),
-                               np.zeros((BATCH, SIZE, SIZE, 3), np.float32), size=SIZE)
-  for k, s in enumerate(samples[:BATCH]):
-    np.testing.assert_allclose(s.vertices, verts[k], atol=1e-3)
-    np.testing.assert_allclose(s.vertices_camera, cam[k], atol=1e-3)
-    face = np.asarray(out["triangle_id"][k]) >= 0
-    assert (s.visible_mask <= face).all()
-    np.testing.assert_array_equal(s.visible_mask[~s.occluder_mask], face[~s.occluder_mask])
-    np.testing.assert_array_equal(s.face_mask, face)
-    # landmarks are the projected landmark vertices of the returned mesh
-    lm_px, _ = camera.model_to_image(morphable.landmark_positions(model, s.vertices),
-                                     s.params["angles"], s.params["translation"],
-                                     camera.Intrinsics.reference(SIZE))
-    np.testing.assert_allclose(s.landmarks, np.asarray(lm_px), atol=1e-2)
+def test_masks_and_mesh_match_an_independent_numpy_reference(model, samples):
+  """Each sample's mesh, camera-space mesh, landmarks and face mask, recomputed in
+  NumPy from its parameters: vertices as mean + basis products, the pose as
+  F·Rx·Ry·Rz·v + t + (0, 0, 1000) mm, and visibility by a separate z-buffer
+  rasterizer (tests/numpy_raster.py). Masks may differ only at pixel centres
+  within 1e-4 px of a triangle edge, where float rounding decides."""
+  mean, triangles = np.asarray(model.mean, np.float64), np.asarray(model.triangles)
+  intr = camera.Intrinsics.reference(SIZE)
+  near_edge = 0
+  for s in samples:
+    p = {k: np.asarray(v, np.float64) for k, v in s.params.items()}
+    verts = (mean + np.einsum("k,kvc->vc", p["shape"], np.asarray(model.shape_basis))
+             + np.einsum("k,kvc->vc", p["expression"], np.asarray(model.expression_basis)))
+    np.testing.assert_allclose(s.vertices, verts, atol=1e-3)
+    rot = np.diag([1.0, -1.0, -1.0]) @ rotation(*p["angles"])
+    cam = verts @ rot.T + p["translation"] + [0.0, 0.0, 1000.0]
+    np.testing.assert_allclose(s.vertices_camera, cam, atol=1e-3)
+    tid, _, edge = numpy_raster.rasterize(cam, triangles, intr, cull_backfaces=True)
+    face = tid >= 0
+    differ = s.face_mask != face
+    assert not (differ & (edge > 1e-4)).any(), np.argwhere(differ & (edge > 1e-4))
+    near_edge += int(differ.sum())
+    assert 0.15 * SIZE * SIZE < face.sum()
+    np.testing.assert_array_equal(s.visible_mask, s.face_mask & ~s.occluder_mask)
+    # Landmarks: the projected landmark vertices of the returned mesh.
+    defined = np.asarray(model.landmarks) >= 0
+    lm = numpy_raster.project(cam[np.asarray(model.landmarks)[defined]], intr)
+    np.testing.assert_allclose(s.landmarks[defined], lm, atol=1e-2)
+  assert near_edge <= 2          # the tolerance excuses rounding, not a habit
 
 
 def test_unmodelled_detail_appears(model, config):
@@ -194,16 +209,6 @@ def test_pipeline_over_synthetic_faces(model, config, samples):
   batch = next(pipe)
   pipe.close()
   assert batch["image"].shape == (2, SIZE, SIZE, 3) and batch["mask"].shape == (2, SIZE, SIZE)
-
-
-@pytest.mark.slow
-def test_independent_rasterization_of_the_returned_mesh(model, samples):
-  from focus_jax.render import rasterize
-  cam = np.stack([s.vertices_camera for s in samples[:BATCH]])
-  frags = rasterize.rasterize(cam, model.triangles, camera.Intrinsics.reference(SIZE),
-                              cull_backfaces=True)
-  for k, s in enumerate(samples[:BATCH]):
-    np.testing.assert_array_equal(np.asarray(frags.triangle_id[k]) >= 0, s.face_mask)
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
-"""Independent plain-PyTorch networks for the converter parity tests.
+"""Independent plain-PyTorch networks for the parity tests.
 
 Written from the published architectures with the parameter names of torchvision's
 ResNet and insightface's arcface_torch iResNet, so that their ``state_dict``s look like
-the real checkpoints. Import only after ``pytest.importorskip("torch")``.
+the real checkpoints; and FOCUS's segmentation UNet, whose weights
+:func:`unet_variables` hands to ``focus_jax.nets.unet.UNet``. Import only after
+``pytest.importorskip("torch")``.
 """
 
 import torch
@@ -153,3 +155,96 @@ class IResNetTorch(nn.Module):
       x = getattr(self, f"layer{i + 1}")(x)
     x = self.dropout(torch.flatten(self.bn2(x), 1))
     return self.features(self.fc(x))
+
+
+# ----------------------------------------------------------------- FOCUS segmentation UNet
+
+
+class UNetConvBlock(nn.Module):
+  """(3x3 conv + bias -> BN -> ReLU) x 2, then dropout where the block has it."""
+
+  def __init__(self, cin, width, dropout=0.0):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, width, 3, 1, 1)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.dropout = nn.Dropout(dropout)
+
+  def forward(self, x):
+    x = torch.relu(self.bn1(self.conv1(x)))
+    return self.dropout(torch.relu(self.bn2(self.conv2(x))))
+
+
+class UNetUpConv(nn.Module):
+  """Nearest x2 upsampling -> 3x3 conv + bias -> BN -> ReLU."""
+
+  def __init__(self, cin, width):
+    super().__init__()
+    self.up = nn.Upsample(scale_factor=2, mode="nearest")
+    self.conv = nn.Conv2d(cin, width, 3, 1, 1)
+    self.bn = nn.BatchNorm2d(width)
+
+  def forward(self, x):
+    return torch.relu(self.bn(self.conv(self.up(x))))
+
+
+class UNetTorch(nn.Module):
+  """FOCUS's UNet (NCHW): ``depth`` encoder blocks of widths base·2^i with 2x2 max
+  pooling between them, dropout after the ``num_dropout`` deepest; per decoder
+  level an up-convolution, the skip concatenated *first*, a conv block; a 1x1 head
+  and ``sigmoid(logit_scale · x)``."""
+
+  def __init__(self, cin=6, base=4, depth=3, dropout=0.5, num_dropout=2, logit_scale=5.0):
+    super().__init__()
+    widths = [base * 2**i for i in range(depth)]
+    self.depth, self.logit_scale = depth, logit_scale
+    c = cin
+    for i, w in enumerate(widths):
+      setattr(self, f"down{i + 1}",
+              UNetConvBlock(c, w, dropout if i >= depth - num_dropout else 0.0))
+      c = w
+    for i in reversed(range(depth - 1)):
+      setattr(self, f"up{i + 1}", UNetUpConv(c, widths[i]))
+      setattr(self, f"up_block{i + 1}", UNetConvBlock(2 * widths[i], widths[i]))
+      c = widths[i]
+    self.out = nn.Conv2d(c, 1, 1)
+    self.pool = nn.MaxPool2d(2, 2)
+
+  def forward(self, x, logits=False):
+    skips = []
+    for i in range(self.depth):
+      if i > 0:
+        x = self.pool(x)
+      x = getattr(self, f"down{i + 1}")(x)
+      skips.append(x)
+    for i in reversed(range(self.depth - 1)):
+      x = getattr(self, f"up{i + 1}")(x)
+      x = getattr(self, f"up_block{i + 1}")(torch.cat([skips[i], x], 1))
+    y = self.logit_scale * self.out(x)
+    return y if logits else torch.sigmoid(y)
+
+
+def unet_variables(model: UNetTorch):
+  """Flax variables ({"params", "batch_stats"}) of focus_jax.nets.unet.UNet holding
+  ``model``'s weights: kernels [O, I, kh, kw] -> [kh, kw, I, O]."""
+  params, stats = {}, {}
+  for name, module in model.named_modules():
+    if not name:
+      continue
+    path = name.split(".")
+    if isinstance(module, nn.Conv2d):
+      node = params
+      for p in path:
+        node = node.setdefault(p, {})
+      node["kernel"] = module.weight.detach().numpy().transpose(2, 3, 1, 0)
+      node["bias"] = module.bias.detach().numpy()
+    elif isinstance(module, nn.BatchNorm2d):
+      node, snode = params, stats
+      for p in path:
+        node, snode = node.setdefault(p, {}), snode.setdefault(p, {})
+      node["scale"] = module.weight.detach().numpy()
+      node["bias"] = module.bias.detach().numpy()
+      snode["mean"] = module.running_mean.numpy().copy()
+      snode["var"] = module.running_var.numpy().copy()
+  return {"params": params, "batch_stats": stats}
