@@ -352,3 +352,30 @@ def test_initial_tint_ridge_prevents_label_swap_under_large_white_mask(model):
                      config=dataclasses.replace(CFG, initial_tint_ridge=0.0))
   free = np.asarray(free.inlier) > 0.5
   assert free[skin].mean() < 0.5, "the scene no longer provokes the swap without the guard"
+
+
+def test_fit_config_groups_and_flat_names():
+  cfg = fitting.FitConfig(rounds=3, robust=False, light_ridge=2e-3, lr_shape=0.1,
+                          outlier_model="uniform")
+  assert (cfg.schedule.rounds, cfg.light.ridge, cfg.optimiser.lr_shape) == (3, 2e-3, 0.1)
+  assert cfg.estep.outlier_model == "uniform" and not cfg.robust
+  assert cfg.rounds == 3 and cfg.light_ridge == 2e-3 and cfg.iterations == 3 * cfg.steps
+  # Every other field keeps its group's default; flat names equal the group fields.
+  assert cfg.light == fitting.Light(ridge=2e-3) and cfg.estep == fitting.EStep(
+      outlier_model="uniform")
+  same = fitting.FitConfig(schedule=fitting.Schedule(rounds=3), light=fitting.Light(ridge=2e-3),
+                           optimiser=fitting.Optimiser(lr_shape=0.1),
+                           estep=fitting.EStep(outlier_model="uniform"), robust=False)
+  assert same == cfg and hash(same) == hash(cfg)
+  # dataclasses.replace takes flat names on top of the groups.
+  off = dataclasses.replace(cfg, initial_tint_ridge=0.0, steps=7)
+  assert off.light == fitting.Light(ridge=2e-3, initial_tint_ridge=0.0)
+  assert off.schedule == fitting.Schedule(rounds=3, steps=7) and off.estep == cfg.estep
+  ref = fitting.FitConfig().reference_e_step().estep
+  assert (ref.outlier_model, ref.smoothing_edge_sigma, ref.contour_margin) == ("uniform", 0.0, 0)
+  with pytest.raises(TypeError, match="learning_rate"):
+    fitting.FitConfig(learning_rate=0.1)
+  with pytest.raises(TypeError, match="estep"):
+    fitting.FitConfig(estep=fitting.Light())
+  with pytest.raises(AttributeError, match="nothing"):
+    _ = cfg.nothing

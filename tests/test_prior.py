@@ -33,3 +33,17 @@ def test_larger_sigma_keeps_hard_pixels_as_inliers():
   assert float(plain.max()) < 0.5
   scaled = fitting.inlier_posterior(residual, face, jnp.full((4, 4), 2.0), cfg)
   assert float(scaled.min()) > 0.5                      # ... but not where σ is doubled
+
+
+def test_build_prior_from_synthetic_fits():
+  import focus_jax as fj   # pylint: disable=import-outside-toplevel
+  model = fj.morphable.builtin(resolution=37, num_shape=20, num_expression=10, num_albedo=20)
+  cfg = fitting.FitConfig(rounds=1, steps=2, robust=False, max_vertices=0)
+  p = fitting.build_prior(model, num_faces=3, size=48, seed=5, config=cfg, batch=2,
+                          max_scale=2.5, smooth=0)
+  assert p.model_name == model.name and p.sigma_scale.shape == (model.num_vertices,)
+  seen = p.count >= 3
+  assert 0.1 < seen.mean() < 1.0           # the front of the face, not the back of the head
+  assert (p.sigma_scale[~seen] == 1.0).all()
+  assert p.sigma_scale.min() == 1.0 and 1.0 < p.sigma_scale.max() <= 2.5
+  assert (p.rms[p.count == 0] == 0.0).all() and (p.rms[seen] > 0.0).all()

@@ -105,7 +105,7 @@ def _final(pb: problem_lib.FitProblem, params: dict, trace) -> FitResult:
   render, face, post, weight = estep_lib.estep(pb, params, final_scale, config.robust,
                                                full=True)
   verts = jax.vmap(lambda p: model_lib.vertices(model, p["shape"], p["expression"]))(params)
-  cam = camera_lib.to_camera(verts, params["angles"], params["translation"])
+  cam = jax.vmap(lambda p: problem_lib.posed_face(model, p)[0])(params)
   lms = render_lib.project_vertices(model_lib.landmark_positions(model, cam), pb.intrinsics)
   inlier = (post > 0.5) & face
   margin = config.estep.contour_margin
