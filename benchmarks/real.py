@@ -462,7 +462,8 @@ def run(argv):
   parse_fit_flags(argv[0], rest)
   from focus_jax import host_memory  # pylint: disable=import-outside-toplevel
   host_memory.keep_freed_memory()
-  from focus_jax import images, inference  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import inference  # pylint: disable=import-outside-toplevel
   from focus_jax.commands import fit as fit_cmd  # pylint: disable=import-outside-toplevel
   from focus_jax.data import real_occluders  # pylint: disable=import-outside-toplevel
   from focus_jax.eval import mask_metrics  # pylint: disable=import-outside-toplevel

@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("errors", "morphable", "fitting", "losses", "prior", "render", "nets", "data",
-               "eval", "train", "inference")
+               "eval", "autoencoder", "train", "app")
 _FROM_FITTING = ("FitConfig", "FitResult", "fit", "fit_landmarks", "LandmarkFitConfig")
 __all__ = list(_SUBMODULES + _FROM_FITTING)
 

@@ -36,9 +36,6 @@ ROOM_OF = {
     "focus_jax.train.config": "config",
     "focus_jax.train": "train",
     "focus_jax.app": "app",
-    # Moving into focus_jax/app/ (issue 19); their room already.
-    "focus_jax.inference": "app", "focus_jax.demo": "app", "focus_jax.now": "app",
-    "focus_jax.eval.evaluate": "app",
     "focus_jax.commands": "commands", "focus_jax.cli": "commands",
 }
 # focus_jax/__init__.py: the lazy facade (``fj.fit``, ``fj.morphable``); imports nothing
@@ -73,10 +70,6 @@ ALLOWED = {
 # Imports that break the rules today, each with the reason it is still here.
 # (importer, imported); remove an entry when its import is gone.
 PENDING_EDGES = {
-    # The predictor and the network reader move out of train/ (issue 19).
-    ("focus_jax.inference", "focus_jax.train.checkpoint"): "network reader still in train/",
-    ("focus_jax.inference", "focus_jax.train.state"): "network builder still in train/",
-    ("focus_jax.inference", "focus_jax.train.steps"): "make_predict still in train/",
 }
 # Cycles between modules that are still being undone: frozensets of their modules.
 PENDING_MODULE_CYCLES = set()
@@ -84,18 +77,15 @@ PENDING_MODULE_CYCLES = set()
 MAX_MODULE_LINES = 600
 # Modules over the limit: generated tables (none today) and modules still to split.
 LONG_MODULES = {
-    "focus_jax/render/rasterize.py": "hard + soft rasterizer, interpolate, antialias: to split",
     "focus_jax/morphable/builtin_face.py": "the built-in face's construction: to split",
     "focus_jax/data/real_occluders.py": "nine occluder families: to split",
     "focus_jax/data/synthetic.py": "to split",
-    "focus_jax/now.py": "splits when it moves to focus_jax/app/ (issue 19)",
+    "focus_jax/app/now.py": "splits next (issue 19)",
 }
 MAX_FUNCTION_LINES = 80
 FUNCTION_LIMIT_PACKAGES = ("focus_jax/fitting", "focus_jax/render")
 # "path:function" -> reason.
 LONG_FUNCTIONS = {
-    "focus_jax/render/rasterize.py:_rasterize_batch": "to split",
-    "focus_jax/render/rasterize.py:soft_rasterize": "to split",
 }
 
 

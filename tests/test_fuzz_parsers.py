@@ -17,7 +17,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # pylint: disable=wrong-import-position
 
-from focus_jax import now as now_lib  # pylint: disable=wrong-import-position
+from focus_jax.app import now as now_lib  # pylint: disable=wrong-import-position
 from focus_jax.data import landmarks as lm_lib  # pylint: disable=wrong-import-position
 from focus_jax.errors import DataError  # pylint: disable=wrong-import-position
 from focus_jax.nets import convert  # pylint: disable=wrong-import-position

@@ -29,7 +29,8 @@ import scipy.io
 from absl import flags
 from absl.testing import flagsaver
 
-from focus_jax import fitting, inference, morphable, obj_io
+from focus_jax import fitting, morphable, obj_io
+from focus_jax.app import inference
 from focus_jax.commands import fit as fit_cmd
 from focus_jax.data import align as align_lib
 from focus_jax.data import landmarks as lm_lib
@@ -403,7 +404,7 @@ def test_two_writers_of_one_name_leave_one_consistent_set(tmp_path, monkeypatch)
 _CRASH = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from focus_jax import inference
+from focus_jax.app import inference
 from tests.test_hostile_reliability import fake_reconstruction
 out = {out!r}
 inference.write_outputs(fake_reconstruction(3), out, "face")      # the old, complete set
@@ -538,7 +539,7 @@ def test_resumed_run_logs_each_step_once(tiny_data, cheap_training, tmp_path):
 
 def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_finishes(
     tiny_data, cheap_training, tmp_path):
-  from focus_jax.train import checkpoint as ckpt_lib
+  from focus_jax.autoencoder import checkpoints as ckpt_io
   from focus_jax.train import trainer
   run = tmp_path / "run"
   trainer.train(cheap_training, str(run), str(tiny_data), stop_after=5)
@@ -555,5 +556,5 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_finishes(
   assert len([n for n in names if n.startswith("4.corrupt-")]) == 1
   assert _csv_steps(run) == [1, 2, 3, 4, 5, 6]
   # The re-saved step 4 and the final step 6 are readable.
-  _, _, _, step = ckpt_lib.load_networks(str(run))
+  _, _, _, step = ckpt_io.load_networks(str(run))
   assert step == 6

@@ -16,7 +16,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from focus_jax import now as now_lib
+from focus_jax.app import now as now_lib
 from focus_jax.errors import DataError
 from focus_jax.nets import convert
 from focus_jax.nets.weights import WeightsError

@@ -1,4 +1,4 @@
-"""focus_jax.inference: photo -> aligned crop -> fit -> back to the photo; OBJ files."""
+"""focus_jax.app.inference: photo -> aligned crop -> fit -> back to the photo; OBJ files."""
 
 import dataclasses
 import os
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from focus_jax import fitting, inference, obj_io
+from focus_jax import fitting, obj_io
+from focus_jax.app import inference
 from focus_jax.data import detect
 from focus_jax.errors import DataError
 from focus_jax.render import camera

@@ -9,7 +9,8 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from focus_jax import morphable, now as now_lib, obj_io
+from focus_jax import morphable, obj_io
+from focus_jax.app import now as now_lib
 from focus_jax.commands import now as now_cmd
 from focus_jax.data import detect
 from focus_jax.data import landmarks as lm_lib

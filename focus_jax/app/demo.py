@@ -176,13 +176,13 @@ def photo_case(size: int, seed: int):
     return None, "dlib or face-recognition-models is not installed (pip install focus-jax[detect])"
   if importlib.util.find_spec("skimage") is None:
     return None, "scikit-image is not installed (pip install scikit-image)"
-  if importlib.util.find_spec("focus_jax.inference") is None:
-    return None, "focus_jax.inference is not available"
+  if importlib.util.find_spec("focus_jax.app.inference") is None:
+    return None, "focus_jax.app.inference is not available"
   import skimage.data  # pylint: disable=import-outside-toplevel
   from scipy import spatial  # pylint: disable=import-outside-toplevel
-  from focus_jax import inference  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import inference  # pylint: disable=import-outside-toplevel
   if not all(hasattr(inference, f) for f in ("prepare", "find_landmarks", "default_detector")):
-    return None, "focus_jax.inference lacks prepare/find_landmarks/default_detector"
+    return None, "focus_jax.app.inference lacks prepare/find_landmarks/default_detector"
   from focus_jax.data import occluders  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   photo = skimage.data.astronaut().astype(np.float32) / 255.0

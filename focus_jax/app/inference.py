@@ -3,7 +3,7 @@
 One photo::
 
     import focus_jax as fj
-    from focus_jax import inference
+    from focus_jax.app import inference
     rec = inference.reconstruct(photo, fj.morphable.builtin())      # dlib finds the face
     rec.render, rec.inlier_mask, rec.landmarks, rec.vertices        # all in photo terms
 
@@ -17,9 +17,9 @@ reconstruction is either
   masks; no training needed) — the default; or
 * a trained network pair (``checkpoint=`` a training run's ``--workdir``): the
   encoder regresses the coefficients, the UNet segments the outliers, through
-  the trainer's own eval-mode predict function
-  (:func:`focus_jax.train.steps.make_predict`, as
-  :func:`focus_jax.train.trainer.predict_dataset` uses it).
+  the networks' eval-mode predict function
+  (:func:`focus_jax.autoencoder.networks.make_predict`, the one
+  :func:`focus_jax.train.trainer.predict_dataset` uses); no training code is loaded.
 
 Many photos: :class:`Reconstructor` aligns them one by one and reconstructs them
 ``batch_size`` at a time in one compiled call (the last batch is padded, so a
@@ -129,8 +129,8 @@ def as_photo(image, name: str = "image") -> np.ndarray:
   Raises:
     DataError (an ImageReadError naming ``name``): not an image array.
   """
-  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
-  return dataset.to_rgb_float(image, name)
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
+  return images.to_rgb_float(image, name)
 
 
 def default_detector(crop_fallback: bool = False):
@@ -268,13 +268,14 @@ def load_checkpoint(path: str) -> dict:
   Raises:
     CheckpointError: no readable checkpoint under ``path``.
   """
-  from focus_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  from focus_jax.autoencoder import checkpoints  # pylint: disable=import-outside-toplevel
+  from focus_jax.errors import CheckpointError  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(path):
-    raise checkpoint.CheckpointError(f"checkpoint folder not found: {path}")
+    raise CheckpointError(f"checkpoint folder not found: {path}")
   try:
-    enc, unet, config, step = checkpoint.load_networks(path)
-  except checkpoint.CheckpointError as e:
-    raise checkpoint.CheckpointError(
+    enc, unet, config, step = checkpoints.load_networks(path)
+  except CheckpointError as e:
+    raise CheckpointError(
         f"{path}: no readable training checkpoint (expected a training run's --workdir, "
         f"holding checkpoints/<step>/)") from e
   return dict(encoder=enc, unet=unet, config=config, step=step, path=path)
@@ -314,18 +315,19 @@ class Reconstructor:
   def _init_networks(self, model):
     import jax  # pylint: disable=import-outside-toplevel
     from focus_jax import morphable  # pylint: disable=import-outside-toplevel
-    from focus_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-    from focus_jax.train import steps as steps_lib  # pylint: disable=import-outside-toplevel
+    from focus_jax.autoencoder import (  # pylint: disable=import-outside-toplevel
+        networks as networks_lib)
     tc = self.checkpoint["config"]
     if model is None:
-      model = state_lib.load_model(tc)
+      model = networks_lib.load_model(tc)
     else:
       model = morphable.truncate(model, tc.num_shape, tc.num_expression, tc.num_albedo)
     self.model = model
     self.size = int(tc.image_size)
-    nets = state_lib.make_networks(tc, axis_name=None, model=model)
+    nets = networks_lib.make_modules(tc, axis_name=None, model=model)
     self._nets = nets
-    self._predict = jax.jit(steps_lib.make_predict(tc, nets, with_unet=True, prior=self.prior))
+    self._predict = jax.jit(networks_lib.make_predict(tc, nets, with_unet=True,
+                                                      prior=self.prior))
 
   # -- one batch ---------------------------------------------------------------
 

@@ -30,7 +30,8 @@ def main(args):
   if args:
     raise flags.Error(f"demo takes no positional arguments, got {args}")
   model = common.load_model()
-  from focus_jax import demo, fitting  # pylint: disable=import-outside-toplevel
+  from focus_jax import fitting  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import demo  # pylint: disable=import-outside-toplevel
   demo.run_demo(out_dir=common.out_dir("demo"), size=common.SIZE.value,
                 num_samples=SAMPLES.value, seed=common.SEED.value, model=model,
                 num_faces=FACES.value, fit_size=FIT_SIZE.value, photo=PHOTO.value,

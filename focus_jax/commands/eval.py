@@ -51,7 +51,7 @@ def main(args):
   if LABELS.value and len(LABELS.value) != len(predictions):
     raise flags.Error(f"--labels: {len(LABELS.value)} labels for {len(predictions)} "
                       "prediction folders")
-  from focus_jax.eval import evaluate  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import evaluate  # pylint: disable=import-outside-toplevel
   model = common.load_model() if common.MODEL.value else None
   report = evaluate.evaluate(data_dir, predictions, labels=LABELS.value or None,
                              model=model, max_error=MAX_ERROR.value,

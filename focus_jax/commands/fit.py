@@ -83,8 +83,8 @@ def fit_config():
 
 
 def make_reconstructor(model_path=None):
-  """A :class:`focus_jax.inference.Reconstructor` for the shared and fit flags."""
-  from focus_jax import inference  # pylint: disable=import-outside-toplevel
+  """A :class:`focus_jax.app.inference.Reconstructor` for the shared and fit flags."""
+  from focus_jax.app import inference  # pylint: disable=import-outside-toplevel
   from focus_jax import prior as prior_lib  # pylint: disable=import-outside-toplevel
   path = common.MODEL.value if model_path is None else model_path
   checkpoint = CHECKPOINT.value
@@ -114,19 +114,19 @@ def collect_images(paths, exclude=None):
       would write the same output name.
   """
   import os  # pylint: disable=import-outside-toplevel
-  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   skip = os.path.join(os.path.realpath(exclude), "") if exclude else None
   items = []
   for p in paths:
     if os.path.isdir(p):
-      names = dataset.list_images(p, recursive=True)
+      names = images.list_images(p, recursive=True)
       if skip:
         names = [n for n in names
                  if not os.path.realpath(os.path.join(p, n)).startswith(skip)]
       if not names:
         raise DataError(f"{p}: no images found (extensions "
-                        f"{', '.join(dataset.IMAGE_EXTENSIONS)})")
+                        f"{', '.join(images.IMAGE_EXTENSIONS)})")
       for n in names:
         items.append((os.path.join(p, n), os.path.splitext(n)[0], (n, os.path.basename(n))))
     elif os.path.exists(p):
@@ -145,10 +145,10 @@ def collect_images(paths, exclude=None):
 
 def read_photo(path):
   """The photo at ``path`` ([H, W, 3] float in [0, 1]); a one-line DataError when unreadable."""
-  from focus_jax.data import dataset  # pylint: disable=import-outside-toplevel
+  from focus_jax import images  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError, ImageReadError  # pylint: disable=import-outside-toplevel
   try:
-    return dataset.read_image(path)
+    return images.read_image(path)
   except ImageReadError as e:
     cause = e.__cause__
     why = str(cause).splitlines()[0].strip() if cause is not None and str(cause) else ""
@@ -190,7 +190,7 @@ def main(args):
   import os  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from focus_jax import inference  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import inference  # pylint: disable=import-outside-toplevel
   from focus_jax.data import landmarks as lm_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError, FocusError  # pylint: disable=import-outside-toplevel
 

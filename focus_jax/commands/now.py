@@ -19,7 +19,7 @@
 
 --now_dir is the dataset's final_release_version folder (iphone_pictures/,
 detected_face/, scans/, scans_lmks_onlypp/); --image_list defaults to its
-imagepathsvalidation.txt. See focus_jax/now.py for the layout and the landmark table.
+imagepathsvalidation.txt. See focus_jax/app/now.py for the layout and the landmark table.
 Photos that cannot be used are reported and skipped; the command then exits with 1.
 """
 
@@ -57,7 +57,7 @@ ACTIONS = ("predict", "evaluate")
 
 def _entries():
   import os  # pylint: disable=import-outside-toplevel
-  from focus_jax import now as now_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import now as now_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   if not NOW_DIR.value:
     raise flags.Error("now: --now_dir is required")
@@ -70,7 +70,7 @@ def _entries():
 def _landmarks_for(layout, entry, table, detector, photo):
   """(landmarks [68, 2] or None (= detect), source) of one NoW photo."""
   import os  # pylint: disable=import-outside-toplevel
-  from focus_jax import now as now_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import now as now_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   subject, challenge, name = now_lib.split_entry(entry)
   for key in (entry, name):
@@ -92,8 +92,8 @@ def predict():
   import os  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from focus_jax import inference  # pylint: disable=import-outside-toplevel
-  from focus_jax import now as now_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import inference  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import now as now_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.data import landmarks as lm_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError, FocusError  # pylint: disable=import-outside-toplevel
 
@@ -147,7 +147,7 @@ def predict():
 
 def evaluate():
   import os  # pylint: disable=import-outside-toplevel
-  from focus_jax import now as now_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import now as now_lib  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   predictions = _predictions()
   if len(predictions) != 1:

@@ -39,9 +39,6 @@ from focus_jax import images as images_lib
 from focus_jax.data import align as align_lib
 from focus_jax.data import landmarks as lm_lib
 from focus_jax.errors import DataError, ImageReadError
-# Until focus_jax/inference.py and commands/fit.py import them from focus_jax.images.
-from focus_jax.images import (  # noqa: F401  pylint: disable=unused-import
-    IMAGE_EXTENSIONS, list_images, read_image, to_rgb_float)
 
 MASK_SUFFIX = "_visible_skin_mask.png"
 

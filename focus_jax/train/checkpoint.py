@@ -26,9 +26,6 @@ import orbax.checkpoint as ocp
 from focus_jax.autoencoder import checkpoints as ckpt_io
 from focus_jax.errors import CheckpointError, FocusError
 from focus_jax.train.config import TrainConfig
-# Until train/stages.py (being edited by another helper) imports it from
-# focus_jax.autoencoder.checkpoints.
-from focus_jax.autoencoder.checkpoints import load_networks  # noqa: F401 pylint: disable=W0611
 
 
 class ConfigMismatchError(FocusError, ValueError):

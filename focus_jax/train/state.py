@@ -30,9 +30,6 @@ from focus_jax.nets import encoder as encoder_lib
 from focus_jax.nets import unet as unet_lib
 from focus_jax.render import camera
 from focus_jax.train.config import TrainConfig
-# Until train/stages.py and benchmarks/train.py (being edited by another helper) import it
-# from focus_jax.autoencoder.networks.
-from focus_jax.autoencoder.networks import load_model  # noqa: F401  pylint: disable=unused-import
 
 RNG_IMPL = "rbg"   # much faster to compile on CPU than threefry; fine for dropout
 

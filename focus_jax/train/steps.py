@@ -41,9 +41,6 @@ import optax
 
 from focus_jax import losses
 from focus_jax.autoencoder.networks import encode, prior_sigma_map, render_faces, segment
-# Until focus_jax/inference.py (being edited by another helper) imports it from
-# focus_jax.autoencoder.networks.
-from focus_jax.autoencoder.networks import make_predict  # noqa: F401 pylint: disable=W0611
 from focus_jax.morphable import model as model_lib
 from focus_jax.train.config import TrainConfig
 from focus_jax.train.state import RNG_IMPL, Networks, TrainState
