@@ -383,22 +383,40 @@ def _consistent(offsets, offset):
 def test_two_writers_of_one_name_leave_one_consistent_set(tmp_path, monkeypatch):
   a, b = fake_reconstruction(3), fake_reconstruction(12)
   real_replace = os.replace
+  names = sorted(five_files("face"))
+  # The worst case for two unsynchronised writers: their renames into the output
+  # folder take turns, in opposite orders on alternate files. A writer whose turn
+  # does not come within 2 s (the other one waits for the folder) goes on alone.
+  order = [(w, k) for k in range(len(names)) for w in (("a", "b") if k % 2 == 0
+                                                        else ("b", "a"))]
+  turns = threading.Condition()
+  state = {}
 
-  def slow_replace(src, dst):
-    time.sleep(0.02)
-    return real_replace(src, dst)
-  monkeypatch.setattr(os, "replace", slow_replace)
-  for trial in range(3):
+  def taking_turns(src, dst):
+    if (os.path.dirname(os.path.abspath(dst)) != state["out"]
+        or os.path.basename(dst).startswith(".")):
+      return real_replace(src, dst)
+    me = (threading.current_thread().name, names.index(os.path.basename(dst)))
+    with turns:
+      if not state["free"] and not turns.wait_for(
+          lambda: state["free"] or order[state["next"]] == me, timeout=2.0):
+        state["free"] = True
+      real_replace(src, dst)
+      state["next"] += 1
+      turns.notify_all()
+  monkeypatch.setattr(os, "replace", taking_turns)
+  for trial in range(2):
     out = tmp_path / f"out{trial}"
-    threads = [threading.Thread(target=inference.write_outputs, args=(r, str(out), "face"))
-               for r in (a, b)]
+    state.update(out=os.path.abspath(out), next=0, free=False)
+    threads = [threading.Thread(target=inference.write_outputs, args=(r, str(out), "face"),
+                                name=n) for n, r in (("a", a), ("b", b))]
     for t in threads:
       t.start()
     for t in threads:
       t.join()
     offsets = set_offset(out, "face")
     assert _consistent(offsets, 3) or _consistent(offsets, 12), offsets
-    assert sorted(os.listdir(out)) == sorted(five_files("face"))
+    assert sorted(os.listdir(out)) == names
 
 
 _CRASH = """
