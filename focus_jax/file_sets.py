@@ -12,8 +12,9 @@ staging folder next to them (same file system) and then committed:
 3. the staging folder is removed, still under the lock.
 
 A crash (power, SIGKILL) in step 2 leaves a staging folder holding ``COMMIT``;
-the next commit into that folder (or :func:`recover`) finishes it, so readers
-that run after it see either the old set or the new one. Staging folders of
+the next process that commits into that folder (its first commit there) or
+:func:`recover` finishes it, so readers after that see either the old set or the
+new one. Staging folders of
 crashed writers that had not reached ``COMMIT`` stay as hidden ``.partial-*``
 folders (the targets were not touched): they can be deleted.
 """
@@ -36,6 +37,7 @@ except ImportError:   # not POSIX: commits are not serialised between processes
 STAGING_PREFIX = ".partial-"
 _COMMIT = "COMMIT"
 _OLD = "old"
+_RECOVERED = set()   # folders this process has already recovered (listing is O(files))
 
 
 def staging_folder(folder: str) -> str:
@@ -76,7 +78,9 @@ def commit(staging: str, names: Sequence[str]) -> None:
   try:
     _check_targets(folder, names)
     with _locked(folder):
-      recover(folder, _locked_already=True)
+      if folder not in _RECOVERED:
+        recover(folder, _locked_already=True)
+        _RECOVERED.add(folder)
       marker = os.path.join(staging, _COMMIT)
       with open(marker, "w") as f:
         f.write("\n".join(names) + "\n")

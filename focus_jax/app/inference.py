@@ -500,8 +500,8 @@ def write_outputs(rec: Reconstruction, out_dir: str, name: str, image_path: str 
   The files are written into a staging folder inside ``out_dir`` and committed
   as one set (:mod:`focus_jax.file_sets`): an error, an interrupt, a crash or a
   second process writing the same name never leaves a mix of two sets (a crash's
-  set is completed by the next write into that folder). ``name`` may contain '/'
-  (sub-folders are created).
+  set is completed by the next process that writes into that folder). ``name``
+  may contain '/' (sub-folders are created).
 
   Files: ``NAME.obj`` (camera-space mesh in mm, with ``vt`` when the model has
   texture coordinates), ``NAME_params.npz`` (:func:`params_arrays`),
