@@ -80,7 +80,6 @@ LONG_MODULES = {
     "focus_jax/morphable/builtin_face.py": "the built-in face's construction: to split",
     "focus_jax/data/real_occluders.py": "nine occluder families: to split",
     "focus_jax/data/synthetic.py": "to split",
-    "focus_jax/app/now.py": "splits next (issue 19)",
 }
 MAX_FUNCTION_LINES = 80
 FUNCTION_LIMIT_PACKAGES = ("focus_jax/fitting", "focus_jax/render")

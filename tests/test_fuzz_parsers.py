@@ -18,6 +18,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # pylint: disable=wrong-import-position
 
 from focus_jax.app import now as now_lib  # pylint: disable=wrong-import-position
+from focus_jax.app import now_box  # pylint: disable=wrong-import-position
 from focus_jax.data import landmarks as lm_lib  # pylint: disable=wrong-import-position
 from focus_jax.errors import DataError  # pylint: disable=wrong-import-position
 from focus_jax.nets import convert  # pylint: disable=wrong-import-position
@@ -261,7 +262,7 @@ def test_fuzz_now_box_mutations(tmp_path_factory, data, which):
   path = tmp_path_factory.mktemp("box") / "b.npy"
   path.write_bytes(_mutated(data, _valid_boxes()[which]))
   try:
-    box = now_lib.read_box(str(path))
+    box = now_box.read_box(str(path))
   except DataError as e:
     assert str(path) in str(e) and "\n" not in str(e)
     return
@@ -274,7 +275,7 @@ def test_fuzz_now_box_random_bytes(tmp_path_factory, raw):
   path = tmp_path_factory.mktemp("box") / "r.npy"
   path.write_bytes(b"\x93NUMPY" + raw)
   try:
-    now_lib.read_box(str(path))
+    now_box.read_box(str(path))
   except DataError as e:
     assert str(path) in str(e)
 

@@ -17,6 +17,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from focus_jax.app import now as now_lib
+from focus_jax.app import now_box
 from focus_jax.errors import DataError
 from focus_jax.nets import convert
 from focus_jax.nets.weights import WeightsError
@@ -56,7 +57,7 @@ def _evil_box(tmp_path, nested: bool):
 def test_malicious_box_npy_runs_nothing(tmp_path, nested):
   path, marker = _evil_box(tmp_path, nested)
   with pytest.raises(DataError) as info:
-    now_lib.read_box(str(path))
+    now_box.read_box(str(path))
   assert not marker.exists(), "the .npy's payload ran"
   message = str(info.value)
   assert str(path) in message and "\n" not in message
@@ -71,12 +72,12 @@ def test_boxes_in_the_datasets_format_still_read(tmp_path):
            "python_numbers": dict(left=10, top=20.5, right=110, bottom=140.0)}
   for name, box in cases.items():
     (tmp_path / f"{name}.npy").write_bytes(hf.npy_bytes(np.array(box, dtype=object)))
-    assert now_lib.read_box(str(tmp_path / f"{name}.npy")) == (10, 20.5, 110, 140)
+    assert now_box.read_box(str(tmp_path / f"{name}.npy")) == (10, 20.5, 110, 140)
   np.save(tmp_path / "plain.npy", np.array([10, 20, 110, 140], np.int16))
-  assert now_lib.read_box(str(tmp_path / "plain.npy")) == (10, 20, 110, 140)
-  now_lib.write_box(tmp_path / "written.npy", (1, 2, 3, 4))
+  assert now_box.read_box(str(tmp_path / "plain.npy")) == (10, 20, 110, 140)
+  now_box.write_box(tmp_path / "written.npy", (1, 2, 3, 4))
   assert np.load(tmp_path / "written.npy", allow_pickle=False).dtype != object
-  assert now_lib.read_box(str(tmp_path / "written.npy")) == (1, 2, 3, 4)
+  assert now_box.read_box(str(tmp_path / "written.npy")) == (1, 2, 3, 4)
 
 
 def test_python2_pickled_box_reads(tmp_path):
@@ -95,7 +96,7 @@ def test_python2_pickled_box_reads(tmp_path):
   path = tmp_path / "py2.npy"
   path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload)
   assert np.load(path, allow_pickle=True, encoding="latin1").item()["right"] == 200
-  assert now_lib.read_box(str(path)) == (7, 8, 200, 230)
+  assert now_box.read_box(str(path)) == (7, 8, 200, 230)
 
 
 # ----------------------------------------------------------------------------- NoW lists

@@ -11,6 +11,7 @@ from absl.testing import flagsaver
 
 from focus_jax import morphable, obj_io
 from focus_jax.app import now as now_lib
+from focus_jax.app import now_box
 from focus_jax.commands import now as now_cmd
 from focus_jax.data import detect
 from focus_jax.data import landmarks as lm_lib
@@ -47,7 +48,7 @@ def make_now(root, noise=0.0):
     path = os.path.join(layout.images, subject, challenge, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     iio.imwrite(path, (s["image"] * 255 + 0.5).astype(np.uint8), quality=95)
-    now_lib.write_box(os.path.join(layout.boxes, subject, challenge, name[:-4] + ".npy"),
+    now_box.write_box(os.path.join(layout.boxes, subject, challenge, name[:-4] + ".npy"),
                       (10, 8, 54, 60))
     truth[entry] = s
     if subject in truth:
@@ -73,8 +74,8 @@ def test_pp_box_and_list_files(tmp_path):
   # The official reader takes the 7 points from lines 9-15 (0-based 8-14).
   lines = (tmp_path / "a.pp").read_text().splitlines()
   assert all(lines[8 + j].lstrip().startswith("<point x=") for j in range(7))
-  now_lib.write_box(tmp_path / "b.npy", (10, 20, 110, 140))
-  assert now_lib.read_box(tmp_path / "b.npy") == (10, 20, 110, 140)
+  now_box.write_box(tmp_path / "b.npy", (10, 20, 110, 140))
+  assert now_box.read_box(tmp_path / "b.npy") == (10, 20, 110, 140)
   (tmp_path / "list.txt").write_text("A/selfie/I.jpg\n\nB/oops\n")
   with pytest.raises(DataError, match="list.txt, line 3: expected <subject>/<challenge>"):
     now_lib.read_image_list(tmp_path / "list.txt")

@@ -71,6 +71,7 @@ def _landmarks_for(layout, entry, table, detector, photo):
   """(landmarks [68, 2] or None (= detect), source) of one NoW photo."""
   import os  # pylint: disable=import-outside-toplevel
   from focus_jax.app import now as now_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.app import now_box  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   subject, challenge, name = now_lib.split_entry(entry)
   for key in (entry, name):
@@ -78,7 +79,7 @@ def _landmarks_for(layout, entry, table, detector, photo):
       return table[key], "given"
   box_path = os.path.join(layout.boxes, subject, challenge, os.path.splitext(name)[0] + ".npy")
   if os.path.exists(box_path):
-    left, top, right, bottom = now_lib.read_box(box_path)
+    left, top, right, bottom = now_box.read_box(box_path)
     h, w = photo.shape[:2]
     box = (max(int(round(left)), 0), max(int(round(top)), 0),
            min(int(round(right)), w - 1), min(int(round(bottom)), h - 1))
