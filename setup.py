@@ -12,7 +12,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["focus_jax", "focus_jax.*"]),
     # The C++ sources of the CPU rasterizer kernels, compiled on first use.
-    package_data={"focus_jax.render.cpu_kernels": ["*.cc", "*.h"]},
+    package_data={"focus_jax.render.cpu_kernels": ["*.cc", "*.h"],
+                  # the built-in face's misfit prior measured on real photos
+                  "focus_jax": ["priors/*.npz"]},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.8",

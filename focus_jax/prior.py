@@ -55,6 +55,24 @@ def from_residuals(sq_sum, count, max_scale: float = 3.0, min_count: int = 3,
                      count=count.astype(np.int32), model_name=model_name)
 
 
+# The built-in face's misfit prior measured on real photos (experiments/build_real_prior.py;
+# derived from the tune half of ../shared/data/real_faces): shipped with the package.
+REAL_FACES_PRIOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "priors",
+                                "builtin_real_faces.npz")
+
+
+def packaged_for(model) -> "MisfitPrior | None":
+  """The packaged real-face prior when ``model`` is the one it was built for
+  (same name and vertex count), else None (also when the file is absent: the
+  code runs without it)."""
+  if not os.path.exists(REAL_FACES_PRIOR):
+    return None
+  prior = load(REAL_FACES_PRIOR)
+  if prior.model_name != model.name or prior.sigma_scale.shape != (model.num_vertices,):
+    return None
+  return prior
+
+
 def save(path: str | os.PathLike, prior: MisfitPrior) -> None:
   """Writes the prior as ``.npz``."""
   np.savez(path, sigma_scale=prior.sigma_scale, rms=prior.rms, count=prior.count,
@@ -76,6 +94,11 @@ def load(path: str | os.PathLike, model=None) -> MisfitPrior:
                           model_name=str(z["model_name"]))
   except (KeyError, ValueError, OSError) as e:
     raise ValueError(f"misfit prior {path} is not a focus-jax prior file: {e}") from e
+  scale = np.asarray(prior.sigma_scale)
+  if scale.ndim != 1 or not np.issubdtype(scale.dtype, np.floating) or not (
+      np.all(np.isfinite(scale)) and np.all(scale > 0)):
+    raise ValueError(f"misfit prior {path}: sigma_scale must be a [V] array of finite, "
+                     "positive floats")
   if model is not None and prior.sigma_scale.shape != (model.num_vertices,):
     raise ValueError(f"misfit prior {path} has {prior.sigma_scale.shape[0]} vertices but "
                      f"the model {model.name!r} has {model.num_vertices}")

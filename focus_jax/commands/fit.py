@@ -47,8 +47,11 @@ FIT_BATCH = flags.DEFINE_integer(
     "fit_batch", 4, "fit, now: photos reconstructed together in one compiled call (the run "
     "compiles once, ~30-60 s on a CPU, for this batch size).", lower_bound=1)
 MISFIT_PRIOR = flags.DEFINE_string(
-    "misfit_prior", None, "fit, now: misfit prior .npz (experiments/build_prior.py) for the "
-    "robust inlier masks; none by default.")
+    "misfit_prior", "auto", "fit, now: misfit prior of the robust per-image fit (per-vertex "
+    "σ multipliers where the model cannot explain real skin: eyes, brows, lips). 'auto': the "
+    "packaged real-face prior for the built-in model (experiments/build_real_prior.py; "
+    "benchmarks/results/real.md), none for other models and for --checkpoint; 'none': no "
+    "prior; or a .npz file (experiments/build_prior.py, experiments/build_real_prior.py).")
 CROP_FALLBACK = flags.DEFINE_bool(
     "crop_fallback", False, "fit: the photos are aligned face crops; where dlib finds no face, "
     "place the landmarks on the whole crop instead of skipping the photo.")
@@ -95,8 +98,11 @@ def make_reconstructor(model_path=None):
   else:
     rec = inference.Reconstructor(common.load_model(path), config=fit_config(),
                                   size=common.SIZE.value, batch_size=FIT_BATCH.value)
-  if MISFIT_PRIOR.value:
-    rec.prior = prior_lib.load(MISFIT_PRIOR.value, rec.model)
+  choice = MISFIT_PRIOR.value or "none"
+  if choice == "auto":
+    rec.prior = None if rec.checkpoint is not None else prior_lib.packaged_for(rec.model)
+  elif choice != "none":
+    rec.prior = prior_lib.load(choice, rec.model)
     if rec.checkpoint is not None:   # the prior is baked into the jitted predict function
       rec = inference.Reconstructor(rec.model, checkpoint=rec.checkpoint, prior=rec.prior,
                                     batch_size=FIT_BATCH.value)

@@ -48,7 +48,8 @@ vertex as an inlier. :class:`FitConfig` has four groups: ``schedule``, ``estep``
 
 ``fit_landmarks(model, landmarks, intrinsics=...)`` is the landmark-only fit
 (:mod:`~focus_jax.fitting.landmarks`), and :func:`build_prior` builds the misfit
-prior from fits of synthetic faces (:mod:`~focus_jax.fitting.misfit_prior`).
+prior from fits of synthetic faces, :func:`build_prior_from_photos` from robust
+fits of real unoccluded photos (:mod:`~focus_jax.fitting.misfit_prior`).
 
 Units: images [B, H, W, 3] in [0, 1]; landmarks [B, 68, 2] pixels (x right, y
 down, pixel centres at +0.5; NaN for points to ignore); vertices mm; angles rad.
@@ -62,14 +63,14 @@ from focus_jax.fitting.inliers import (colour_log_density, edge_weights, extend_
                                        inlier_posterior)
 from focus_jax.fitting.landmarks import LandmarkFitConfig, LandmarkFitResult, fit_landmarks
 from focus_jax.fitting.light import light_from_factors, solve_light
-from focus_jax.fitting.misfit_prior import build_prior
+from focus_jax.fitting.misfit_prior import build_prior, build_prior_from_photos
 from focus_jax.fitting.pose import angles_from_rotation, init_pose
 from focus_jax.fitting.sampling import bilinear_sample, sample_vertices
 
 __all__ = [
     "FitConfig", "Schedule", "EStep", "Light", "Optimiser", "FitResult", "fit",
     "LOSS_NAMES", "INIT_KEYS", "prior_scale",
-    "LandmarkFitConfig", "LandmarkFitResult", "fit_landmarks", "build_prior",
+    "LandmarkFitConfig", "LandmarkFitResult", "fit_landmarks", "build_prior", "build_prior_from_photos",
     "angles_from_rotation", "init_pose", "light_from_factors", "solve_light",
     "inlier_posterior", "colour_log_density", "edge_weights", "extend_inliers",
     "bilinear_sample", "sample_vertices",
