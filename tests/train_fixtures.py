@@ -27,16 +27,21 @@ def compile_cache(jax_cache_dir):
 
 @pytest.fixture(scope="session")
 def micro_data(tmp_path_factory, jax_cache_dir):
-  """5 synthetic 32² faces (train split): 2 batches of 2 per epoch, one face dropped."""
-  with train_setup.compilation_cache(jax_cache_dir):
-    return train_setup.write_faces(tmp_path_factory.mktemp("micro_faces"), num=5)
+  """5 synthetic 32² faces (train split; experiments/make_synthetic.py): 2 batches of
+  2 per epoch, one face dropped."""
+  out = tmp_path_factory.mktemp("micro_faces")
+  train_setup.run_script("make_synthetic.py", f"--out={out}", "--num=5", "--size=32",
+                         "--splits=1,0,0", "--batch=5", "--nomaps", "--model=builtin",
+                         cache=jax_cache_dir, micro_flags=False)
+  return out
 
 
 @pytest.fixture(scope="session")
 def micro_runs(tmp_path_factory, micro_data, jax_cache_dir):
   """Uninterrupted micro runs of every stage, chained as the pipeline chains them.
 
-  Returns a dict of run directories: ``pretrain`` (5 steps), ``pseudo`` (its pseudo
+  Returns a dict of run directories: ``pretrain`` (5 steps, checkpoints at 2, 4, 5),
+  ``pseudo`` (its pseudo
   masks), ``unet`` (4 steps from ``pretrain``), ``em`` (6 steps from ``unet``: UNet
   steps 1-2 and 6, encoder steps 3-5); and ``results``: stage -> TrainResult.
   """
@@ -45,7 +50,8 @@ def micro_runs(tmp_path_factory, micro_data, jax_cache_dir):
   d = {name: root / name for name in ("pretrain", "pseudo", "unet", "em")}
   results = {}
   with train_setup.compilation_cache(jax_cache_dir):
-    results["pretrain"] = trainer.train(train_setup.micro(stage="pretrain", num_steps=5),
+    results["pretrain"] = trainer.train(train_setup.micro(stage="pretrain", num_steps=5,
+                                                          checkpoint_every=2),
                                         str(d["pretrain"]), str(micro_data))
     stages.make_pseudo_masks(train_setup.micro(stage="pretrain"), str(d["pseudo"]),
                              str(micro_data), str(d["pretrain"]))
@@ -55,3 +61,19 @@ def micro_runs(tmp_path_factory, micro_data, jax_cache_dir):
     results["em"] = trainer.train(train_setup.micro(stage="em", num_steps=6), str(d["em"]),
                                   str(micro_data), init_from=str(d["unet"]))
   return dict(d, results=results, data=micro_data)
+
+
+@pytest.fixture(scope="session")
+def astronaut_dir(tmp_path_factory):
+  """``make()`` -> a new folder holding only ``astronaut.png`` (scikit-image's 512²
+  portrait, a real photo)."""
+  data = pytest.importorskip("skimage.data")
+  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
+  image = data.astronaut()
+
+  def make():
+    folder = tmp_path_factory.mktemp("astronaut")
+    iio.imwrite(folder / "astronaut.png", image)
+    return folder
+
+  return make

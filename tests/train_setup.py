@@ -9,7 +9,7 @@
   and as the same flags for the ``experiments/`` scripts. One configuration for every
   default-run training test, so that each step function is compiled once per session
   (:func:`compilation_cache`, :func:`subprocess_env`).
-* :func:`write_faces`: a synthetic dataset in the reference layout.
+* :func:`run_script`: an ``experiments/`` script in a subprocess.
 
 Imported inside the subprocesses (``PYTHONPATH`` = the repository), so it imports
 nothing from pytest.
@@ -17,6 +17,8 @@ nothing from pytest.
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +46,6 @@ MICRO_FLAGS = (f"--flagfile={TINY_FLAGS}", "--image_size=32", "--batch_size=2",
 def micro(**changes) -> config_lib.TrainConfig:
   """The micro training configuration (tiny preset + :data:`MICRO_CHANGES`)."""
   return config_lib.tiny(**{**MICRO_CHANGES, **changes})
-
-
-def write_faces(out, num: int = 5, size: int = 32, seed: int = 0) -> Path:
-  """``num`` synthetic faces of ``size``² in the reference layout, all in the train
-  split (with ``params.npz`` and the visible-skin masks); returns ``out``."""
-  from focus_jax import morphable  # pylint: disable=import-outside-toplevel
-  gen = synthetic.SyntheticFaces(morphable.builtin(resolution=25),
-                                 synthetic.SyntheticConfig(size=size), seed=seed,
-                                 batch_size=num)
-  synthetic.write_dataset(str(out), gen, num, fractions=(1.0, 0.0, 0.0), progress=False,
-                          save_maps=False)
-  return Path(out)
 
 
 _CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
@@ -104,6 +94,22 @@ def subprocess_env(cache=None, devices: int = 0) -> dict:
              if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   return env
+
+
+def run_script(script: str, *args, cache=None, micro_flags: bool = True,
+               timeout: float = 900) -> subprocess.CompletedProcess:
+  """Runs ``experiments/<script>`` (with :data:`MICRO_FLAGS` first, unless
+  ``micro_flags`` is False) as a user does; raises AssertionError with its stderr if it
+  fails."""
+  cmd = [sys.executable, str(REPO / "experiments" / script)]
+  cmd += list(MICRO_FLAGS) if micro_flags else []
+  cmd += [str(a) for a in args]
+  proc = subprocess.run(cmd, env=subprocess_env(cache), capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO)
+  if proc.returncode != 0:
+    raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-4000:]}")
+  return proc
 
 
 def tiny_state_and_batch(config, num: int, seed: int = 3, pseudo: bool = False):
