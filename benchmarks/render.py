@@ -281,7 +281,7 @@ def write_report(rows, path, load_start):
       "<= 3x hard; peak memory at 108k, batch 12 < 4 GiB. Compare on an idle machine (see "
       "the load average above).",
       "",
-      "Kernels: `C++` = the CPU kernels of focus_jax/render/cpu_kernels.cc (the default on "
+      "Kernels: `C++` = the CPU kernels of focus_jax/render/cpu_kernels/ (the default on "
       "CPU), `JAX` = the pure-JAX path (`FOCUS_JAX_NATIVE=0`, what runs on GPU/TPU).",
       "",
       "| triangles | mesh | batch | mode | kernels | fwd+bwd ms / batch | ms / image "

@@ -173,7 +173,7 @@ def test_antialias_kernel_layers_and_pair_overflow(monkeypatch, budget):
   JAX path, also when the pairs overflow the kernel's first, budget-sized
   pair list (the second, full-size search then runs)."""
   if budget is not None:
-    monkeypatch.setattr(R, "_pair_budget", lambda *shape: budget)
+    monkeypatch.setattr(raster_ops, "_pair_budget", lambda *shape: budget)
   points, triangles = sphere_batch()
   rng = np.random.default_rng(3)
   frags = R.rasterize(points, triangles, INTR, cull_backfaces=True)

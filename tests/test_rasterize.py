@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from focus_jax.render import rasterize as R
+from focus_jax.render import soft
 from focus_jax.render.camera import Intrinsics
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -385,7 +386,7 @@ def test_soft_rasterize_in_groups_matches_one_batch(monkeypatch):
 
   grad_fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
   (value, overflow), grads = grad_fn(batch, colors)
-  monkeypatch.setattr(R, "_SOFT_GROUP_TRIANGLES", 2 * tri.shape[0])   # groups of 2
+  monkeypatch.setattr(soft, "_SOFT_GROUP_TRIANGLES", 2 * tri.shape[0])   # groups of 2
   (value2, overflow2), grads2 = grad_fn(batch, colors)
   np.testing.assert_array_equal(np.asarray(overflow), 0)
   np.testing.assert_array_equal(np.asarray(overflow2), 0)

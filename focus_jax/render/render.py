@@ -22,7 +22,6 @@ import functools
 from typing import Optional
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 
 from focus_jax.morphable import model as model_lib
@@ -30,6 +29,7 @@ from focus_jax.render import camera as camera_lib
 from focus_jax.render import cpu_kernels
 from focus_jax.render import rasterize as raster_lib
 from focus_jax.render import shading as shading_lib
+from focus_jax.render.cpu_kernels import vertex_ops
 
 
 @flax.struct.dataclass
@@ -156,28 +156,21 @@ def vertex_stage(verts, albedo, angles, translation, light, triangles, *,
     light: [B, 9, 3] SH light, see :mod:`~focus_jax.render.shading`.
     triangles: [F, 3] int32.
     native: one C++ CPU kernel for the whole stage, forward and backward (see
-      :mod:`~focus_jax.render.cpu_kernels`), instead of the JAX composition of
-      ``camera.to_camera``, ``shading.vertex_normals``,
-      ``camera.rotate_to_camera`` and ``shading.shade`` (XLA:CPU runs their
-      small [B, V, 3] x [3, 3] products and transposes slowly); same results up
-      to float32 rounding. None: when the CPU kernels are the default and the
+      :mod:`~focus_jax.render.cpu_kernels.vertex_ops`), instead of the JAX
+      composition of ``camera.to_camera``, ``shading.vertex_normals``,
+      ``camera.rotate_to_camera`` and ``shading.shade``; same results up to
+      float32 rounding. None: when the CPU kernels are the default and the
       inputs are float32.
 
   Returns:
     (camera-space vertices [B, V, 3] mm, camera-space unit vertex normals
     [B, V, 3], shaded vertex colours [B, V, 3]).
   """
-  if not cpu_kernels.resolve(native, verts, albedo, angles, translation, light):
-    return pose_and_shade(verts, shading_lib.vertex_normals(verts, triangles, native=False),
-                          albedo, angles, translation, light)
-  batch = jnp.broadcast_shapes(verts.shape[:-2], albedo.shape[:-2], angles.shape[:-1],
-                               translation.shape[:-1], light.shape[:-2])
-  expand = lambda x, tail: jnp.broadcast_to(x, batch + tail)
-  return _vertex_stage_native(
-      expand(verts, verts.shape[-2:]), expand(albedo, verts.shape[-2:]),
-      expand(camera_lib.camera_rotation(angles), (3, 3)),
-      expand(camera_lib.camera_translation(translation), (3,)), expand(light, light.shape[-2:]),
-      triangles, shading_lib.NORMALS_EPS)
+  if cpu_kernels.resolve(native, verts, albedo, angles, translation, light):
+    return vertex_ops.vertex_stage(verts, albedo, angles, translation, light, triangles,
+                                   shading_lib.NORMALS_EPS)
+  return pose_and_shade(verts, shading_lib.vertex_normals(verts, triangles, native=False),
+                        albedo, angles, translation, light)
 
 
 def pose_and_shade(verts, normals, albedo, angles, translation, light):
@@ -208,29 +201,6 @@ def project_vertices(points_camera, intrinsics: camera_lib.Intrinsics):
   z = points_camera[..., 2]
   safe = points_camera.at[..., 2].set(jnp.where(z > 0, z, 1.0))
   return camera_lib.project(safe, intrinsics)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _vertex_stage_native(verts, albedo, rotation, translation, light, triangles, eps):
-  return _vertex_stage_native_fwd(verts, albedo, rotation, translation, light, triangles,
-                                  eps)[0]
-
-
-def _vertex_stage_native_fwd(verts, albedo, rotation, translation, light, triangles, eps):
-  *out, summed = cpu_kernels.vertex_stage(verts, triangles, albedo, rotation, translation,
-                                          light, eps)
-  return tuple(out), (verts, albedo, rotation, translation, light, triangles, summed)
-
-
-def _vertex_stage_native_bwd(eps, res, g):
-  *inputs, triangles, summed = res
-  verts, albedo, rotation, translation, light = inputs
-  grads = cpu_kernels.vertex_stage_grad(verts, triangles, albedo, rotation, translation, light,
-                                        summed, *g, eps)
-  return tuple(d.astype(x.dtype) for d, x in zip(grads, inputs)) + (None,)
-
-
-_vertex_stage_native.defvjp(_vertex_stage_native_fwd, _vertex_stage_native_bwd)
 
 
 def photometric_loss(image, target, mask=None):

@@ -20,14 +20,13 @@ the opposite sign); converting a reference light flips those coefficients.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
 from focus_jax.render import cpu_kernels
+from focus_jax.render.cpu_kernels import vertex_ops
 
 NUM_SH = 9
 # DC light coefficient of the reference initialisation.
@@ -68,13 +67,12 @@ def vertex_normals(verts, triangles, eps: float = NORMALS_EPS, *,
   Each vertex gets the sum of the unnormalised normals of its triangles (so larger
   triangles weigh more), normalised. Vertices in no triangle get a zero normal.
   Scatter-adds over faces (no Python loop over faces), computed vertex-major
-  ([V, batch, 3]) so that gathers and scatters move whole rows of batch x 3 values,
-  which is much faster on XLA:CPU than strided batch-major windows. ``native``:
-  the C++ CPU kernel instead (forward and backward; None = automatic, see
-  :func:`focus_jax.render.cpu_kernels.resolve`).
+  ([V, batch, 3]) so that gathers and scatters move whole rows of batch x 3 values.
+  ``native``: the C++ CPU kernel instead (forward and backward; None =
+  automatic, see :func:`focus_jax.render.cpu_kernels.resolve`).
   """
   if cpu_kernels.resolve(native, verts):
-    return _vertex_normals_native(verts, triangles, eps)
+    return vertex_ops.vertex_normals(verts, triangles, eps)
   flat = jnp.reshape(verts, (-1,) + verts.shape[-2:])              # [N, V, 3]
   x = jnp.transpose(flat, (1, 0, 2))                               # [V, N, 3]
   p = [jnp.take(x, triangles[:, k], axis=0, mode="clip") for k in range(3)]
@@ -84,23 +82,6 @@ def vertex_normals(verts, triangles, eps: float = NORMALS_EPS, *,
     summed = summed.at[triangles[:, corner]].add(face, mode="promise_in_bounds")
   summed = summed / jnp.sqrt(jnp.sum(summed * summed, axis=-1, keepdims=True) + eps)
   return jnp.reshape(jnp.transpose(summed, (1, 0, 2)), verts.shape)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _vertex_normals_native(verts, triangles, eps):
-  return cpu_kernels.vertex_normals(verts, triangles, eps)
-
-
-def _vertex_normals_native_fwd(verts, triangles, eps):
-  return cpu_kernels.vertex_normals(verts, triangles, eps), (verts, triangles)
-
-
-def _vertex_normals_native_bwd(eps, res, g):
-  verts, triangles = res
-  return cpu_kernels.vertex_normals_grad(verts, triangles, eps, g).astype(verts.dtype), None
-
-
-_vertex_normals_native.defvjp(_vertex_normals_native_fwd, _vertex_normals_native_bwd)
 
 
 def sh_basis(normals) -> jnp.ndarray:
