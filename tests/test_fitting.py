@@ -75,12 +75,19 @@ def test_angles_from_rotation_roundtrip():
   np.testing.assert_allclose(back, angles, atol=1e-5)
 
 
-def test_fit_improves_pose_and_shape_by_a_large_factor(model):
+def test_fit_improves_pose_and_shape(model):
+  # Shape error after similarity alignment, fit against the mean face, on five
+  # faces (the extra fits reuse the compiled one). Measured ratios for seeds 0-4:
+  # 0.736, 0.870, 0.790, 0.694, 0.668 (median 0.736).
+  ratios = []
+  for seed in range(5):
+    scene = _scene(model, seed=seed)
+    res = fitting.fit(model, scene["image"], scene["landmarks"], config=CFG)
+    ratios.append(_aligned_error(res.vertices, scene["vertices"])
+                  / _aligned_error(model.mean, scene["vertices"]))
+  assert np.median(ratios) < 0.8 and max(ratios) < 0.95, ratios
   scene = _scene(model)
   res = fitting.fit(model, scene["image"], scene["landmarks"], config=CFG)
-  mean_err = _aligned_error(model.mean, scene["vertices"])
-  fit_err = _aligned_error(res.vertices, scene["vertices"])
-  assert fit_err < 0.85 * mean_err, (fit_err, mean_err)
   np.testing.assert_allclose(res.angles, scene["angles"], atol=0.08)  # pitch trades with shape at 64²
   lm_err = np.linalg.norm(np.asarray(res.landmarks) - scene["landmarks"], axis=1).mean()
   assert lm_err < 0.5
