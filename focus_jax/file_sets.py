@@ -128,7 +128,9 @@ def recover(folder: str, _locked_already: bool = False) -> list:
     if not entry.startswith(STAGING_PREFIX) or not os.path.isfile(marker):
       continue
     with open(marker) as f:
-      names = [n for n in f.read().splitlines() if n]
+      # Plain file names only: a COMMIT list never moves anything out of ``folder``.
+      names = [n for n in f.read().splitlines()
+               if n and n not in (".", "..") and os.path.basename(n) == n]
     for n in names:
       src = os.path.join(staging, n)
       if os.path.isfile(src):

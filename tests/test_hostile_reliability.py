@@ -451,6 +451,24 @@ def test_a_crash_mid_write_is_completed_by_the_next_write(tmp_path):
   assert sorted(os.listdir(out)) == sorted(five_files("face") | five_files("other"))
 
 
+def test_recover_never_moves_files_out_of_the_folder(tmp_path):
+  """A COMMIT list naming '../x' or 'sub/x' (a hostile or damaged staging folder) moves
+  nothing outside the output folder; plain names are still completed."""
+  from focus_jax import file_sets  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "out"
+  staging = out / (file_sets.STAGING_PREFIX + "x")
+  (staging / "sub").mkdir(parents=True)
+  for name in ("ok.txt", "sub/deep.txt"):
+    (staging / name).write_text(name)
+  (out / "victim.txt").write_text("keep me here")   # what '../victim.txt' resolves to
+  (staging / "COMMIT").write_text("../victim.txt\nok.txt\nsub/deep.txt\n..\n")
+  file_sets.recover(str(out))
+  assert not (tmp_path / "victim.txt").exists()
+  assert (out / "victim.txt").read_text() == "keep me here"
+  assert (out / "ok.txt").read_text() == "ok.txt"
+  assert sorted(os.listdir(out)) == ["ok.txt", "victim.txt"]
+
+
 def test_non_finite_reconstruction_is_never_written(tmp_path):
   bad = dataclasses.replace(fake_reconstruction(3), vertices=np.full((5, 3), np.nan))
   with pytest.raises(DataError, match="not finite"):
