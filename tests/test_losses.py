@@ -45,8 +45,10 @@ def test_robust_threshold_is_three_sigma():
 
 
 def test_masked_reconstruction_is_l2_norm_over_masked_pixels():
-  target = jnp.zeros((1, 1, 3, 3))
-  image = jnp.array([[[[3, 4, 0], [1, 0, 0], [100, 0, 0]]]], jnp.float32)  # norms 5, 1, 100
+  # A non-zero target: with I = 0, ‖I − R‖ = ‖I + R‖ would let a sign error pass.
+  target = jnp.full((1, 1, 3, 3), 0.5)
+  image = target - jnp.array([[[[3, 4, 0], [1, 0, 0], [100, 0, 0]]]],
+                             jnp.float32)  # norms 5, 1, 100
   face = jnp.array([[[1.0, 1.0, 0.0]]])
   inlier = jnp.array([[[1.0, 0.5, 1.0]]])
   # Σ‖M·F·r‖ = 5 + 0.5 ; Σ M·F = 1.5
