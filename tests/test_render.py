@@ -145,3 +145,31 @@ def test_inverse_rendering_recovers_pose_and_light(tiny_model):
   rms = lambda light: float(jnp.sqrt(jnp.mean((irr(light) - irr(truth["light"])) ** 2)))
   assert rms(got["light"]) < 0.25 * rms(start["light"]), (rms(got["light"]),
                                                           rms(start["light"]))
+
+
+@pytest.mark.parametrize("native", [False, None])
+def test_sh_functions_in_the_documented_order(native):
+  """Each of the 9 light coefficients lights a vertex with its own real SH function
+  of the camera-space normal, in shading's documented order (1, y, z, x, xy, yz,
+  3z²-1, xz, x²-y², orthonormal constants), in the JAX composition and the CPU
+  kernel (None): an orthonormality check cannot see two functions swapped."""
+  v, f = icosphere(1)
+  verts = jnp.asarray(np.broadcast_to(60.0 * v, (9,) + v.shape), jnp.float32)
+  light = jnp.asarray(np.repeat(np.eye(9)[:, :, None], 3, axis=2), jnp.float32)  # [9, 9, 3]
+  angles = jnp.asarray(np.tile([[0.3, -0.5, 0.2]], (9, 1)), jnp.float32)
+  cam, normals, colours = render.vertex_stage(
+      verts, jnp.ones_like(verts), angles, jnp.zeros((9, 3)), light, jnp.asarray(f),
+      native=native)
+  n = np.asarray(normals[0], np.float64)
+  x, y, z = n[:, 0], n[:, 1], n[:, 2]
+  c0, c1 = 0.5 / np.sqrt(np.pi), np.sqrt(3 / (4 * np.pi))
+  c2, c20, c22 = 0.5 * np.sqrt(15 / np.pi), 0.25 * np.sqrt(5 / np.pi), 0.25 * np.sqrt(15 / np.pi)
+  want = [np.full_like(x, c0), c1 * y, c1 * z, c1 * x, c2 * x * y, c2 * y * z,
+          c20 * (3 * z * z - 1), c2 * x * z, c22 * (x * x - y * y)]
+  for k in range(9):
+    np.testing.assert_allclose(np.asarray(colours[k]), np.repeat(want[k][:, None], 3, 1),
+                               atol=1e-5, err_msg=f"SH function {k}")
+  # The normals are the camera-space ones (the same rotation as the vertices).
+  rot = np.asarray(camera.camera_rotation(angles[0]))
+  np.testing.assert_allclose(n, shading.vertex_normals(verts[0], jnp.asarray(f)) @ rot.T,
+                             atol=1e-5)
