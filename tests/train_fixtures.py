@@ -2,7 +2,9 @@
 experiments end to end, fit from a checkpoint).
 
 Import the fixtures a module uses by name (pytest finds them in the module's
-namespace). Every fixture compiles through one persistent compilation cache per
+namespace). pytest then holds one copy of a "session" fixture per importing module, so
+the expensive ones build their result once per session through :func:`_once` and the
+other modules get the same folders. Every fixture compiles through one persistent compilation cache per
 session (:func:`tests.train_setup.compilation_cache`), which the subprocesses share
 (:func:`tests.train_setup.subprocess_env`): a step function of the micro
 configuration is compiled once, whichever test or process needs it first.
@@ -12,10 +14,21 @@ import pytest
 
 from tests import train_setup
 
+_BUILT = {}
+
+
+def _once(tmp_path_factory, name, build):
+  """``build()`` the first time a session asks for ``name``; its result after that."""
+  key = (str(tmp_path_factory.getbasetemp()), name)
+  if key not in _BUILT:
+    _BUILT[key] = build()
+  return _BUILT[key]
+
 
 @pytest.fixture(scope="session")
 def jax_cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("train_jax_cache")
+  return _once(tmp_path_factory, "jax_cache_dir",
+               lambda: tmp_path_factory.mktemp("train_jax_cache"))
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +42,14 @@ def compile_cache(jax_cache_dir):
 def micro_data(tmp_path_factory, jax_cache_dir):
   """5 synthetic 32² faces (train split; experiments/make_synthetic.py): 2 batches of
   2 per epoch, one face dropped."""
-  out = tmp_path_factory.mktemp("micro_faces")
-  train_setup.run_script("make_synthetic.py", f"--out={out}", "--num=5", "--size=32",
-                         "--splits=1,0,0", "--batch=5", "--nomaps", "--model=builtin",
-                         cache=jax_cache_dir, micro_flags=False)
-  return out
+  def build():
+    out = tmp_path_factory.mktemp("micro_faces")
+    train_setup.run_script("make_synthetic.py", f"--out={out}", "--num=5", "--size=32",
+                           "--splits=1,0,0", "--batch=5", "--nomaps", "--model=builtin",
+                           cache=jax_cache_dir, micro_flags=False)
+    return out
+
+  return _once(tmp_path_factory, "micro_data", build)
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +61,11 @@ def micro_runs(tmp_path_factory, micro_data, jax_cache_dir):
   masks), ``unet`` (4 steps from ``pretrain``), ``em`` (6 steps from ``unet``: UNet
   steps 1-2 and 6, encoder steps 3-5); and ``results``: stage -> TrainResult.
   """
+  return _once(tmp_path_factory, "micro_runs",
+               lambda: _micro_runs(tmp_path_factory, micro_data, jax_cache_dir))
+
+
+def _micro_runs(tmp_path_factory, micro_data, jax_cache_dir):
   from focus_jax.train import stages, trainer  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("micro_runs")
   d = {name: root / name for name in ("pretrain", "pseudo", "unet", "em")}
