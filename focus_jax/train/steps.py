@@ -10,10 +10,14 @@ Every step has the signature ``step(state, batch, model, identity) -> (state, me
 
 Gradients, losses and BatchNorm statistics are averaged over the pmap axis
 :data:`AXIS` (which spans every device of every host under ``jax.distributed``),
-so n devices with b examples each take the same step as one device with n·b.
+so n devices with b examples each take the same step as one device with n·b, up to
+float rounding (tests/test_step_devices.py) — except for the UNet's dropout, whose
+key is folded with the device index: another device layout drops other units (same
+distribution, other draws).
 All loss terms are means over examples or pixels with equal shares per device,
-except the masked reconstruction ``Σ‖M·F·(I−R)‖ / Σ M·F``, a ratio of global
-sums: :func:`global_ratio` computes it exactly (value and gradient).
+except the masked reconstruction ``Σ‖M·F·(I−R)‖ / Σ M·F`` and the UNet's
+cross-entropy over the face pixels, ratios of global sums: :func:`global_ratio`
+computes them exactly (value and gradient).
 
 A step whose loss or gradient is not finite changes nothing but the counters
 (``num_skipped``, ``bad_streak``) and the step number.
