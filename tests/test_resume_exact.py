@@ -11,6 +11,7 @@ boundary and inside an epoch, and for EM inside a UNet block and inside an encod
 block.
 """
 
+import shutil
 from pathlib import Path
 
 import jax
@@ -84,6 +85,28 @@ def test_pretrain_resumes_bit_exactly_after_a_kill(micro_runs, tmp_path):
   resumed = trainer.train(cfg, work, str(micro_runs["data"]))
   assert resumed.resumed_from == 2 and resumed.history["step"] == [3, 4, 5]
   check_resumed(micro_runs["pretrain"], micro_runs["results"]["pretrain"], resumed, cfg)
+
+
+def test_pretrain_resumes_bit_exactly_with_an_unreadable_image(micro_runs, tmp_path):
+  """The pipeline skips an unreadable image (and counts it); the checkpoint keeps the
+  count but not which image, so the resumed run meets it again: same batches, same
+  count, same bits."""
+  data = tmp_path / "data"
+  shutil.copytree(micro_runs["data"], data)
+  (data / "images" / "000002.png").write_bytes(b"not a png")
+  cfg = train_setup.micro(stage="pretrain", num_steps=5)
+  with pytest.warns(UserWarning, match="skipping example 2"):
+    whole = trainer.train(cfg, str(tmp_path / "whole"), str(data))
+  work = str(tmp_path / "run")
+  with pytest.warns(UserWarning, match="skipping example 2"):
+    trainer.train(cfg.replace(checkpoint_every=2), work, str(data), stop_after=3)
+  with pytest.warns(UserWarning, match="skipping example 2"):
+    resumed = trainer.train(cfg, work, str(data))
+  assert resumed.resumed_from == 2
+  (_, a), (_, b) = saved_state(tmp_path / "whole", cfg), saved_state(tmp_path / "run", cfg)
+  assert a.data[0, 2] >= 2             # met in more than one epoch, counted each time
+  assert_same_state(a, b)
+  assert_same_steps(whole, resumed)
 
 
 def test_unet_resumes_bit_exactly_after_a_kill(micro_runs, tmp_path):
