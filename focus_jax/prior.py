@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -92,7 +93,7 @@ def load(path: str | os.PathLike, model=None) -> MisfitPrior:
     with np.load(path) as z:
       prior = MisfitPrior(sigma_scale=z["sigma_scale"], rms=z["rms"], count=z["count"],
                           model_name=str(z["model_name"]))
-  except (KeyError, ValueError, OSError) as e:
+  except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f"misfit prior {path} is not a focus-jax prior file: {e}") from e
   scale = np.asarray(prior.sigma_scale)
   if scale.ndim != 1 or not np.issubdtype(scale.dtype, np.floating) or not (

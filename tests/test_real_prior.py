@@ -45,6 +45,15 @@ def test_load_refuses_non_finite_multipliers(tmp_path):
     prior_lib.load(path)
 
 
+def test_load_refuses_truncated_and_foreign_files(tmp_path):
+  data = open(prior_lib.REAL_FACES_PRIOR, "rb").read()
+  (tmp_path / "truncated.npz").write_bytes(data[:len(data) // 2])
+  (tmp_path / "text.npz").write_bytes(b"not a prior")
+  for name in ("truncated.npz", "text.npz"):
+    with pytest.raises(ValueError, match=f"{name}.*not a focus-jax prior file"):
+      prior_lib.load(tmp_path / name)
+
+
 def test_fit_command_uses_the_packaged_prior_for_the_builtin_model(tmp_path):
   with flagsaver.flagsaver(size=64, fit_batch=1):
     rec = fit_cmd.make_reconstructor()
