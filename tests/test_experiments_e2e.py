@@ -18,7 +18,6 @@ import pytest
 
 from focus_jax.data import detect
 from focus_jax.data import landmarks as lm_lib
-from focus_jax.train import checkpoint as ckpt_lib
 from focus_jax.train import logs
 from focus_jax.train import state as state_lib
 from focus_jax.train import trainer
@@ -36,17 +35,6 @@ def root(tmp_path_factory):
 
 def run(script, *args, cache):
   return train_setup.run_script(script, *args, cache=cache)
-
-
-def saved(workdir, config):
-  """(step, host TrainState) of the newest checkpoint of a run."""
-  nets = state_lib.make_networks(config)
-  template = state_lib.to_host(state_lib.init_state(config, nets))
-  ck = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), config)
-  try:
-    return ck.restore_latest(template)
-  finally:
-    ck.close()
 
 
 def assert_logged(workdir, steps, phases=None):
@@ -108,7 +96,8 @@ def test_train_encoder_writes_a_resumable_run_equal_to_the_in_process_one(
   # The script's run, in its own process, holds the same bits as the same run made in
   # this process (tests.train_fixtures.micro_runs).
   cfg = train_setup.micro(stage="pretrain", num_steps=5)
-  (step_a, a), (step_b, b) = saved(encoder_run, cfg), saved(micro_runs["pretrain"], cfg)
+  step_a, a = train_setup.saved_state(encoder_run, cfg)
+  step_b, b = train_setup.saved_state(micro_runs["pretrain"], cfg)
   assert step_a == step_b == 5
   for x, y in zip(leaves(a), leaves(b)):
     np.testing.assert_array_equal(x, y)
@@ -177,8 +166,9 @@ def unet_run(root, encoder_run, pseudo_dir, micro_data, jax_cache_dir):
 def test_train_unet_trains_the_unet_on_the_frozen_encoder(unet_run, encoder_run):
   m = assert_logged(unet_run, [1, 2], ["unet"] * 2)
   assert np.all((m["pseudo_fraction"] > 0) & (m["pseudo_fraction"] < 1))
-  step, st = saved(unet_run, train_setup.micro(stage="unet", num_steps=2))
-  _, before = saved(encoder_run, train_setup.micro(stage="pretrain", num_steps=5))
+  step, st = train_setup.saved_state(unet_run, train_setup.micro(stage="unet", num_steps=2))
+  _, before = train_setup.saved_state(encoder_run,
+                                      train_setup.micro(stage="pretrain", num_steps=5))
   assert step == 2
   for x, y in zip(leaves(st.encoder), leaves(before.encoder)):
     np.testing.assert_array_equal(x, y)
@@ -197,8 +187,8 @@ def em_run(root, unet_run, micro_data, jax_cache_dir):
 def test_train_em_alternates_the_blocks_and_moves_both_networks(em_run, unet_run):
   m = assert_logged(em_run, [1, 2, 3], ["em_unet", "em_unet", "em_encoder"])
   assert np.all(np.isfinite(m["neighbour"][:2])) and np.all(np.isfinite(m["reconstruction"][2:]))
-  step, st = saved(em_run, train_setup.micro(stage="em", num_steps=3))
-  _, before = saved(unet_run, train_setup.micro(stage="unet", num_steps=2))
+  step, st = train_setup.saved_state(em_run, train_setup.micro(stage="em", num_steps=3))
+  _, before = train_setup.saved_state(unet_run, train_setup.micro(stage="unet", num_steps=2))
   assert step == 3
   for net in ("encoder", "unet"):
     assert max(np.abs(x - y).max() for x, y in zip(leaves(getattr(st, net)["params"]),

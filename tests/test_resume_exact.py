@@ -18,24 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from focus_jax.train import checkpoint as ckpt_lib
-from focus_jax.train import state as state_lib
 from focus_jax.train import trainer
 from tests import train_setup
 from tests.train_fixtures import compile_cache, jax_cache_dir, micro_data, micro_runs  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.usefixtures("compile_cache")
-
-
-def saved_state(workdir, config):
-  """(step, host TrainState) of the newest checkpoint in ``workdir``."""
-  nets = state_lib.make_networks(config)
-  template = state_lib.to_host(state_lib.init_state(config, nets))
-  ck = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), config)
-  try:
-    return ck.restore_latest(template)
-  finally:
-    ck.close()
 
 
 def assert_same_state(a, b):
@@ -62,8 +49,8 @@ def assert_same_steps(whole, part):
 
 
 def check_resumed(whole_dir, whole, final, config):
-  step_a, a = saved_state(whole_dir, config)
-  step_b, b = saved_state(Path(final.workdir), config)
+  step_a, a = train_setup.saved_state(whole_dir, config)
+  step_b, b = train_setup.saved_state(Path(final.workdir), config)
   assert step_a == step_b == config.num_steps
   assert len(jax.tree_util.tree_leaves(a)) > 100      # networks, optimisers, counters
   assert_same_state(a, b)
@@ -103,7 +90,8 @@ def test_pretrain_resumes_bit_exactly_with_an_unreadable_image(micro_runs, tmp_p
   with pytest.warns(UserWarning, match="skipping example 2"):
     resumed = trainer.train(cfg, work, str(data))
   assert resumed.resumed_from == 2
-  (_, a), (_, b) = saved_state(tmp_path / "whole", cfg), saved_state(tmp_path / "run", cfg)
+  (_, a) = train_setup.saved_state(tmp_path / "whole", cfg)
+  (_, b) = train_setup.saved_state(tmp_path / "run", cfg)
   assert a.data[0, 2] >= 2             # met in more than one epoch, counted each time
   assert_same_state(a, b)
   assert_same_steps(whole, resumed)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from focus_jax.data import synthetic
+from focus_jax.train import checkpoint as ckpt_lib
 from focus_jax.train import config as config_lib
 from focus_jax.train import state as state_lib
 
@@ -110,6 +111,17 @@ def run_script(script: str, *args, cache=None, micro_flags: bool = True,
     raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
                          f"{proc.stderr[-4000:]}")
   return proc
+
+
+def saved_state(workdir, config):
+  """(step, host TrainState) of the newest checkpoint in ``workdir``."""
+  nets = state_lib.make_networks(config)
+  template = state_lib.to_host(state_lib.init_state(config, nets))
+  ck = ckpt_lib.Checkpointer(str(Path(workdir) / "checkpoints"), config)
+  try:
+    return ck.restore_latest(template)
+  finally:
+    ck.close()
 
 
 def tiny_state_and_batch(config, num: int, seed: int = 3, pseudo: bool = False):
