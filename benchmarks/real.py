@@ -271,6 +271,18 @@ def label(cell, text):
   return np.asarray(img, np.float32) / 255.0
 
 
+def case_cells(r, keep, size, extra=""):
+  """[occluded photo, mask confusion] tile cells of one scored case ``r``."""
+  from focus_jax.eval import mask_metrics  # pylint: disable=import-outside-toplevel
+  occluded, pred, truth, lm = keep[(r["mode"], r["photo"], r["slot"])]
+  box = _crop_box(lm, pred.shape)
+  hull = mask_metrics.landmark_hull(lm, pred.shape)
+  return [label(_cell(occluded / 255.0, box, size),
+                f"{r['photo']} {r['half']}\n{r['description'][:26]}"),
+          label(_cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size),
+                f"F1 {r['f1']:.2f} IoU {r['occluder_iou']:.2f}{extra}")]
+
+
 def overlay(photo, pred_inlier, region, tint=(0.15, 0.35, 1.0)):
   """The photo with predicted outliers inside ``region`` tinted, outside it dimmed."""
   out = np.asarray(photo, np.float32).copy()
@@ -590,13 +602,7 @@ def run(argv):
       worst.append(r)
   cells = []
   for r in worst:
-    occluded, pred, truth, lm = keep[(r["mode"], r["photo"], r["slot"])]
-    box = _crop_box(lm, pred.shape)
-    hull = mask_metrics.landmark_hull(lm, pred.shape)
-    cells += [label(_cell(occluded / 255.0, box, size), f"{r['photo']} {r['half']}\n"
-                    f"{r['description'][:26]}"),
-              label(_cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size),
-                    f"F1 {r['f1']:.2f} IoU {r['occluder_iou']:.2f}\nlandmarks: {r['mode']}")]
+    cells += case_cells(r, keep, size, f"\nlandmarks: {r['mode']}")
   files = {}
   if cells:
     files["real_worst.png"] = save_tile(os.path.join(args.out, "real_worst.png"), cells, 8)
@@ -605,14 +611,7 @@ def run(argv):
     cand = [r for r in rows if r["family"] == fam and r["mode"] == modes[0]]
     cand.sort(key=lambda r: (r["half"] != "heldout", r["photo"], r["slot"]))
     if cand:
-      r = cand[0]
-      occluded, pred, truth, lm = keep[(r["mode"], r["photo"], r["slot"])]
-      box = _crop_box(lm, pred.shape)
-      hull = mask_metrics.landmark_hull(lm, pred.shape)
-      cells += [label(_cell(occluded / 255.0, box, size), f"{r['photo']} {r['half']}\n"
-                      f"{r['description'][:26]}"),
-                label(_cell(mask_metrics.confusion_image(pred, ~truth, hull), box, size),
-                      f"F1 {r['f1']:.2f} IoU {r['occluder_iou']:.2f}")]
+      cells += case_cells(cand[0], keep, size)
   if cells:
     files["real_examples.png"] = save_tile(os.path.join(args.out, "real_examples.png"), cells, 6)
   cells = []
