@@ -52,10 +52,13 @@ WEIGHTS = dict(
 
 
 def landmark_weights(heavy: float = 20.0) -> np.ndarray:
-  """[68] float32 landmark weights: ``heavy`` on the nose ridge (iBUG 28-30) and
-  the 8 inner-mouth points (iBUG 61-68), 1 elsewhere (1-based iBUG numbering)."""
+  """[68] float32 landmark weights: ``heavy`` on 0-based points 28-30 (iBUG 29-31, the
+  lower nose ridge down to the nose tip) and on the last 8 (iBUG 61-68, the inner mouth),
+  1 elsewhere. The table is the FOCUS reference's (Occlusion-Robust-MoFA
+  ``util/load_object.py`` at commit 33a5add: ``weight[28:31] = 20``,
+  ``weight[-8:] = 20``)."""
   w = np.ones((NUM_LANDMARKS,), np.float32)
-  w[27:30] = heavy
+  w[28:31] = heavy
   w[60:68] = heavy
   return w
 

@@ -19,7 +19,9 @@ def test_reference_weights_in_one_place():
 
 def test_landmark_weights_nose_ridge_and_inner_mouth():
   w = losses.landmark_weights()
-  heavy = {27, 28, 29} | set(range(60, 68))  # iBUG 28-30 and 61-68, 0-based
+  # The FOCUS reference's table (Occlusion-Robust-MoFA util/load_object.py, commit
+  # 33a5add: weight[28:31] = 20, weight[-8:] = 20): 0-based 28-30 (iBUG 29-31) and 60-67.
+  heavy = {28, 29, 30} | set(range(60, 68))
   assert all(w[i] == (20.0 if i in heavy else 1.0) for i in range(68))
 
 
