@@ -60,11 +60,11 @@ def test_masked_reconstruction_is_l2_norm_over_masked_pixels():
 
 def test_landmark_loss_weights_before_squaring_and_masks_undefined():
   pred = jnp.zeros((1, 68, 2))
-  target = jnp.zeros((1, 68, 2)).at[0, 0, 0].set(1.0).at[0, 27, 1].set(1.0)
+  target = jnp.zeros((1, 68, 2)).at[0, 0, 0].set(1.0).at[0, 28, 1].set(1.0)
   # (1·1)² + (20·1)² over 68·2 coordinates.
   assert float(losses.landmark_loss(pred, target)) == pytest.approx(401.0 / 136.0)
-  valid = jnp.ones(68, bool).at[27].set(False)
-  target_nan = target.at[0, 27].set(jnp.nan)
+  valid = jnp.ones(68, bool).at[28].set(False)
+  target_nan = target.at[0, 28].set(jnp.nan)
   val = losses.landmark_loss(pred, target_nan, valid=valid)
   assert float(val) == pytest.approx(1.0 / 134.0)
   g = jax.grad(lambda p: losses.landmark_loss(p, target_nan, valid=valid))(pred)
