@@ -410,3 +410,58 @@ def test_real_bfm_landmark_tables(shared_dir, file_name, num_vertices):
   assert defined.size >= 15
   assert defined.max() < num_vertices
   assert table[30] >= 0                                      # the nose tip is defined
+
+
+# ------------------------------------------ BFM 2017: the FOCUS reference's table and origin
+
+
+def _dense_head(ring=150, around=240):
+  """A head like _synthetic_head with ring·around vertices (enough for the reference's
+  cropped-model landmark indices, which go up to 35398), one basis vector per part."""
+  theta = np.linspace(0.25, np.pi - 0.25, ring)
+  phi = np.linspace(0.0, 2 * np.pi, around, endpoint=False)
+  t, p = np.meshgrid(theta, phi, indexing="ij")
+  verts = np.stack([75.0 * np.sin(t) * np.sin(p), 110.0 * np.cos(t),
+                    95.0 * np.sin(t) * np.cos(p)], -1).reshape(-1, 3)
+  i, j = np.meshgrid(np.arange(ring - 1), np.arange(around), indexing="ij")
+  a, b = (i * around + j).ravel(), (i * around + (j + 1) % around).ravel()
+  tris = np.concatenate([np.stack([a, b, b + around], 1), np.stack([a, b + around, a + around], 1)])
+  v = verts.shape[0]
+  rng = np.random.default_rng(1)
+  one = lambda: _orthonormal(3 * v, 1, rng)
+  return dict(verts=verts, tris=tris, num_vertices=v, shape_u=one(), shape_var=np.array([100.0]),
+              expr_u=one(), expr_var=np.array([10.0]), expr_mean=np.zeros((v, 3)),
+              color_u=one(), color_var=np.array([0.1]), color_mean=np.full((v, 3), 0.5))
+
+
+def test_bfm2017_reference_landmark_table_and_origin(tmp_path):
+  from focus_jax.morphable import landmark_map
+  h = _dense_head()
+  path = tmp_path / "model2017-1_bfm_nomouth.h5"
+  _write_bfm2017(path, h)
+  # The reference's crop list keeps vertices in its own order (here: shuffled).
+  keep = np.random.default_rng(2).permutation(h["num_vertices"])[:35500]
+  np.save(tmp_path / "idxes_crop_points.npy", keep)
+  crop = tmp_path / "idxes_crop_points.npy"
+  m = morphable.load(path, crop=crop, landmarks="reference", origin="reference")
+  table = landmark_map.FOCUS_BFM2017_CROP_LANDMARKS
+  assert table.shape == (68,) and len(set(table.tolist())) == 68
+  lm = np.asarray(m.landmarks)
+  assert lm.shape == (68,) and (lm >= 0).all()               # all 68 defined
+  # Cropped vertex k of the reference is full vertex keep[k]; moved by -100 mm in z.
+  np.testing.assert_allclose(m.mean[lm], h["verts"][keep[table]] - [0.0, 0.0, 100.0],
+                             atol=1e-3)
+  plain = morphable.load(path, crop=crop, landmarks="reference")
+  np.testing.assert_allclose(np.asarray(m.mean) - np.asarray(plain.mean),
+                             np.broadcast_to([0.0, 0.0, -100.0], m.mean.shape), atol=1e-4)
+  assert float(np.mean(m.mean[:, 2]) - np.mean(plain.mean[:, 2])) == pytest.approx(-100.0)
+  np.testing.assert_array_equal(m.landmarks, plain.landmarks)
+  # The geometric face crop does not depend on the origin.
+  assert (bfm.load_bfm2017(path, landmarks=None, origin="reference").num_vertices
+          == bfm.load_bfm2017(path, landmarks=None).num_vertices)
+  with pytest.raises(errors.ModelFileError, match="crop vertex list"):
+    bfm.load_bfm2017(path, crop="face", landmarks="reference")
+  with pytest.raises(errors.ModelFileError, match="at least 35399"):
+    bfm.load_bfm2017(path, crop=keep[:1000], landmarks="reference")
+  with pytest.raises(errors.ModelFileError, match="origin"):
+    bfm.load_bfm2017(path, landmarks=None, origin=(0.0, 100.0))

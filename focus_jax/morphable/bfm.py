@@ -50,11 +50,14 @@ import scipy.io
 
 from focus_jax.errors import ModelFileError
 from focus_jax.morphable import model as model_lib
-from focus_jax.morphable.landmark_map import read_ibug_mapping
+from focus_jax.morphable.landmark_map import focus_table_on_full_model, read_ibug_mapping
 
 # Geometric face crop (see face_crop_mask), in mm relative to the nose tip.
 FACE_CROP_MM = dict(back=80.0, half_width=80.0, up=100.0, down=90.0)
 
+# The FOCUS reference's world origin in BFM 2017 coordinates [mm] (util/load_object.py,
+# commit 33a5add): its mean shape is moved by -100 mm in z.
+REFERENCE_ORIGIN_MM = (0.0, 0.0, 100.0)
 BFM2017_NOMOUTH_VERTICES = 53149
 BFM2009_VERTICES = 53490
 _BFM2017_DEFAULT_TABLE = "ibug_to_bfm2017-1_bfm_nomouth.txt"
@@ -322,7 +325,7 @@ def _read_bfm2017(path: str):
 
 
 def load_bfm2017(path: str | os.PathLike, crop="face", landmarks="auto",
-                 name: Optional[str] = None) -> model_lib.MorphableModel:
+                 name: Optional[str] = None, origin=None) -> model_lib.MorphableModel:
   """Loads a Basel Face Model 2017 or 2019 HDF5 file (``model2017-1_bfm_nomouth.h5`` ...).
 
   The model is read as the files define it: mean shape plus expression mean (the
@@ -349,7 +352,15 @@ def load_bfm2017(path: str | os.PathLike, crop="face", landmarks="auto",
       ``ibug_to_bfm2017-1_bfm_nomouth.txt`` if the model has that mesh's 53149
       vertices; if none is found, all landmarks are -1 and a warning is issued. A path
       reads that table, a [68] int array is used as is, ``None`` means no landmarks.
+      ``"reference"``: the FOCUS reference's full 68-point table
+      (:data:`~focus_jax.morphable.landmark_map.FOCUS_BFM2017_CROP_LANDMARKS`), which
+      indexes the reference's cropped model: ``crop`` must then be that crop's vertex
+      list (``basel_3DMM/idxes_crop.pkl['points']`` of the reference, saved as .npy /
+      .txt; the public repository lists the file but its snapshot lacks the content).
     name: model name (default: derived from the file name and crop).
+    origin: None, or (x, y, z) [mm] subtracted from the mean (the model's new origin);
+      ``"reference"`` = :data:`REFERENCE_ORIGIN_MM`, the FOCUS reference's (0, 0, 100)
+      (``util/load_object.py``: ``adjust_center`` with the world centre 100 mm in z).
 
   Returns:
     The :class:`~focus_jax.morphable.model.MorphableModel` (all components kept; use
@@ -384,12 +395,26 @@ def load_bfm2017(path: str | os.PathLike, crop="face", landmarks="auto",
     warnings.warn(f"{path}: colour values up to {color_mean.max():.1f}; assuming 0-255 and "
                   "dividing by 255", stacklevel=2)
     color_mean, albedo_basis = color_mean / 255.0, albedo_basis / 255.0
+  if origin is not None:
+    shift = np.asarray(REFERENCE_ORIGIN_MM if isinstance(origin, str) and origin == "reference"
+                       else origin, np.float64)
+    if shift.shape != (3,) or not np.isfinite(shift).all():
+      raise ModelFileError(f"{path}: origin must be 'reference' or 3 finite mm, got {origin!r}")
+    mean = mean - shift
   stem = os.path.splitext(os.path.basename(path))[0]
-  table = _landmark_table(
-      landmarks, path, num_vertices,
-      [(f"ibug_to_{stem}.txt", None),
-       (f"ibug_to_{stem.replace('model', 'bfm', 1)}.txt", None),
-       (_BFM2017_DEFAULT_TABLE, BFM2017_NOMOUTH_VERTICES)])
+  if isinstance(landmarks, str) and landmarks == "reference":
+    keep = None if crop is None or (isinstance(crop, str) and crop == "face") else (
+        _crop_indices(crop, mean, path))
+    if keep is None:
+      raise ModelFileError(f"{path}: landmarks='reference' indexes the reference's cropped "
+                           "model; pass its crop vertex list as crop=<.npy/.txt>")
+    table = focus_table_on_full_model(keep, str(crop))
+  else:
+    table = _landmark_table(
+        landmarks, path, num_vertices,
+        [(f"ibug_to_{stem}.txt", None),
+         (f"ibug_to_{stem.replace('model', 'bfm', 1)}.txt", None),
+         (_BFM2017_DEFAULT_TABLE, BFM2017_NOMOUTH_VERTICES)])
   return _finish(mean, shape_basis, expression_basis, color_mean, albedo_basis, triangles,
                  table, crop, path, name, default_name=stem)
 
