@@ -166,3 +166,65 @@ def test_occluder_transform_probability_and_none():
   pasted = [not np.array_equal(f(dict(image=img), np.random.default_rng(i))["image"], img)
             for i in range(800)]
   assert 0.2 < np.mean(pasted) < 0.3
+
+
+# ------------------------------------------------------------- wiring into the training data
+
+
+class _Faces:
+  """A tiny in-memory source: a dot at landmark 36 of each example, a pseudo mask."""
+
+  def __init__(self, n=8):
+    rng = np.random.default_rng(0)
+    self.lms = [_landmarks(rng) for _ in range(n)]
+    for lm in self.lms:
+      lm[36] = (24.0, 30.0)
+
+  def __len__(self):
+    return len(self.lms)
+
+  def load(self, i):
+    pseudo = np.zeros((S, S), np.float32)
+    pseudo[16:48, 16:48] = 1.0
+    return dict(image=_dot_image([self.lms[i][36]]), landmarks=self.lms[i], pseudo=pseudo)
+
+
+def _batches(config, n=2, state=None):
+  from focus_jax.train import data as data_lib
+  pipe = data_lib.make_pipeline(_Faces(), config, 4, state=state)
+  with pipe:
+    out = [next(pipe) for _ in range(n)]
+    return out, pipe.state()
+
+
+def test_training_pipeline_augments_only_when_asked_and_resumes_exactly():
+  from focus_jax.train import config as config_lib
+  from focus_jax.train import data as data_lib
+  base = config_lib.tiny(num_threads=1, prefetch=0)
+  assert data_lib.training_transform(base) is None            # tiny: no augmentation
+  plain, _ = _batches(base)
+  src = _Faces()
+  for b in plain:
+    np.testing.assert_array_equal(b["landmarks"], [src.lms[i] for i in b["index"]])
+  cfg = base.replace(augment=True)
+  aug, state = _batches(cfg)
+  moved = 0
+  for b in aug:
+    for img, lm, idx in zip(b["image"], b["landmarks"], b["index"]):
+      moved += not np.allclose(lm, src.lms[idx])
+      # The dot (landmark 36, or 45 when flipped) is where the landmarks say.
+      k = 36 if np.allclose(_centroid(img, lm[36]), lm[36], atol=0.2) else 45
+      np.testing.assert_allclose(_centroid(img, lm[k]), lm[k], atol=0.2)
+    assert set(np.unique(b["pseudo"])) <= {0.0, 1.0}
+  assert moved >= 6
+  again, _ = _batches(cfg)                                     # same seed: same batches
+  np.testing.assert_array_equal(again[1]["image"], aug[1]["image"])
+  first, mid = _batches(cfg, n=1)                              # resume after one batch
+  resumed, _ = _batches(cfg, n=1, state=mid)
+  np.testing.assert_array_equal(resumed[0]["landmarks"], aug[1]["landmarks"])
+  # Stage 3 with pasted occluders: outlier in the pseudo mask where the image changed.
+  occ, _ = _batches(base.replace(stage="unet", unet_occluders="cutout"), n=2)
+  pasted = np.concatenate([b["pseudo"] for b in occ]).sum((1, 2)) < 32 * 32
+  assert pasted.any() and not pasted.all()
+  with pytest.raises(ValueError, match="unet_occluders"):
+    base.replace(unet_occluders="hands")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from focus_jax import losses
 from focus_jax import morphable
+from focus_jax.errors import FocusError
 from focus_jax.morphable import model as model_lib
 from focus_jax.nets import encoder as encoder_lib
 from focus_jax.nets import unet as unet_lib
@@ -40,10 +41,28 @@ class Modules(NamedTuple):
 
 
 def load_model(config: TrainConfig):
-  """The morphable model of ``config``, truncated to the configured components."""
+  """The morphable model of ``config``, truncated to the configured components.
+
+  Raises:
+    FocusError: ``require_reference_model`` (paper.flags) with the built-in model.
+  """
+  if config.require_reference_model and config.model == "builtin":
+    raise FocusError(
+        "--require_reference_model (set by paper.flags): the reference trains on BFM 2017; "
+        "give --model=PATH/model2017-1_bfm_nomouth.h5, or add --norequire_reference_model "
+        "to run the paper configuration on the built-in face model (not the reference's)")
   model = (morphable.builtin(resolution=config.model_resolution)
-           if config.model == "builtin" else morphable.load(config.model))
+           if config.model == "builtin" else morphable.load(config.model,
+                                                            **_model_options(config)))
   return morphable.truncate(model, config.num_shape, config.num_expression, config.num_albedo)
+
+
+def _model_options(config: TrainConfig) -> dict:
+  """Loader options of ``config.model``: the ``bfm_*`` fields, for BFM 2017 .h5 files."""
+  if morphable.detect_format(config.model) != "bfm2017":
+    return {}
+  return dict(crop=config.bfm_crop, landmarks=config.bfm_landmarks,
+              origin=config.bfm_origin or None)
 
 
 def make_modules(config: TrainConfig, axis_name: str | None = "batch", model=None) -> Modules:

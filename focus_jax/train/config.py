@@ -2,7 +2,8 @@
 
 A :class:`TrainConfig` fixes everything that shapes the networks, the data, the
 losses and the optimisers (see ../shared/DESIGN.md §1 for the reference values,
-which are the defaults here = the *paper* configuration). Checkpoints store it;
+which are the defaults here = the *paper* configuration, except the fields of
+:data:`PAPER_CHANGES`, whose defaults keep focus-jax's earlier behaviour). Checkpoints store it;
 a run refuses to resume a checkpoint whose config differs in any field that is
 not in :data:`RUN_FIELDS` (fields that only change how long or how verbosely a
 run goes on).
@@ -25,11 +26,23 @@ from typing import Optional, Tuple
 RUN_FIELDS = frozenset({
     "num_steps", "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
     "max_bad_steps", "prefetch", "num_threads", "cache_mb", "progress", "fault_step",
+    "encoder_init",   # read at a fresh stage-1 start only (its sha256 is in the workdir)
+    "pretrain_num_steps", "unet_num_steps", "em_num_steps", "adapt_num_steps",
+    "require_reference_model",
 })
 
 STAGES = ("pretrain", "unet", "em", "adapt")
 # Fields added after the first checkpoints were written: absent = default.
-_ADDED = frozenset({"em_encoder_lr", "unet_prior", "translation_scale", "depth_scale"})
+_ADDED = frozenset({"em_encoder_lr", "unet_prior", "translation_scale", "depth_scale",
+                    "augment", "unet_occluders", "encoder_init", "bfm_crop", "bfm_landmarks",
+                    "bfm_origin",
+                    "em_lr_schedule", "em_lr_pretrain_steps", "em_step_offset",
+                    "adapt_continue", "em_mask_gradient", "identity_inputs",
+                    "identity_render_landmarks", "unet_bce"})
+# Stage lengths of the reference (S1 saves enc_net_300000, which S4 loads; S3 saves
+# unet_mask_030000, which S4 loads). EM and adaptation stop after 130 epochs in the
+# reference (data-dependent); 4 EM cycles and 1 adaptation cycle are focus-jax's choice.
+REFERENCE_STEPS = dict(pretrain=300000, unet=30000, em=120000, adapt=30000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +79,58 @@ class TrainConfig:
     w_*: loss weights (pretrain: photo, landmark, perceptual, reg; EM encoder:
       rec, perceptual, reg, landmark, enc_area; UNet: area, binary, preserve, dist,
       neighbour).
+    augment: training examples get the reference's random shift / scale / rotation /
+      flip (focus_jax.data.augment; image, landmarks and pseudo masks alike).
+    unet_occluders: stage 3: 'none' (the reference's Step3 loader), or 'cutout' /
+      'cutmix' rectangles pasted into a quarter of the examples, labelled outlier
+      (the reference's unused experimental loaders; focus_jax.data.cutout).
+    encoder_init: a fresh stage-1 run's ResNet trunk: '' (random), 'imagenet'
+      ($FOCUS_JAX_RESNET_WEIGHTS) or a torchvision .pth path (focus_jax.train.encoder_init).
+    bfm_crop, bfm_landmarks, bfm_origin: BFM 2017 .h5 models: vertex crop ('face' =
+      the geometric face crop, or a .npy/.txt vertex list), landmark table ('auto' =
+      the eos table next to the file, 'reference' = the reference's 68 points, which
+      need its crop list as bfm_crop, or a table path), origin ('' = the file's,
+      'reference' = moved by -100 mm in z); see focus_jax.morphable.bfm.load_bfm2017.
     unet_prior: misfit prior .npz (focus_jax.prior, experiments/build_prior.py) used by
       the EM UNet losses: the neighbour term's per-pixel residual is divided by the
       prior's σ multiplier, so systematically hard-to-fit skin is not pushed to
       'outlier' ('' = none).
     em_unet_steps, em_encoder_steps: EM cycle: this many UNet steps (encoder
       frozen) then this many encoder steps (UNet frozen).
+    em_lr_schedule: 'own' (each optimiser decays its rate by its own update count,
+      starting at encoder_lr / em_encoder_lr and unet_lr) or 'reference' (S4: both
+      rates continue stage 1's, lr(g) = encoder_lr · lr_decay^(em_lr_pretrain_steps //
+      lr_decay_steps) · 0.8 · d^(g // lr_decay_steps) with d = lr_decay for the encoder
+      and, × 0.06, d = 0.95 for the UNet; g = the global EM step, so both rates decay
+      on every step whichever network trains; see focus_jax.train.schedules).
+    em_lr_pretrain_steps: stage-1 length the 'reference' EM rates continue from [steps].
+    em_step_offset: global EM step of this stage's step 0 (phase and 'reference'
+      rates); the trainer sets it for 'adapt' with adapt_continue.
+    adapt_continue: 'adapt' continues the EM run it starts from (--init_from): its
+      global step, hence its place in the EM cycle and its learning rates, as the
+      reference's test-time adaptation (S4 --pretrained_model); False: from step 0.
+    em_mask_gradient: EM encoder step: the gradient flows through the UNet's mask M
+      into the render (the reference); False: M is a constant.
+    identity_inputs: what the identity net sees: 'reference' = the black-background
+      render R·F (perceptual) and R·M·F, I·M·F (dist, preserve); 'composite' = the
+      render composited over the target (perceptual), times M, and I·M.
+    identity_render_landmarks: landmarks that align the render for the identity net
+      (perceptual, dist): 'predicted' (the render's own, the reference) or 'target'.
+    unet_bce: stage-3 loss: 'face' = BCE with logits over the face pixels (focus-jax's
+      correction) or 'reference' = BCE-with-logits applied to the UNet's sigmoid output
+      (a double sigmoid), mean over all pixels (S3).
     render_mode: 'hard' or 'soft' rasterisation for training renders.
     antialias: hard mode: analytic silhouette antialiasing (silhouette gradients
       for the face mask F; costs ~3x compile time on CPU, so the tiny config drops it).
     compute_dtype: 'float32' or 'bfloat16' (activations; parameters, losses and
       optimiser state stay float32).
     seed: initialisation, dropout and data-order seed.
-    num_steps: steps of this stage; log_every, image_every, checkpoint_every:
-      cadences [steps]; keep_checkpoints: how many to keep.
+    num_steps: steps of this stage (0: the stage's <stage>_num_steps); log_every,
+      image_every, checkpoint_every: cadences [steps]; keep_checkpoints: how many to keep.
+    pretrain_num_steps, unet_num_steps, em_num_steps, adapt_num_steps: each stage's
+      length when num_steps is 0 (and in run_pipeline); defaults REFERENCE_STEPS.
+    require_reference_model: refuse the built-in model (paper.flags sets it: the
+      reference trains on BFM 2017).
     max_bad_steps: stop after this many non-finite steps in a row.
     prefetch, num_threads: input pipeline (batches ahead, parallel loads).
     cache_mb: host memory for decoded, aligned examples [MiB] (0: none).
@@ -121,13 +172,32 @@ class TrainConfig:
   w_dist: float = 3.0
   w_neighbour: float = 15.0
   unet_prior: str = ""
+  augment: bool = False
+  unet_occluders: str = "none"
+  encoder_init: str = ""
+  bfm_crop: str = "face"
+  bfm_landmarks: str = "auto"
+  bfm_origin: str = ""
   em_unet_steps: int = 5000
   em_encoder_steps: int = 25000
+  em_lr_schedule: str = "own"
+  em_lr_pretrain_steps: int = REFERENCE_STEPS["pretrain"]
+  em_step_offset: int = 0
+  adapt_continue: bool = False
+  em_mask_gradient: bool = False
+  identity_inputs: str = "composite"
+  identity_render_landmarks: str = "target"
+  unet_bce: str = "face"
   render_mode: str = "hard"
   antialias: bool = True
   compute_dtype: str = "float32"
   seed: int = 0
-  num_steps: int = 100000
+  num_steps: int = 0
+  pretrain_num_steps: int = REFERENCE_STEPS["pretrain"]
+  unet_num_steps: int = REFERENCE_STEPS["unet"]
+  em_num_steps: int = REFERENCE_STEPS["em"]
+  adapt_num_steps: int = REFERENCE_STEPS["adapt"]
+  require_reference_model: bool = False
   log_every: int = 50
   image_every: int = 1000
   checkpoint_every: int = 1000
@@ -160,9 +230,24 @@ class TrainConfig:
                       f"{self.translation_scale} and {self.depth_scale}")
     if self.em_encoder_lr < 0:
       problems.append(f"em_encoder_lr must be >= 0 (0 = encoder_lr), got {self.em_encoder_lr}")
+    if self.unet_occluders not in ("none", "cutout", "cutmix"):
+      problems.append(f"unet_occluders must be none, cutout or cutmix, got "
+                      f"{self.unet_occluders!r}")
+    if self.bfm_origin not in ("", "reference"):
+      problems.append(f"bfm_origin must be '' or 'reference', got {self.bfm_origin!r}")
     if self.cache_mb < 0:
       problems.append(f"cache_mb must be >= 0 (0 = no cache), got {self.cache_mb}")
-    for name in ("batch_size", "num_steps", "log_every", "image_every", "checkpoint_every",
+    for name, allowed in (("em_lr_schedule", ("own", "reference")),
+                          ("identity_inputs", ("composite", "reference")),
+                          ("identity_render_landmarks", ("target", "predicted")),
+                          ("unet_bce", ("face", "reference"))):
+      if getattr(self, name) not in allowed:
+        problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+    for name in ("num_steps", "em_step_offset"):
+      if getattr(self, name) < 0:
+        problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+    for name in ("batch_size", "pretrain_num_steps", "unet_num_steps", "em_num_steps",
+                 "adapt_num_steps", "em_lr_pretrain_steps", "log_every", "image_every", "checkpoint_every",
                  "keep_checkpoints", "max_bad_steps", "lr_decay_steps"):
       if getattr(self, name) < 1:
         problems.append(f"{name} must be positive, got {getattr(self, name)}")
@@ -203,10 +288,15 @@ class TrainConfig:
       return self.em_encoder_lr
     return self.encoder_lr
 
+  def stage_steps(self) -> int:
+    """Steps of this config's stage: num_steps, or (0) the stage's <stage>_num_steps."""
+    return self.num_steps or getattr(self, f"{self.stage}_num_steps")
+
   def em_phase(self, step: int) -> str:
-    """'unet' or 'encoder': which network an EM step ``step`` (0-based) trains."""
+    """'unet' or 'encoder': which network this stage's step ``step`` (0-based) trains;
+    the cycle runs on the global EM step ``step + em_step_offset``."""
     cycle = self.em_unet_steps + self.em_encoder_steps
-    return "unet" if step % cycle < self.em_unet_steps else "encoder"
+    return "unet" if (step + self.em_step_offset) % cycle < self.em_unet_steps else "encoder"
 
   def mismatches(self, other: "TrainConfig | dict") -> list:
     """[(field, self value, other value)] for fields that must agree to resume."""
@@ -222,9 +312,19 @@ def _norm(v):
   return list(v) if isinstance(v, tuple) else v
 
 
+# The reference's values of the fields whose TrainConfig() default keeps focus-jax's
+# earlier behaviour (a checkpoint written before a field existed reads as its default).
+# EM cycle: S4 trains the UNet while ct % 30000 <= 5000 (5001 steps), then the encoder.
+PAPER_CHANGES = dict(em_lr_schedule="reference", adapt_continue=True, em_mask_gradient=True,
+                     identity_inputs="reference", identity_render_landmarks="predicted",
+                     em_unet_steps=5001, em_encoder_steps=24999,
+                     augment=True, bfm_origin="reference")
+
+
 def paper(**changes) -> TrainConfig:
-  """The reference configuration (DESIGN.md §1): 224², ResNet-50, UNet 64, batch 12."""
-  return TrainConfig().replace(**changes)
+  """The reference configuration (DESIGN.md §1, docs/FIDELITY.md): 224², ResNet-50,
+  UNet 64, batch 12, :data:`PAPER_CHANGES`."""
+  return TrainConfig().replace(**{**PAPER_CHANGES, **changes})
 
 
 def tiny(**changes) -> TrainConfig:
@@ -270,6 +370,7 @@ def tiny(**changes) -> TrainConfig:
       unet_lr=2e-3, em_encoder_lr=5e-4, lr_decay_steps=50, w_reg=3.0, w_area=1.0,
       w_binary=2.0,
       em_unet_steps=3, em_encoder_steps=5,
-      num_steps=20, log_every=1, image_every=10, checkpoint_every=10, keep_checkpoints=3,
+      num_steps=20, pretrain_num_steps=40, unet_num_steps=30, em_num_steps=40,
+      adapt_num_steps=16, log_every=1, image_every=10, checkpoint_every=10, keep_checkpoints=3,
       max_bad_steps=5, num_threads=2)
   return base.replace(**changes)

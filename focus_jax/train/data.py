@@ -17,6 +17,8 @@ from typing import Optional
 import jax
 import numpy as np
 
+from focus_jax.data import augment as augment_lib
+from focus_jax.data import cutout as cutout_lib
 from focus_jax.data import dataset as dataset_lib
 from focus_jax.data import pipeline as pipeline_lib
 from focus_jax.errors import DataError
@@ -101,9 +103,34 @@ class AlignedSource:
     return ex
 
 
+def training_transform(config: TrainConfig):
+  """``f(example, rng)`` of a training stage, or None: ``config.augment`` (the reference's
+  shift / scale / rotation / flip), then for stage 'unet' the pasted occluders of
+  ``config.unet_occluders``. The pipeline draws ``rng`` from (seed, epoch, index), so a
+  resumed run sees the same augmented batches."""
+  fns = []
+  if config.augment:
+    fns.append(augment_lib.make_transform(config.image_size))
+  if config.stage == "unet":
+    occluders = cutout_lib.make_transform(config.unet_occluders)
+    if occluders is not None:
+      fns.append(occluders)
+  if not fns:
+    return None
+
+  def transform(example: dict, rng) -> dict:
+    for fn in fns:
+      example = fn(example, rng)
+    return example
+
+  return transform
+
+
 def make_pipeline(source, config: TrainConfig, host_batch: int, shuffle: bool = True,
                   state: Optional[dict] = None) -> pipeline_lib.Pipeline:
+  """The training pipeline of ``config`` (with :func:`training_transform`)."""
   return pipeline_lib.Pipeline(source, host_batch, seed=config.seed, shuffle=shuffle,
+                               transform=training_transform(config),
                                num_threads=config.num_threads, prefetch=config.prefetch,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(), state=state)

@@ -54,17 +54,52 @@ HELP = dict(
     w_preserve="UNet: weight of the preserve term (0.25).",
     w_dist="UNet: weight of the dist term (3).",
     w_neighbour="UNet: weight of the neighbour term (15).",
+    augment="Training augmentation of the reference: random shift (+-10 px at 224), scale "
+            "(0.9-1.1), rotation (+-10 deg) and flip of image, landmarks and masks.",
+    unet_occluders="Stage 3: none (the reference), or cutout / cutmix rectangles pasted into "
+                   "a quarter of the examples and labelled outlier.",
+    encoder_init="Fresh stage-1 encoder trunk: '' (random), imagenet ($FOCUS_JAX_RESNET_WEIGHTS) "
+                 "or a torchvision ResNet .pth path; converted at start, sha256 logged.",
+    bfm_crop="BFM 2017 models: face (geometric face crop) or a .npy/.txt vertex list (e.g. "
+             "the reference's idxes_crop.pkl points, extracted by you).",
+    bfm_landmarks="BFM 2017 models: auto (eos table next to the file), reference (the "
+                  "reference's 68 points; needs its crop list as --bfm_crop) or a table path.",
+    bfm_origin="BFM 2017 models: '' (the file's origin) or reference (moved by -100 mm in z).",
     unet_prior="Misfit prior .npz (experiments/build_prior.py) for the EM UNet losses: the "
                "neighbour term divides each pixel's residual by the prior's sigma multiplier "
                "('' = none).",
     em_unet_steps="EM cycle: UNet steps (encoder frozen) per cycle (reference 5000).",
     em_encoder_steps="EM cycle: encoder steps (UNet frozen) per cycle (reference 25000).",
+    em_lr_schedule="EM/adapt learning rates: own (each optimiser from its --*_lr, decayed by "
+                   "its own updates) or reference (both continue stage 1's rate x0.8, the "
+                   "UNet's x0.06 more, decayed x0.99 / x0.95 on every global EM step).",
+    em_lr_pretrain_steps="Stage-1 length the reference EM rates continue from (300000).",
+    em_step_offset="Global EM step of this stage's step 0 (set by the trainer for adapt with "
+                   "--adapt_continue).",
+    adapt_continue="Adaptation continues the --init_from EM run's global step (EM phase and "
+                   "learning rates), as the reference; else it starts at step 0.",
+    em_mask_gradient="EM encoder step: the gradient flows through the UNet mask M into the "
+                     "render (the reference); else M is a constant.",
+    identity_inputs="Identity-net inputs: reference (the black-background render R*F; "
+                    "preserve/dist on I*M*F and R*M*F) or composite (the render over the "
+                    "target; I*M and that render times M).",
+    identity_render_landmarks="Landmarks aligning the render for the identity net: predicted "
+                              "(the render's own, the reference) or target.",
+    unet_bce="Stage-3 loss: face (BCE with logits over the face pixels) or reference (BCE "
+             "with logits of the UNet's sigmoid output, all pixels: a double sigmoid).",
     render_mode="Training renders: hard (exact visibility) or soft (SoftRas).",
     antialias="Hard renders: analytic silhouette antialiasing (silhouette gradients).",
     compute_dtype="float32, or bfloat16 activations (parameters, losses, optimiser states "
                   "stay float32) for GPUs/TPUs.",
     seed="Seed of initialisation, dropout and data order.",
-    num_steps="Steps of this stage (a resumed run continues up to this many).",
+    num_steps="Steps of this stage (a resumed run continues up to this many); 0 = the "
+              "stage's --<stage>_num_steps.",
+    pretrain_num_steps="Stage-1 length when --num_steps is 0, and in run_pipeline (300000).",
+    unet_num_steps="Stage-3 length when --num_steps is 0, and in run_pipeline (30000).",
+    em_num_steps="Stage-4 EM length when --num_steps is 0, and in run_pipeline (120000).",
+    adapt_num_steps="Adaptation length when --num_steps is 0, and in run_pipeline (30000).",
+    require_reference_model="Refuse --model=builtin (paper.flags: the reference trains on "
+                            "BFM 2017).",
     log_every="Steps between metric logs (the only host-device syncs).",
     image_every="Steps between image tiles (target, render overlay, mask).",
     checkpoint_every="Steps between checkpoints (one is also written at the end).",

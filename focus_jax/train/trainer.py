@@ -50,7 +50,8 @@ from focus_jax.train.config import TrainConfig
 # and the stage it takes its weights from.
 NETWORK_FIELDS = ("image_size", "model", "model_resolution", "num_shape", "num_expression",
                   "num_albedo", "encoder_depth", "encoder_width", "encoder_stages",
-                  "translation_scale", "depth_scale", "unet_width", "unet_depth")
+                  "translation_scale", "depth_scale", "unet_width", "unet_depth", "bfm_crop",
+                  "bfm_landmarks", "bfm_origin")
 
 
 class TrainingDiverged(FocusError, FloatingPointError):
@@ -122,6 +123,27 @@ def initial_state(config: TrainConfig, nets: state_lib.Networks,
   return state
 
 
+def continue_em(config: TrainConfig, workdir: str, init_from: Optional[str]) -> TrainConfig:
+  """``config`` with ``em_step_offset`` set for an 'adapt' stage with ``adapt_continue``:
+  the global EM step of ``init_from``'s newest checkpoint (its offset + its step), as the
+  reference's adaptation resumes Step 4 at that iteration; resuming without
+  ``init_from``, the value this run's newest checkpoint was written with."""
+  if config.stage != "adapt" or not config.adapt_continue:
+    return config
+  if init_from:
+    _, _, other, step = ckpt_io.load_networks(init_from)
+    return config.replace(em_step_offset=int(other.em_step_offset) + int(step))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config)
+  try:
+    steps = ckpt.steps()
+    if steps:
+      return config.replace(em_step_offset=int(ckpt.read_config(steps[-1]).get(
+          "em_step_offset", 0)))
+  finally:
+    ckpt.close()
+  return config
+
+
 def _like(restored, template):
   """Restored nested dicts as the template's structure (checks shapes)."""
   flat_t, tdef = jax.tree_util.tree_flatten_with_path(template)
@@ -167,6 +189,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
   """
   pid = jax.process_index()
   os.makedirs(workdir, exist_ok=True)
+  config = continue_em(config, workdir, init_from)
   nets = state_lib.make_networks(config)
   model = nets.model
   if identity is None:
@@ -195,6 +218,10 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
       print(f"resuming {workdir} from step {resumed_from}", flush=True)
   else:
     state = initial_state(config, nets, init_from, fresh=template)
+    if config.stage == "pretrain" and config.encoder_init:
+      from focus_jax.train import encoder_init  # pylint: disable=import-outside-toplevel
+      state = state.replace(encoder=encoder_init.apply(
+          config, nets.encoder, state.encoder, workdir if pid == 0 else None, pid == 0))
   step = int(state.step)
 
   pipe = data_lib.make_pipeline(source, config, host_bs, state=data_state)
@@ -207,10 +234,11 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
   predict = jax.pmap(networks_lib.make_predict(config, nets, with_unet=config.stage != "pretrain"),
                      in_axes=(0, 0, 0, None))
   log = logs_lib.MetricsLog(workdir, columns_of(config), enabled=pid == 0, start_step=step)
+  num_steps = config.stage_steps()
   bar = None
   if config.progress and pid == 0:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm(total=config.num_steps, initial=step, desc=config.stage, unit="step",
+    bar = tqdm(total=num_steps, initial=step, desc=config.stage, unit="step",
                dynamic_ncols=True)
 
   def with_positions(it):
@@ -235,7 +263,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
   host_state = None
   start = step
   try:
-    while step < config.num_steps:
+    while step < num_steps:
       batch, last_data = next(it)
       last_batch = batch
       phase = phase_at(config, step)
@@ -245,7 +273,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
       n_mark += 1
       if bar is not None:
         bar.update(1)
-      end = step == config.num_steps
+      end = step == num_steps
       if step % config.log_every == 0 or end:
         fetched = _fetch(pending)
         pending = []
@@ -283,7 +311,7 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
         if skipped and pid == 0 and streak:
           warnings.warn(f"step {step}: {skipped} step(s) skipped so far (non-finite loss or "
                         "gradient)", stacklevel=2)
-      if step % config.image_every == 0 or (end and config.image_every <= config.num_steps):
+      if step % config.image_every == 0 or (end and config.image_every <= num_steps):
         _write_tile(log, step, predict, rstate, last_batch, model)
       if stop_after is not None and step - start >= stop_after:
         return TrainResult(parallel.unreplicate(rstate), step, workdir, resumed_from,
