@@ -465,3 +465,30 @@ def test_bfm2017_reference_landmark_table_and_origin(tmp_path):
     bfm.load_bfm2017(path, crop=keep[:1000], landmarks="reference")
   with pytest.raises(errors.ModelFileError, match="origin"):
     bfm.load_bfm2017(path, landmarks=None, origin=(0.0, 100.0))
+
+
+def test_train_config_bfm_fields_reach_the_loader(tmp_path, head):
+  from focus_jax.autoencoder import networks
+  from focus_jax.train import config as config_lib
+  path = tmp_path / "model2017-1_bfm_nomouth.h5"
+  _write_bfm2017(path, head)
+  keep = np.arange(0, head["num_vertices"], 2)
+  np.savetxt(tmp_path / "keep.txt", keep, fmt="%d")
+  cfg = config_lib.tiny(model=str(path), num_shape=2, num_expression=2, num_albedo=2,
+                        bfm_crop=str(tmp_path / "keep.txt"),
+                        bfm_landmarks=str(_table(tmp_path)))
+  plain = networks.load_model(cfg)
+  moved = networks.load_model(cfg.replace(bfm_origin="reference"))
+  assert plain.num_vertices == keep.size
+  np.testing.assert_allclose(np.asarray(moved.mean) - np.asarray(plain.mean),
+                             np.broadcast_to([0.0, 0.0, -100.0], plain.mean.shape), atol=1e-4)
+  assert int(np.asarray(plain.landmarks)[30]) == 5     # full vertex 10 = cropped vertex 5
+  with pytest.raises(ValueError, match="bfm_origin"):
+    cfg.replace(bfm_origin="up")
+
+
+def _table(tmp_path):
+  lm = np.full(68, -1)
+  lm[30] = 10
+  morphable.write_ibug_mapping(tmp_path / "table.txt", lm)
+  return tmp_path / "table.txt"
