@@ -11,7 +11,7 @@ random streams are seeded by (``--seed``, file name, slot): the same occluders e
 Each occluded photo is fitted as ``focus-jax fit`` fits it (inference.prepare -> the
 224-px aligned crop -> Reconstructor, batched, the fit command's default settings; every
 ``focus-jax fit`` flag such as --iterations, --outlier_model, --fit_batch,
---initial_tint_ridge, --misfit_prior or --checkpoint is accepted and used as the command
+--initial_tint_ridge, --misfit_prior, --segmenter or --checkpoint is accepted and used as the command
 uses it), and the mask the command writes as NAME_mask.png (``Reconstruction.inlier_mask``,
 photo pixels) is scored inside the convex hull of the 68 landmarks of the *unoccluded*
 photo (focus_jax.eval.mask_metrics.hull_mask_scores): inlier-class F1 / precision /
@@ -114,7 +114,7 @@ def parse_fit_flags(argv0, rest):
 def fit_flag_values() -> dict:
   from absl import flags  # pylint: disable=import-outside-toplevel
   names = ("iterations", "fit_batch", "outlier_model", "initial_tint_ridge", "non_robust",
-           "misfit_prior", "checkpoint", "model", "size")
+           "misfit_prior", "segmenter", "segmenter_weight", "checkpoint", "model", "size")
   return {n: flags.FLAGS[n].value for n in names if n in flags.FLAGS}
 
 

@@ -292,13 +292,18 @@ class Reconstructor:
     prior: optional :class:`focus_jax.prior.MisfitPrior` (or [V] σ multipliers).
     size: crop side (with a checkpoint: the run's image size, which wins).
     batch_size: photos per compiled call.
+    segmenter: optional :class:`focus_jax.nets.segmenter.Segmenter` with weights: its
+      face probability of each crop is the per-image fit's per-pixel inlier prior
+      (``fit(..., inlier_prior=...)``); unused with a checkpoint. Settable later.
   """
 
   def __init__(self, model=None, *, checkpoint=None, config=None, prior=None,
-               size: int = 224, batch_size: int = 4):
+               size: int = 224, batch_size: int = 4, segmenter=None):
     from focus_jax import fitting  # pylint: disable=import-outside-toplevel
     self.batch_size = max(1, int(batch_size))
     self.prior = prior
+    self.segmenter = segmenter
+    self._segment = None
     self.config = config if config is not None else fitting.FitConfig()
     self.checkpoint = None
     if checkpoint is not None:
@@ -338,11 +343,24 @@ class Reconstructor:
       stack = np.concatenate([stack, np.repeat(stack[-1:], pad, 0)])
     return stack
 
+  def face_probability(self, crops):
+    """The segmenter's P(visible face) of [B, S, S, 3] crops: [B, S, S] (None without one)."""
+    if self.segmenter is None:
+      return None
+    import jax  # pylint: disable=import-outside-toplevel
+    from focus_jax.nets import segmenter as seg_lib  # pylint: disable=import-outside-toplevel
+    if self._segment is None or self._segment[0] is not self.segmenter:
+      seg = self.segmenter
+      self._segment = (seg, jax.jit(lambda v, x: seg_lib.face_probability(seg, x, v)))
+    return np.asarray(self._segment[1](self.segmenter.variables, np.asarray(crops,
+                                                                           np.float32)))
+
   def _fit(self, preps):
     from focus_jax import fitting  # pylint: disable=import-outside-toplevel
-    res = fitting.fit(self.model, self._padded([p.crop for p in preps]),
-                      self._padded([p.crop_landmarks for p in preps]),
-                      config=self.config, prior=self.prior)
+    crops = self._padded([p.crop for p in preps])
+    res = fitting.fit(self.model, crops, self._padded([p.crop_landmarks for p in preps]),
+                      config=self.config, prior=self.prior,
+                      inlier_prior=self.face_probability(crops))
     res = {f.name: np.asarray(getattr(res, f.name)) for f in dataclasses.fields(res)}
     out = []
     for i in range(len(preps)):

@@ -52,6 +52,15 @@ MISFIT_PRIOR = flags.DEFINE_string(
     "packaged real-face prior for the built-in model (experiments/build_real_prior.py; "
     "benchmarks/results/real.md), none for other models and for --checkpoint; 'none': no "
     "prior; or a .npz file (experiments/build_prior.py, experiments/build_real_prior.py).")
+SEGMENTER = flags.DEFINE_string(
+    "segmenter", "auto", "fit, now: real-face segmenter whose per-pixel face probability is the "
+    "robust per-image fit's inlier prior (a small UNet trained on real photos with pasted "
+    "occluders: experiments/train_segmenter.py; benchmarks/results/real.md). 'auto': the "
+    "packaged one (none for --checkpoint, --non_robust or when the package lacks it); 'none': "
+    "no segmenter; or a weights .npz file.")
+SEGMENTER_WEIGHT = flags.DEFINE_float(
+    "segmenter_weight", 1.0, "fit, now: weight of the segmenter's log-odds in the fit's "
+    "E-step (FitConfig.inlier_prior_weight; 0 = ignore it).", lower_bound=0.0)
 CROP_FALLBACK = flags.DEFINE_bool(
     "crop_fallback", False, "fit: the photos are aligned face crops; where dlib finds no face, "
     "place the landmarks on the whole crop instead of skipping the photo.")
@@ -73,13 +82,14 @@ INITIAL_TINT_RIDGE = flags.DEFINE_float(
 
 def fit_config():
   """The FitConfig of the flags (--iterations, --non_robust, --outlier_model,
-  --initial_tint_ridge)."""
+  --initial_tint_ridge, --segmenter_weight)."""
   import dataclasses  # pylint: disable=import-outside-toplevel
   from focus_jax import fitting  # pylint: disable=import-outside-toplevel
   base = fitting.FitConfig()
   steps = max(1, -(-ITERATIONS.value // max(base.rounds, 1)))
   config = dataclasses.replace(base, steps=steps, robust=not NON_ROBUST.value,
-                               initial_tint_ridge=INITIAL_TINT_RIDGE.value)
+                               initial_tint_ridge=INITIAL_TINT_RIDGE.value,
+                               inlier_prior_weight=SEGMENTER_WEIGHT.value)
   if OUTLIER_MODEL.value == "uniform":
     config = config.reference_e_step()
   return config
@@ -106,7 +116,17 @@ def make_reconstructor(model_path=None):
     if rec.checkpoint is not None:   # the prior is baked into the jitted predict function
       rec = inference.Reconstructor(rec.model, checkpoint=rec.checkpoint, prior=rec.prior,
                                     batch_size=FIT_BATCH.value)
+  rec.segmenter = load_segmenter(rec)
   return rec
+
+
+def load_segmenter(rec):
+  """The --segmenter of a reconstructor (None where it has no use)."""
+  from focus_jax.nets import segmenter  # pylint: disable=import-outside-toplevel
+  choice = SEGMENTER.value or "none"
+  if choice == "none" or rec.checkpoint is not None or not rec.config.robust:
+    return None
+  return segmenter.packaged() if choice == "auto" else segmenter.load(choice)
 
 
 def collect_images(paths, exclude=None):

@@ -85,6 +85,9 @@ class EStep:
       multiplier to this power, so that regions of unmodelled appearance (brows,
       lips), whose dark colours occluders often share, are not called outliers
       by colour alone (without it, false outliers on brows and lips tripled).
+    inlier_prior_weight: multiplier of the log-odds of a given per-pixel inlier
+      prior (``fit(..., inlier_prior=...)``, e.g. the real-face segmenter's
+      probability); unused without one.
     contour_margin: the returned inlier mask extends up to this many pixels
       outside the rendered silhouette where the image matches the adjacent render
       (:func:`~focus_jax.fitting.inliers.extend_inliers`; the fitted outline is
@@ -106,6 +109,7 @@ class EStep:
   face_colour_weight: float = 0.0
   colour_prior_power: float = 2.0
   contour_margin: int = 2
+  inlier_prior_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,9 +126,9 @@ def _final(pb: problem_lib.FitProblem, params: dict, trace) -> FitResult:
 @functools.partial(jax.jit, static_argnames=("config", "intrinsics"))
 def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub,
                config: config_lib.FitConfig, intrinsics: camera_lib.Intrinsics, init: dict,
-               masks) -> FitResult:
+               masks, priors) -> FitResult:
   pb = problem_lib.prepare(model, images, landmarks, sigma_vertex, sub_idx, lm_sub, config,
-                           intrinsics, masks)
+                           intrinsics, masks, priors)
   params = problem_lib.initial_params(pb, init)
   opt = optax.scale_by_adam()
   opt_state = opt.init(params)
@@ -136,6 +136,9 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub,
   # that the first E-step compares shaded colours, not the default grey; its
   # tint is pulled towards skin so that a large occluder cannot become "the face".
   _, _, _, weight0 = estep_lib.estep(pb, params, 1.0, config.robust and masks is not None)
+  if config.robust and priors is not None and masks is None:
+    # A given inlier prior (e.g. the real-face segmenter) weights that first light too.
+    weight0 = weight0 * estep_lib.prior_at_vertices(pb, params)
   params = _set_light(params, estep_lib.relight(pb, params, weight0,
                                                 config.light.initial_tint_ridge))
   rounds, steps = config.schedule.rounds, config.schedule.steps
@@ -145,10 +148,22 @@ def _fit_batch(model, images, landmarks, sigma_vertex, sub_idx, lm_sub,
   return _final(pb, params, trace)
 
 
+def _check_map(value, name: str, image, single: bool):
+  """A per-pixel map argument as [B, H, W] float32 (or None)."""
+  if value is None:
+    return None
+  maps = jnp.asarray(value, jnp.float32)
+  maps = maps[None] if single and maps.ndim == 2 else maps
+  if maps.shape != image.shape[:3]:
+    raise ValueError(f"fit: {name} must be [H, W] (or [B, H, W]) like the image "
+                     f"{tuple(image.shape)}, got {tuple(jnp.shape(value))}")
+  return maps
+
+
 def fit(model: model_lib.MorphableModel, image, landmarks, *,
         config: config_lib.FitConfig = config_lib.FitConfig(), prior=None,
         intrinsics: Optional[camera_lib.Intrinsics] = None, init: Optional[dict] = None,
-        inlier_mask=None) -> FitResult:
+        inlier_mask=None, inlier_prior=None) -> FitResult:
   """Fits the morphable model to one image or a batch (robust EM by default).
 
   Args:
@@ -170,6 +185,12 @@ def fit(model: model_lib.MorphableModel, image, landmarks, *,
       in every E-step instead of estimating the mask (the M-step's residual gate
       still applies), and the returned ``inlier`` is it inside the final render.
       Ignored by non-robust fits.
+    inlier_prior: optional [H, W] (or [B, H, W]) per-pixel prior probability in
+      (0, 1) that a pixel is visible face, e.g.
+      :func:`focus_jax.nets.segmenter.face_probability` of the image: robust fits
+      add its log-odds (times ``config.estep.inlier_prior_weight``) to every
+      E-step's prior and weight the first closed-form light's vertices by it; the
+      mask is still estimated. Ignored by non-robust fits and with ``inlier_mask``.
 
   Returns:
     :class:`FitResult`, without the batch axis for a single image.
@@ -189,15 +210,11 @@ def fit(model: model_lib.MorphableModel, image, landmarks, *,
   sigma_vertex = jnp.broadcast_to(sigma_vertex, (image.shape[0], model.num_vertices))
   sub_idx, lm_sub = sampling.sample_vertices(model, config.optimiser.max_vertices)
   start = _check_init(model, init, image.shape[0], single)
-  masks = None
-  if inlier_mask is not None:
-    masks = jnp.asarray(inlier_mask, jnp.float32)
-    masks = masks[None] if single and masks.ndim == 2 else masks
-    if masks.shape != image.shape[:3]:
-      raise ValueError(f"fit: inlier_mask must be [H, W] (or [B, H, W]) like the image "
-                       f"{tuple(image.shape)}, got {tuple(jnp.shape(inlier_mask))}")
+  masks = _check_map(inlier_mask, "inlier_mask", image, single)
+  priors = None if masks is not None else _check_map(inlier_prior, "inlier_prior", image,
+                                                     single)
   result = _fit_batch(model, image, landmarks, sigma_vertex, jnp.asarray(sub_idx),
-                      jnp.asarray(lm_sub), config, intrinsics, start, masks)
+                      jnp.asarray(lm_sub), config, intrinsics, start, masks, priors)
   if single:
     result = jax.tree_util.tree_map(lambda a: a[0], result)
   return result

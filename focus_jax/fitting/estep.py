@@ -24,7 +24,7 @@ from focus_jax.render import render as render_lib
 
 def estep_one(verts_cam, colors, target, sigma_vertex, intr: camera_lib.Intrinsics,
               config: config_lib.EStep, triangles, sigma_scale, robust: bool,
-              fixed_mask=None):
+              fixed_mask=None, prior_map=None):
   """Rasterizes one face and returns (render, face, posterior, vertex_weight).
 
   Args:
@@ -35,6 +35,9 @@ def estep_one(verts_cam, colors, target, sigma_vertex, intr: camera_lib.Intrinsi
     robust: estimate the posterior (else every face pixel is an inlier).
     fixed_mask: [H, W] in [0, 1], or None: a given inlier segmentation that
       replaces the robust posterior (robust fits only).
+    prior_map: [H, W] in (0, 1), or None: a per-pixel prior probability of
+      "face" (e.g. the real-face segmenter's), whose log-odds times
+      ``config.inlier_prior_weight`` join the robust posterior's prior.
 
   Returns:
     (render [H, W, 3], face [H, W] bool, posterior [H, W], vertex weight [V]:
@@ -51,7 +54,12 @@ def estep_one(verts_cam, colors, target, sigma_vertex, intr: camera_lib.Intrinsi
     sigma_map = jnp.where(face, jnp.maximum(sigma_map, 1e-3), 1.0)
     res = losses_lib.neighbour_min_distance(render, target, config.neighbour_window,
                                             border="edge", eps=0.0)
-    post = inliers_lib.inlier_posterior(res, face, sigma_map, config, sigma_scale, target)
+    prior_logit = None
+    if prior_map is not None:
+      p = jnp.clip(prior_map, 1e-4, 1.0 - 1e-4)
+      prior_logit = config.inlier_prior_weight * (jnp.log(p) - jnp.log1p(-p))
+    post = inliers_lib.inlier_posterior(res, face, sigma_map, config, sigma_scale, target,
+                                        prior_logit)
   else:
     post = face.astype(jnp.float32)
   # Vertex visibility: in the image, in front of (or on) the visible surface.
@@ -69,7 +77,7 @@ def estep_one(verts_cam, colors, target, sigma_vertex, intr: camera_lib.Intrinsi
 def estep(pb: problem_lib.FitProblem, params: dict, sigma_scale, robust: bool,
           full: bool = False):
   """:func:`estep_one` for the batch, at the E-step resolution (``full``: the
-  image's), with the given inlier masks when there are any.
+  image's), with the given inlier masks and inlier priors when there are any.
 
   Returns:
     (render [B, H, W, 3], face [B, H, W], posterior [B, H, W], weight [B, V]).
@@ -77,12 +85,26 @@ def estep(pb: problem_lib.FitProblem, params: dict, sigma_scale, robust: bool,
   intr = pb.intrinsics if full else pb.intr_low
   images = pb.images if full else pb.images_low
   masks = pb.masks if full else pb.masks_low
+  priors = pb.priors if full else pb.priors_low
 
-  def one(p, img, sv, fixed):
+  def one(p, img, sv, fixed, prior):
     cam, _, _, colors = problem_lib.posed_face(pb.model, p)
     return estep_one(cam, colors, img, sv, intr, pb.config.estep, pb.model.triangles,
-                     sigma_scale, robust, fixed)
-  return jax.vmap(one)(params, images, pb.sigma_vertex, masks)
+                     sigma_scale, robust, fixed, prior)
+  return jax.vmap(one)(params, images, pb.sigma_vertex, masks, priors)
+
+
+def prior_at_vertices(pb: problem_lib.FitProblem, params: dict):
+  """The given per-pixel inlier prior sampled at every vertex's projection: [B, V]
+  (bilinear, full resolution; 1 without a prior)."""
+  if pb.priors is None:
+    return jnp.ones((pb.images.shape[0], pb.model.num_vertices), jnp.float32)
+
+  def one(p, prior):
+    cam = problem_lib.posed_face(pb.model, p)[0]
+    return sampling.bilinear_sample(prior[..., None],
+                                    render_lib.project_vertices(cam, pb.intrinsics))[:, 0]
+  return jax.vmap(one)(params, pb.priors)
 
 
 def relight(pb: problem_lib.FitProblem, params: dict, weight, tint_ridge: float = 0.0):

@@ -97,7 +97,8 @@ def _mean_field(unary, facef, config: config_lib.EStep, edges):
   return q
 
 
-def inlier_posterior(residual, face, sigma_map, config, sigma_scale=1.0, target=None):
+def inlier_posterior(residual, face, sigma_map, config, sigma_scale=1.0, target=None,
+                     prior_logit=None):
   """Robust-likelihood inlier probability with spatial coherence, one image.
 
   The pixel log-odds of "face" against "outlier" is the Gaussian foreground
@@ -117,6 +118,8 @@ def inlier_posterior(residual, face, sigma_map, config, sigma_scale=1.0, target=
       :class:`~focus_jax.fitting.config.FitConfig`).
     target: [H, W, 3] the image (colour model and edge-aware smoothing); None =
       uniform outlier density and uniform coupling.
+    prior_logit: optional [H, W] per-pixel prior log-odds of "face" (e.g. a
+      segmenter's, times ``config.inlier_prior_weight``), added to the constant prior.
 
   Returns:
     [H, W] posterior inlier probability (0 outside the face).
@@ -130,6 +133,8 @@ def inlier_posterior(residual, face, sigma_map, config, sigma_scale=1.0, target=
   fg = losses_lib.gaussian_log_likelihood(jnp.square(residual), sig)
   bg = losses_lib.outlier_log_likelihood(base, config.outlier_sigmas)
   prior = math.log(config.prior_inlier / (1.0 - config.prior_inlier))
+  if prior_logit is not None:
+    prior = prior + prior_logit
   unary = jnp.clip(fg - bg + prior, -30.0, 30.0)
   facef = face.astype(jnp.float32)
   edges = None

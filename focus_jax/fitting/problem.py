@@ -35,6 +35,8 @@ class FitProblem(NamedTuple):
     intrinsics, intr_low: cameras of the full and the E-step resolution.
     images, images_low: [B, H, W, 3] and [B, H/k, W/k, 3] targets.
     masks, masks_low: given inlier masks [B, H, W] (and downsampled) or None.
+    priors, priors_low: given per-pixel inlier prior probabilities [B, H, W] (and
+      downsampled) or None.
     landmarks: [B, 68, 2] px, 0 where invalid; lm_valid: [B, 68] bool.
     lm_weights: [68] landmark weights.
     sigma_vertex: [B, V] σ multipliers (misfit prior); sigma_sub: [B, Vs].
@@ -49,6 +51,8 @@ class FitProblem(NamedTuple):
   images_low: jnp.ndarray
   masks: Optional[jnp.ndarray]
   masks_low: Optional[jnp.ndarray]
+  priors: Optional[jnp.ndarray]
+  priors_low: Optional[jnp.ndarray]
   landmarks: jnp.ndarray
   lm_valid: jnp.ndarray
   lm_weights: jnp.ndarray
@@ -60,7 +64,7 @@ class FitProblem(NamedTuple):
 
 def prepare(model, images, landmarks, sigma_vertex, sub_idx, lm_sub,
             config: config_lib.FitConfig, intrinsics: camera_lib.Intrinsics,
-            masks) -> FitProblem:
+            masks, priors=None) -> FitProblem:
   """:class:`FitProblem` of a batch (traced; NaN landmarks and points the model
   lacks become invalid)."""
   lm_valid = model_lib.landmark_mask(model)[None] & jnp.all(jnp.isfinite(landmarks), -1)
@@ -68,12 +72,13 @@ def prepare(model, images, landmarks, sigma_vertex, sub_idx, lm_sub,
   lm_weights = jnp.asarray(losses_lib.landmark_weights(config.optimiser.landmark_heavy))
   k = max(1, config.schedule.estep_downsample)
   images_low = jax.vmap(lambda im: sampling.downsample(im, k))(images)
-  masks_low = None if masks is None else jax.vmap(
-      lambda m: sampling.downsample(m[..., None], k)[..., 0])(masks)
+  low = lambda maps: None if maps is None else jax.vmap(
+      lambda m: sampling.downsample(m[..., None], k)[..., 0])(maps)
   return FitProblem(
       model=model, config=config, intrinsics=intrinsics,
       intr_low=sampling.scaled_intrinsics(intrinsics, k), images=images,
-      images_low=images_low, masks=masks, masks_low=masks_low, landmarks=landmarks,
+      images_low=images_low, masks=masks, masks_low=low(masks), priors=priors,
+      priors_low=low(priors), landmarks=landmarks,
       lm_valid=lm_valid, lm_weights=lm_weights, sigma_vertex=sigma_vertex,
       sigma_sub=jnp.take(sigma_vertex, sub_idx, axis=1),
       sub=sampling.submodel(model, sub_idx, lm_sub), sub_idx=sub_idx)
