@@ -4,7 +4,10 @@ r"""All FOCUS stages in one command, for one configuration and data directory.
 UNet pre-training → stage 4 joint EM → [test-time adaptation on --target_dir].
 Run directories: WORKDIR/{prior,pretrain,pseudo,unet,em,adapt}; rerunning the
 command resumes every stage from its checkpoints. Step counts per stage:
---pretrain_steps, --unet_steps, --em_steps, --adapt_steps (--num_steps is unused).
+--pretrain_steps, --unet_steps, --em_steps, --adapt_steps, by default the flag file's
+--pretrain_num_steps, --unet_num_steps, --em_num_steps, --adapt_num_steps (tiny.flags:
+40, 30, 40, 16; paper.flags: the reference's 300000 and 30000, then 120000 and 30000);
+--num_steps is unused.
 
 Example (the whole tiny pipeline on synthetic data, minutes on a CPU)::
 
@@ -22,12 +25,14 @@ from focus_jax.train import stages
 
 train_flags.define_config_flags()
 train_flags.define_run_flags(init_from=False)
-flags.DEFINE_integer("pretrain_steps", 40, "Stage-1 encoder steps.", lower_bound=1)
-flags.DEFINE_integer("unet_steps", 30, "Stage-3 UNet steps.", lower_bound=1)
-flags.DEFINE_integer("em_steps", 40, "Stage-4 EM steps (UNet and encoder blocks together).",
+flags.DEFINE_integer("pretrain_steps", None, "Stage-1 encoder steps (default "
+                     "--pretrain_num_steps).", lower_bound=1)
+flags.DEFINE_integer("unet_steps", None, "Stage-3 UNet steps (default --unet_num_steps).",
                      lower_bound=1)
-flags.DEFINE_integer("adapt_steps", 16, "Test-time adaptation steps (with --target_dir).",
-                     lower_bound=1)
+flags.DEFINE_integer("em_steps", None, "Stage-4 EM steps, UNet and encoder blocks together "
+                     "(default --em_num_steps).", lower_bound=1)
+flags.DEFINE_integer("adapt_steps", None, "Test-time adaptation steps with --target_dir "
+                     "(default --adapt_num_steps).", lower_bound=1)
 flags.DEFINE_string("target_dir", None, "Optional target set for test-time adaptation.")
 flags.DEFINE_integer("prior_faces", 0, "Synthetic fits for the misfit prior (0 = no prior); "
                      "it then shapes the pseudo masks and the EM UNet losses (--unet_prior).",

@@ -48,13 +48,17 @@ SPLIT = flags.DEFINE_string("split", "train", "train: dataset split (ignored for
 TARGET_DIR = flags.DEFINE_string(
     "target_dir", None, "train: optional target set for test-time adaptation after EM "
     "(its predictions are exported to WORKDIR/adapt/export).")
-PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 40, "train: stage-1 encoder steps.",
-                                      lower_bound=1)
-UNET_STEPS = flags.DEFINE_integer("unet_steps", 30, "train: stage-3 UNet steps.", lower_bound=1)
-EM_STEPS = flags.DEFINE_integer("em_steps", 40, "train: stage-4 EM steps (UNet and encoder "
-                                "blocks together).", lower_bound=1)
-ADAPT_STEPS = flags.DEFINE_integer("adapt_steps", 16, "train: test-time adaptation steps "
-                                   "(with --target_dir).", lower_bound=1)
+PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", None, "train: stage-1 encoder steps "
+                                      "(default: the config's pretrain_num_steps; tiny 40, "
+                                      "paper 300000).", lower_bound=1)
+UNET_STEPS = flags.DEFINE_integer("unet_steps", None, "train: stage-3 UNet steps (default: "
+                                  "unet_num_steps; tiny 30, paper 30000).", lower_bound=1)
+EM_STEPS = flags.DEFINE_integer("em_steps", None, "train: stage-4 EM steps, UNet and encoder "
+                                "blocks together (default: em_num_steps; tiny 40).",
+                                lower_bound=1)
+ADAPT_STEPS = flags.DEFINE_integer("adapt_steps", None, "train: test-time adaptation steps "
+                                   "with --target_dir (default: adapt_num_steps; tiny 16).",
+                                   lower_bound=1)
 DRY_RUN = flags.DEFINE_bool("dry_run", False, "train: print the resolved configuration and "
                             "the stage plan as JSON, then exit without training.")
 PRIOR_FACES = flags.DEFINE_integer("prior_faces", 0, "train: synthetic fits for the misfit "
@@ -116,8 +120,10 @@ def main(args):
     if not flag.value:
       raise flags.Error(f"--{flag.name} is required: {USAGE}")
   config = resolve_config()
-  steps = dict(pretrain=PRETRAIN_STEPS.value, unet=UNET_STEPS.value, em=EM_STEPS.value,
-               adapt=ADAPT_STEPS.value)
+  steps = {stage: flag.value or getattr(config, f"{stage}_num_steps")
+           for stage, flag in (("pretrain", PRETRAIN_STEPS), ("unet", UNET_STEPS),
+                               ("em", EM_STEPS), ("adapt", ADAPT_STEPS))}
+  adapt_steps = steps["adapt"]
   if not TARGET_DIR.value:
     steps.pop("adapt")
   plan = dict(config=config.to_dict(), steps=steps, workdir=WORKDIR.value,
@@ -126,7 +132,7 @@ def main(args):
   print(json.dumps(plan, indent=1))
   if DRY_RUN.value:
     return
-  steps.setdefault("adapt", ADAPT_STEPS.value)
+  steps.setdefault("adapt", adapt_steps)
   from focus_jax.train import stages  # pylint: disable=import-outside-toplevel
   train_flags.setup_runtime()
   result = stages.run_pipeline(config, WORKDIR.value, DATA_DIR.value, steps=steps,

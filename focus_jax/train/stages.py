@@ -150,12 +150,15 @@ def evaluate(config: TrainConfig, run_dir: str, data_dir: str, split: str = "tes
               examples=int(n))
 
 
-def run_pipeline(config: TrainConfig, root: str, data_dir: str, *, steps: dict,
-                 target_dir: Optional[str] = None, prior_faces: int = 0,
-                 split: str = "train") -> dict:
+def run_pipeline(config: TrainConfig, root: str, data_dir: str, *,
+                 steps: Optional[dict] = None, target_dir: Optional[str] = None,
+                 prior_faces: int = 0, split: str = "train") -> dict:
   """Chains every stage for one config: [prior] → pretrain → pseudo → unet → em →
-  [adapt on ``target_dir``]. ``steps``: {stage: num_steps}. Each stage resumes if
-  its run directory already has checkpoints. Returns {stage: summary}."""
+  [adapt on ``target_dir``]. ``steps``: {stage: num_steps}; a stage missing there (or
+  None) runs the config's ``<stage>_num_steps`` (``num_steps`` is not used). Each stage
+  resumes if its run directory already has checkpoints. Returns {stage: summary}."""
+  steps = {s: (steps or {}).get(s) or getattr(config, f"{s}_num_steps")
+           for s in ("pretrain", "unet", "em", "adapt")}
   out = {}
   d = lambda name: os.path.join(root, name)
   prior_path = None

@@ -29,6 +29,7 @@ from focus_jax.autoencoder import networks as networks_lib
 from focus_jax.nets import encoder as encoder_lib
 from focus_jax.nets import unet as unet_lib
 from focus_jax.render import camera
+from focus_jax.train import schedules
 from focus_jax.train.config import TrainConfig
 
 RNG_IMPL = "rbg"   # much faster to compile on CPU than threefry; fine for dropout
@@ -61,10 +62,12 @@ class Networks(NamedTuple):
   intrinsics: camera.Intrinsics
 
 
-def make_optimizer(config: TrainConfig, lr: float) -> optax.GradientTransformation:
-  """Adadelta (or Adam) with a staircase exponential decay of the learning rate."""
-  schedule = optax.exponential_decay(lr, transition_steps=config.lr_decay_steps,
-                                     decay_rate=config.lr_decay, staircase=True)
+def make_optimizer(config: TrainConfig, lr) -> optax.GradientTransformation:
+  """Adadelta (or Adam) with a staircase exponential decay of the learning rate over its
+  own updates; ``lr=None``: rate 1 (the step scales the update by
+  :func:`focus_jax.train.schedules.step_rate`)."""
+  schedule = 1.0 if lr is None else optax.exponential_decay(
+      lr, transition_steps=config.lr_decay_steps, decay_rate=config.lr_decay, staircase=True)
   if config.optimizer == "adadelta":
     return optax.adadelta(schedule, rho=0.9, eps=1e-6)
   return optax.adam(schedule)
@@ -75,8 +78,11 @@ def make_networks(config: TrainConfig, axis_name: str | None = "batch",
   """Modules (BatchNorm synchronised over ``axis_name``; see
   :func:`focus_jax.autoencoder.networks.make_modules`), optimisers, model, camera."""
   m = networks_lib.make_modules(config, axis_name=axis_name, model=model)
-  return Networks(m.encoder, m.unet, make_optimizer(config, config.encoder_lr_of_stage()),
-                  make_optimizer(config, config.unet_lr), m.model, m.intrinsics)
+  stepped = schedules.uses_step_rate(config)
+  return Networks(m.encoder, m.unet,
+                  make_optimizer(config, None if stepped else config.encoder_lr_of_stage()),
+                  make_optimizer(config, None if stepped else config.unet_lr),
+                  m.model, m.intrinsics)
 
 
 def init_state(config: TrainConfig, nets: Networks, num_processes: int = 1) -> TrainState:

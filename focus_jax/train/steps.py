@@ -46,6 +46,7 @@ import optax
 from focus_jax import losses
 from focus_jax.autoencoder.networks import encode, prior_sigma_map, render_faces, segment
 from focus_jax.morphable import model as model_lib
+from focus_jax.train import schedules
 from focus_jax.train.config import TrainConfig
 from focus_jax.train.state import RNG_IMPL, Networks, TrainState
 
@@ -95,11 +96,24 @@ def _encode_and_render(config, nets, params, state, model, images):
   return out, render_faces(config, nets, model, out, images), enc_stats
 
 
-def _perceptual(identity, render_image, images, lms):
+def _identity_render(config, r):
+  """(render image, its landmarks [b, 68, 2]) as the identity net sees them:
+  identity_inputs 'reference' = the black-background render R·F (exact where F is
+  binary; at antialiased silhouette pixels the composited render times F), else the
+  render over the target; identity_render_landmarks 'predicted' = the render's own
+  landmarks, else None (the target's)."""
+  image = r.image * r.mask[..., None] if config.identity_inputs == "reference" else r.image
+  lms = r.landmarks if config.identity_render_landmarks == "predicted" else None
+  return image, lms
+
+
+def _perceptual(config, identity, r, images, lms):
   """Perceptual identity term of the encoder losses; 0 without an identity network."""
   if identity is None:
     return jnp.zeros(())
-  return losses.perceptual_loss(identity(render_image, lms).embedding,
+  render, render_lms = _identity_render(config, r)
+  render_lms = lms if render_lms is None else render_lms
+  return losses.perceptual_loss(identity(render, render_lms).embedding,
                                 identity(images, lms).embedding)
 
 
@@ -114,7 +128,7 @@ def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
                                                                 out.albedo))
   total = (config.w_photo * photo + config.w_landmark * terms["landmark"]
            + config.w_reg * terms["regularization"])
-  terms["perceptual"] = _perceptual(identity, r.image, images, lms)
+  terms["perceptual"] = _perceptual(config, identity, r, images, lms)
   total = total + config.w_perceptual * terms["perceptual"]
   return total, terms, dict(encoder=enc_stats)
 
@@ -138,9 +152,14 @@ def _loss_unet(config, nets, params, state, batch, model, identity, rng):
   # mask is multiplied by F in every use, so the cross-entropy counts face pixels
   # (a ratio of global sums, exact under pmap like the masked reconstruction).
   f = r.mask
-  ce = optax.sigmoid_binary_cross_entropy(logits, target)
   den = jnp.sum(f)
-  bce = global_ratio(jnp.sum(f * ce), den)
+  if config.unet_bce == "reference":
+    # S3: BCE-with-logits of the UNet's sigmoid output over every pixel (a double
+    # sigmoid: its gradient vanishes as the mask saturates; equal shares per device).
+    bce = jnp.mean(optax.sigmoid_binary_cross_entropy(jax.nn.sigmoid(logits), target))
+  else:
+    ce = optax.sigmoid_binary_cross_entropy(logits, target)
+    bce = global_ratio(jnp.sum(f * ce), den)
   frac = global_ratio(jax.lax.stop_gradient(jnp.sum(f * target)), den)
   return bce, dict(bce=bce, pseudo_fraction=frac), dict(unet=stats)
 
@@ -158,10 +177,12 @@ def _loss_em_unet(config, nets, params, state, batch, model, identity, rng, prio
   total = (config.w_area * terms["area"] + config.w_binary * terms["binary"]
            + config.w_neighbour * terms["neighbour"])
   if identity is not None:
-    mm = m[..., None]
+    # 'reference': the masks are M·F and the render is black outside the face (S4).
+    mm = (m * f if config.identity_inputs == "reference" else m)[..., None]
+    render, render_lms = _identity_render(config, r)
     f_target = identity(images, lms).shallow
     f_masked_target = identity(images * mm, lms).shallow
-    f_masked_render = identity(r.image * mm, lms).shallow
+    f_masked_render = identity(render * mm, lms if render_lms is None else render_lms).shallow
     terms["preserve"] = losses.preserve_loss(f_target, f_masked_target)
     terms["dist"] = losses.dist_loss(f_masked_render, f_masked_target)
     total = total + config.w_preserve * terms["preserve"] + config.w_dist * terms["dist"]
@@ -174,9 +195,13 @@ def _loss_em_encoder(config, nets, params, state, batch, model, identity, rng):
   del rng
   images, lms = batch["image"], batch["landmarks"]
   out, r, enc_stats = _encode_and_render(config, nets, params, state, model, images)
-  m, _, _ = segment(config, nets, state.unet, jax.lax.stop_gradient(r.image), images,
-                    train=False, face=jax.lax.stop_gradient(r.mask))
-  m = jax.lax.stop_gradient(m)
+  # em_mask_gradient (the reference): the encoder's gradient also flows through the
+  # frozen UNet's mask M(R, I) into the render; the UNet's own parameters are not
+  # differentiated here (they are not this step's params).
+  sg = (lambda x: x) if config.em_mask_gradient else jax.lax.stop_gradient
+  m, _, _ = segment(config, nets, state.unet, sg(r.image), images, train=False,
+                    face=sg(r.mask))
+  m = sg(m)
   w = r.mask * m
   den = jnp.sum(w)
   num = losses.masked_reconstruction(r.image, images, r.mask, m) * jnp.maximum(den, 1.0)
@@ -187,7 +212,7 @@ def _loss_em_encoder(config, nets, params, state, batch, model, identity, rng):
                area=losses.area_loss(r.mask, m))
   total = (config.w_rec * terms["reconstruction"] + config.w_reg * terms["regularization"]
            + config.w_landmark * terms["landmark"] + config.w_enc_area * terms["area"])
-  terms["perceptual"] = _perceptual(identity, r.image, images, lms)
+  terms["perceptual"] = _perceptual(config, identity, r, images, lms)
   total = total + config.w_perceptual * terms["perceptual"]
   return total, terms, dict(encoder=enc_stats)
 
@@ -217,6 +242,7 @@ def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = 
     loss_impl = functools.partial(loss_impl, prior=prior)
   which = trained_network(phase)
   tx = nets.encoder_tx if which == "encoder" else nets.unet_tx
+  rate = schedules.step_rate(config, which)
 
   def step(state: TrainState, batch, model, identity):
     key = jax.random.wrap_key_data(state.rng, impl=RNG_IMPL)
@@ -239,6 +265,9 @@ def make_step(config: TrainConfig, nets: Networks, phase: str, axis_name: str = 
     new_stats = stats[which]
     ok = jnp.isfinite(total) & _all_finite(grads) & _all_finite(new_stats)
     updates, new_opt = tx.update(grads, opt_state, variables["params"])
+    if rate is not None:   # em_lr_schedule 'reference': the rate of the global step
+      lr = rate(state.step)
+      updates = jax.tree_util.tree_map(lambda u: u * lr, updates)
     new_params = optax.apply_updates(variables["params"], updates)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)
     new_vars = {"params": keep(new_params, variables["params"]),
