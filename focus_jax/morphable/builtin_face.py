@@ -45,16 +45,20 @@ the same vertices). Paired points are exact mirror images.
 3V, up to a 2^-16 relative rounding) and scaled by their standard deviation so
 that coefficients are standard normal, as in the Basel Face Model:
 
-* shape (up to 120 components; 80 by default): the exact PCA of a multi-scale
-  Gaussian-process deformation model represented by 131 fields: 7 linear "global"
-  modes (face width, height, depth, lower-face length and protrusion, forehead
-  slope, jaw width) and random Fourier features of vector-valued Gaussian kernels
-  with length scales 70, 35, 17 and 9 mm (std 2.2, 1.6, 1.0, 0.5 mm), amplified
-  towards the nose, mouth, chin, brows and cheeks; 70 % of the random fields are
-  mirror-symmetric, the rest asymmetric (96 % of the variance is symmetric).
-  Per-vertex 3D standard deviation ~4 mm on the face (so +-10 mm at 3 sigma); the
-  first components move the vertices by 2.1, 1.9, 1.6 mm rms; the first 80 hold
-  99.6 % of the variance.
+* shape (up to 120 components; 80 by default; :mod:`builtin_identity`): the PCA
+  directions of 22 named face-proportion modes (face depth, width and height
+  proportions, lower-face length and protrusion, jaw width, forehead slope, midface
+  height, roundness, nose projection / length / width, eye spacing and depth, brow
+  ridge, cheekbones, mouth width, lip fullness, chin, three asymmetries) and 124
+  multi-scale Gaussian-process fields (random Fourier features, length scales 70, 35,
+  17 and 9 mm, amplified towards the nose, mouth, chin, brows and cheeks, 70 %
+  mirror-symmetric), all without their similarity part (translation, rotation,
+  isotropic scale: those are pose). The standard deviations are the Surrey Face
+  Model's similarity-aligned spectrum: the first components move the vertices by
+  3.53, 1.66, 1.23, 1.15, 0.96 mm rms (the first five hold 72.5 % of the 120
+  components' variance); they are global (face depth, width against height, jaw
+  width, lower-face protrusion and length), the GP bumps fill the tail. Per-vertex 3D
+  standard deviation ~4.5 mm on the face; 95 % of the variance is symmetric.
 * expression (64 components, the default): the PCA of 38 localized
   action-unit-like displacement fields (jaw drop, jaw sideways and forward,
   pucker, upper-lip raiser, lower-lip depressor, lip press, lips suck, chin
@@ -81,8 +85,9 @@ Everything is computed in float64 with deterministic NumPy/SciPy operations
 (seeded PCG64 uniforms, inverse-CDF normals), rounded to power-of-two quanta and
 then to float32, so that the few-ulp differences between BLAS/LAPACK/libm builds
 (checked: OpenBLAS Prescott, Sandybridge and Haswell kernels, 1 or 2 threads) do
-not change a bit of the result. The default model builds in ~1.2 s on a 2-core
-CPU (single-threaded BLAS); results are cached.
+not change a bit of the result. The default model builds in ~1.2-1.5 s on an idle
+2-core CPU (single-threaded BLAS; the similarity-free identity modes added ~20 %,
+measured side by side); results are cached.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ import functools
 import numpy as np
 from scipy import spatial, special
 
+from focus_jax.morphable import builtin_identity
 from focus_jax.morphable.builtin_surface import (  # pylint: disable=unused-import
     EYE_INNER, EYE_OUTER, MOUTH_HALF_WIDTH, _BETA_BOTTOM, _BETA_TOP, _LAMBDA_MAX, _Relief, _cast,
     _eye_window, _gauss, _grid_angles, _lip_frame, _normal, _ray_origin_height, _smoothstep,
@@ -300,32 +306,31 @@ def _mirror_field(points, field_fn):
 
 
 def _shape_fields(points):
-  """Identity deformation fields [F, V, 3] (mm) whose PCA is the shape basis."""
-  x, y, z = points[:, 0], points[:, 1], points[:, 2]
+  """Identity deformation fields [F, V, 3] (mm): the named proportion modes of
+  :func:`builtin_identity.identity_modes` and multi-scale Gaussian-process fields."""
+  x, y = points[:, 0], points[:, 1]
   ax = np.abs(x)
-  zeros = np.zeros_like(x)
-  vec = lambda fx, fy, fz: np.stack([fx + zeros, fy + zeros, fz + zeros], -1)
-  lower = 10.0 * np.logaddexp(0.0, (-10.0 - y) / 10.0)      # ~max(0, -10 - y)
-  fields = [
-      vec(0.035 * x, 0, 0),                                  # face width
-      vec(0, 0.035 * y, 0),                                  # face height
-      vec(0, 0, 0.035 * (z - 30.0)),                         # face depth
-      vec(0, -0.04 * lower, 0),                              # lower face length
-      vec(0, 0, 0.04 * lower),                               # lower face protrusion
-      vec(0, 0, 0.04 * 10.0 * np.logaddexp(0.0, (y - 40.0) / 10.0)),  # forehead slope
-      vec(0.05 * x * special.expit(-(y + 30.0) / 10.0), 0, 0),         # jaw width
-  ]
   amp = (0.7 + 0.6 * _gauss(ax, y, 0, 5, 14, 20) + 0.4 * _gauss(ax, y, 0, -38, 22, 12)
          + 0.5 * _gauss(ax, y, 0, -68, 20, 12) + 0.3 * _gauss(ax, y, 30, 50, 18, 8)
          + 0.3 * _gauss(ax, y, 45, 5, 15, 15))
   rng = np.random.default_rng(20230601)
-  out = [np.stack(fields)]
+  out = [builtin_identity.identity_modes(points)]
   for length, std, count in ((70.0, 2.2, 16), (35.0, 1.6, 28), (17.0, 1.0, 40), (9.0, 0.5, 40)):
     n_sym = int(round(0.7 * count))
     for n, sym in ((n_sym, True), (count - n_sym, False)):
       out.append(_fourier_fields(points, rng, n, length, sym)
                  * (std / np.sqrt(count) * amp)[None, :, None])
   return np.concatenate(out)
+
+
+def _shape_basis(points, count):
+  """The shape basis [count, V, 3] (mm at one std): PCA directions of the similarity-free
+  :func:`_shape_fields`, with the Surrey-like spectrum of
+  :func:`builtin_identity.target_rms` (rms over the V vertices)."""
+  fields = builtin_identity.remove_similarity(_shape_fields(points), points)
+  basis = _pca(fields, count, 1)
+  rms = np.sqrt((basis ** 2).sum((1, 2)) / len(points))
+  return basis * (builtin_identity.target_rms(count) / rms)[:, None, None]
 
 
 def _jaw_weight(points):
@@ -448,7 +453,7 @@ def _full_model(resolution):
   """All arrays of the model at a resolution, with the maximal basis sizes."""
   verts, tris, uv, lms, _ = _template(resolution)
   alb = np.clip(_albedo_mean(verts[:, 0], verts[:, 1]), 0.0, 1.0)
-  shape = _pca(_shape_fields(verts), MAX_SHAPE, 1)
+  shape = _shape_basis(verts, MAX_SHAPE)
   expression = _pca(_expression_fields(verts), MAX_EXPRESSION, 2)
   albedo = _pca(_albedo_fields(verts, alb), MAX_ALBEDO, 3)
   f32 = lambda a: np.asarray(a, np.float32)
