@@ -4,6 +4,7 @@
 * :mod:`~focus_jax.train.state` — :class:`TrainState` pytree, networks and optimisers;
 * :mod:`~focus_jax.train.steps` — pure step functions of every phase (the networks' forward
   pass and inference: :mod:`focus_jax.autoencoder`);
+* :mod:`~focus_jax.train.schedules` — learning rates per step (the reference's EM rates);
 * :mod:`~focus_jax.train.parallel` — pmap / multi-host helpers (jax.distributed);
 * :mod:`~focus_jax.train.checkpoint` — orbax checkpoints with config check and fallback;
 * :mod:`~focus_jax.train.logs` — CSV, TensorBoard event files, image tiles;

@@ -73,8 +73,8 @@ class TrainConfig:
       (moves much faster in the few dozen steps of the tiny configuration).
     encoder_lr, unet_lr: learning rates; × lr_decay every lr_decay_steps
       (staircase) for both.
-    em_encoder_lr: the encoder's learning rate in stages 'em' and 'adapt' (0 = encoder_lr,
-      the reference); fine-tuning with the UNet's masks at the pre-training rate undoes
+    em_encoder_lr: the encoder's learning rate in stages 'em' and 'adapt' with
+      em_lr_schedule 'own' (0 = encoder_lr; ignored by 'reference'); fine-tuning with the UNet's masks at the pre-training rate undoes
       part of stage 1 in the tiny configuration.
     w_*: loss weights (pretrain: photo, landmark, perceptual, reg; EM encoder:
       rec, perceptual, reg, landmark, enc_area; UNet: area, binary, preserve, dist,
