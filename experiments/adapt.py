@@ -1,7 +1,9 @@
 r"""Test-time adaptation: a few EM iterations on a target set, then its fits and masks.
 
 Starts both networks from --init_from (a train_em.py run), runs EM blocks (same
-losses and schedule flags as train_em.py) on --data_dir (e.g. a folder of real
+losses and schedule flags as train_em.py; with --adapt_continue, as paper.flags sets,
+the EM run's global step continues: its place in the EM cycle and, with
+--em_lr_schedule=reference, its learning rates, as the reference's adaptation) on --data_dir (e.g. a folder of real
 photos: landmarks are detected with dlib and cached), and writes
 WORKDIR/export/predictions.npz (names, inlier masks, face masks, landmarks) and
 WORKDIR/export/tile.png (rows: input | fit overlay | mask | masked input).

@@ -190,6 +190,9 @@ def train(config: TrainConfig, workdir: str, data_dir: str, *, init_from: Option
   pid = jax.process_index()
   os.makedirs(workdir, exist_ok=True)
   config = continue_em(config, workdir, init_from)
+  if config.em_step_offset and pid == 0:
+    print(f"{config.stage}: continuing the EM schedule at global step {config.em_step_offset}",
+          flush=True)
   nets = state_lib.make_networks(config)
   model = nets.model
   if identity is None:
