@@ -76,6 +76,9 @@ def parse_args(argv):
   ap.add_argument("--half", choices=("tune", "heldout", "both"), default="both")
   ap.add_argument("--landmarks", choices=MODES + ("both",), default="both",
                   help="landmark mode(s): of the unoccluded photo, or dlib on the occluded one")
+  ap.add_argument("--people", default="",
+                  help="only these people of the split (comma-separated ids, e.g. a validation "
+                  "subset of the tune half); default all")
   ap.add_argument("--limit", type=int, default=0,
                   help="only the first N photos (file-name order) of each half; 0 = all")
   ap.add_argument("--out", default=None, help="results folder (default benchmarks/results; "
@@ -137,7 +140,8 @@ def load_photos(args):
   halves = ("tune", "heldout") if args.half == "both" else (args.half,)
   out = []
   for half in halves:
-    chosen = [(i, n) for i, n in enumerate(names) if split[n][1] == half]
+    chosen = [(i, n) for i, n in enumerate(names) if split[n][1] == half
+              and (not args.people or split[n][0] in args.people.split(","))]
     if args.limit:
       chosen = chosen[:args.limit]
     out += [(i, n, split[n][0], half) for i, n in chosen]
