@@ -3,6 +3,7 @@ learning rates, the gradient through the UNet mask, the identity-net inputs, the
 loss variants, adaptation that continues the EM run, the stage lengths and the refusal
 of the built-in model."""
 
+import json
 import subprocess
 import sys
 import types
@@ -250,3 +251,19 @@ def test_reference_parity_script_skips_without_a_checkout(tmp_path):
                         env=train_setup.subprocess_env())
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "SKIPPED" in proc.stdout and "absent" in proc.stdout
+
+
+def test_pipeline_lengths_come_from_the_flag_file():
+  # `focus-jax train` (the pipeline) runs each stage for the config's <stage>_num_steps
+  # unless a --<stage>_steps flag is given: paper.flags' reference lengths, tiny's 40/30/40.
+  def plan(*args):
+    proc = subprocess.run([sys.executable, "-m", "focus_jax.cli", "train", "--dry_run",
+                           "--data_dir=d", "--workdir=w", *args], capture_output=True,
+                          text=True, timeout=120, env=train_setup.subprocess_env(),
+                          cwd=train_setup.REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout[proc.stdout.index("{"):])["steps"]
+
+  assert plan(f"--config={PAPER}", "--unet_steps=5") == dict(pretrain=300000, unet=5,
+                                                             em=120000)
+  assert plan("--config=tiny", "--target_dir=t") == dict(pretrain=40, unet=30, em=40, adapt=16)
