@@ -27,7 +27,13 @@ Phases (static):
   'unet'        stage 3: UNet, binary cross-entropy on pseudo masks (encoder frozen);
   'em_unet'     stage 4 UNet block: area + binary + preserve + dist + neighbour;
   'em_encoder'  stage 4 encoder block: masked reconstruction + perceptual + reg +
-                landmarks + area (UNet frozen).
+                landmarks + area (UNet frozen; with ``em_mask_gradient`` the gradient
+                also flows through its mask M into the render, as the reference).
+
+Switches between the reference's choices and focus-jax's (docs/FIDELITY.md):
+``identity_inputs`` / ``identity_render_landmarks`` (what the identity net sees),
+``unet_bce`` (stage-3 loss) and ``em_lr_schedule`` ('reference': the update is scaled by
+the global step's rate, :mod:`focus_jax.train.schedules`).
 
 Mixed precision: with ``compute_dtype='bfloat16'`` the networks run on bf16 copies of
 their float32 parameters (gradients flow back to the float32 master copy); renders,
