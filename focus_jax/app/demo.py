@@ -3,10 +3,13 @@
 1. Pictures of the morphable model: mean face with landmarks, a sweep of head
    poses, random faces (:func:`render_gallery`).
 2. Synthetic occluded faces of the model (:mod:`focus_jax.data.synthetic`, with
-   ground-truth masks and meshes) and — when dlib is installed — scikit-image's
-   astronaut photo with a pasted synthetic occluder, fitted together in one batch
-   by the robust per-image fit (:func:`focus_jax.fitting.fit`), scored (mask F1 /
-   occluder IoU inside the true face, NoW-style 3D error) and summarised in
+   ground-truth masks and meshes), fitted together in one batch by the robust
+   per-image fit (:func:`focus_jax.fitting.fit`), and — when dlib is installed —
+   scikit-image's astronaut photo with a realistic pasted surgical mask of known
+   mask (:mod:`focus_jax.data.real_occluders`), fitted as ``focus-jax fit`` fits a
+   photo (packaged misfit prior and real-face segmenter); scored (mask F1 /
+   occluder IoU inside the true face — for the photo inside its landmark hull, as
+   benchmarks/real.py scores —, NoW-style 3D error) and summarised in
    ``summary.png`` (rows: input | fit | mask | error map), ``metrics.json`` and
    ``index.html`` (:func:`fit_demo`).
 """
@@ -138,6 +141,7 @@ class Case:
     occluder: [S, S] bool the pasted occluder (known for every case).
     vertices, vertices_camera: [V, 3] ground-truth mesh (model, camera space) or None.
     note: one line about where the case comes from.
+    real: a real photo (fitted with the photo settings, not in the synthetic mean).
   """
   name: str
   image: np.ndarray
@@ -148,6 +152,7 @@ class Case:
   vertices: Optional[np.ndarray] = None
   vertices_camera: Optional[np.ndarray] = None
   note: str = ""
+  real: bool = False
 
 
 def synthetic_cases(model, num: int, size: int, seed: int) -> list:
@@ -167,9 +172,10 @@ def synthetic_cases(model, num: int, size: int, seed: int) -> list:
 
 
 def photo_case(size: int, seed: int):
-  """scikit-image's astronaut with a pasted synthetic occluder, aligned to a ``size``
+  """scikit-image's astronaut with a pasted surgical mask, aligned to a ``size``
   crop by dlib's landmarks (detected on the occluded photo); (case, None) or
-  (None, the reason it is skipped)."""
+  (None, the reason it is skipped). Ground truth: the mask's pixels (alpha ≥ 0.5)
+  inside the landmark hull of the photo before the occluder."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   from focus_jax.data import detect  # pylint: disable=import-outside-toplevel
   if not detect.available():
@@ -179,11 +185,11 @@ def photo_case(size: int, seed: int):
   if importlib.util.find_spec("focus_jax.app.inference") is None:
     return None, "focus_jax.app.inference is not available"
   import skimage.data  # pylint: disable=import-outside-toplevel
-  from scipy import spatial  # pylint: disable=import-outside-toplevel
   from focus_jax.app import inference  # pylint: disable=import-outside-toplevel
+  from focus_jax.eval import mask_metrics  # pylint: disable=import-outside-toplevel
   if not all(hasattr(inference, f) for f in ("prepare", "find_landmarks", "default_detector")):
     return None, "focus_jax.app.inference lacks prepare/find_landmarks/default_detector"
-  from focus_jax.data import occluders  # pylint: disable=import-outside-toplevel
+  from focus_jax.data import real_occluders  # pylint: disable=import-outside-toplevel
   from focus_jax.errors import DataError  # pylint: disable=import-outside-toplevel
   photo = skimage.data.astronaut().astype(np.float32) / 255.0
   detector = inference.default_detector()
@@ -191,16 +197,13 @@ def photo_case(size: int, seed: int):
     clean_lm, _ = inference.find_landmarks(photo, detector, "astronaut")
   except DataError as e:
     return None, f"no face found in the astronaut photo ({e})"
-  h, w = photo.shape[:2]
-  ys, xs = np.mgrid[0:h, 0:w]
-  hull = spatial.Delaunay(clean_lm[spatial.ConvexHull(clean_lm).vertices])
-  face = hull.find_simplex(np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], -1)) >= 0
-  face = face.reshape(h, w)
-  rng = np.random.default_rng([seed, 2023])
-  occluded, occ, coverage, described = occluders.occlude(
-      rng, photo, face, occluders.face_frame(clean_lm, face), 0.3,
-      kinds=("hand", "mask", "shape"))
-  note = f"occluder: {', '.join(described)} ({100 * coverage:.0f}% of the landmark hull)"
+  hull = mask_metrics.landmark_hull(clean_lm, photo.shape[:2])
+  occluder = real_occluders.make_occluder("surgical_mask", np.random.default_rng([seed, 2023]),
+                                          photo, clean_lm)
+  occluded = real_occluders.composite(photo, occluder)
+  occ = occluder.mask
+  note = (f"occluder: {occluder.description} ({100 * occ[hull].mean():.0f}% of the landmark "
+          "hull)")
   # dlib on the occluded photo; if it misses the face (or finds another "face"),
   # the landmarks of the photo before the occluder.
   lm, how = clean_lm, "dlib on the photo before the occluder (none found after)"
@@ -217,8 +220,22 @@ def photo_case(size: int, seed: int):
                            landmark_source=how)
   note += f"; landmarks: {how}"
   occ_crop = prep.alignment.crop(occ.astype(np.float32), order=0) > 0.5
+  hull_crop = prep.alignment.crop(hull.astype(np.float32), order=0) > 0.5
   return Case(name="astronaut (real photo)", image=prep.crop, landmarks=prep.crop_landmarks,
-              occluder=occ_crop, note=note), None
+              occluder=occ_crop & hull_crop, truth_inlier=hull_crop & ~occ_crop,
+              truth_face=hull_crop, note=note, real=True), None
+
+
+def fit_photo(model, case: Case, config):
+  """Fits a real photo as ``focus-jax fit`` does by default: the packaged misfit prior
+  and real-face segmenter when the package has them (numpy FitResult, no batch axis)."""
+  from focus_jax import fitting, prior as prior_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.nets import segmenter  # pylint: disable=import-outside-toplevel
+  seg = segmenter.packaged() if config.robust else None
+  face_prob = None if seg is None else segmenter.face_probability(seg, case.image[None])[0]
+  result = fitting.fit(model, case.image, case.landmarks, config=config,
+                       prior=prior_lib.packaged_for(model), inlier_prior=face_prob)
+  return jax.tree_util.tree_map(np.asarray, jax.device_get(result))
 
 
 def score_case(model, case: Case, fit) -> dict:
@@ -378,31 +395,35 @@ def fit_demo(out_dir: str, model: morphable.MorphableModel, num_faces: int = 3,
   from focus_jax import fitting  # pylint: disable=import-outside-toplevel
   config = fitting.FitConfig() if config is None else config
   cases = synthetic_cases(model, num_faces, size, seed) if num_faces else []
+  fits = []
+  t0 = time.perf_counter()
+  if cases:
+    result = jax.device_get(fitting.fit(model, np.stack([c.image for c in cases]),
+                                        np.stack([c.landmarks for c in cases]), config=config))
+    fits = [jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), result)
+            for i in range(len(cases))]
   skipped = None
   if photo:
     case, skipped = photo_case(size, seed)
     if case is not None:
       cases.append(case)
+      fits.append(fit_photo(model, case, config))
     else:
       print(f"astronaut photo skipped: {skipped}")
   if not cases:
     return {}
-  t0 = time.perf_counter()
-  result = jax.device_get(fitting.fit(model, np.stack([c.image for c in cases]),
-                                      np.stack([c.landmarks for c in cases]), config=config))
   seconds = time.perf_counter() - t0
-  print(f"fitted {len(cases)} images of {size}x{size} in {seconds:.1f} s (one batch, "
-        "including compilation)")
+  print(f"fitted {len(cases)} images of {size}x{size} in {seconds:.1f} s (synthetic faces in "
+        "one batch, the photo on its own; including compilation)")
   rows, captions, scores = [], [], []
-  for i, case in enumerate(cases):
-    fit = jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), result)
+  for case, fit in zip(cases, fits):
     s = score_case(model, case, fit)
     rows.append(panels(model, case, fit, s))
     s.pop("_distances", None)
     captions.append(_caption(s))
     scores.append(s)
     print("  " + _caption(s))
-  synthetic = [s for s in scores if "f1" in s]
+  synthetic = [s for s, c in zip(scores, cases) if "f1" in s and not c.real]
   summary = dict(model=str(model.name), cases=scores, photo_skipped=skipped,
                  fit=dict(size=size, rounds=config.rounds, steps=config.steps,
                           robust=config.robust, seconds=seconds, batch=len(cases)))

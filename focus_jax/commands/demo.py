@@ -1,8 +1,9 @@
 """``focus-jax demo``: the main job on the built-in default, no downloads.
 
 Renders the model (mean face, head poses, random faces), then fits synthetic
-occluded faces with the robust per-image fit — and scikit-image's astronaut photo
-with a pasted occluder when dlib is installed — in one compiled batch, and writes
+occluded faces with the robust per-image fit in one compiled batch — and
+scikit-image's astronaut photo with a pasted surgical mask, fitted as
+``focus-jax fit`` fits photos, when dlib is installed — and writes
 OUT/summary.png (rows: input | fit | mask | error map), OUT/metrics.json (mask F1,
 occluder IoU, NoW-style 3D error per face) and OUT/index.html.
 """
@@ -21,7 +22,8 @@ FACES = flags.DEFINE_integer("faces", 3, "demo: synthetic occluded faces to fit 
 FIT_SIZE = flags.DEFINE_integer("fit_size", 128, "demo: width and height of the fitted images "
                                 "in pixels (--size is the gallery's).", lower_bound=32)
 PHOTO = flags.DEFINE_bool("photo", True, "demo: also fit scikit-image's astronaut with a pasted "
-                          "occluder (needs dlib; skipped with a note otherwise).")
+                          "surgical mask of known mask (needs dlib; skipped with a note "
+                          "otherwise).")
 ROUNDS = flags.DEFINE_integer("rounds", 5, "demo: EM rounds of the robust fit.", lower_bound=1)
 STEPS = flags.DEFINE_integer("steps", 40, "demo: Adam steps per EM round.", lower_bound=1)
 
