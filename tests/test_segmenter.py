@@ -162,3 +162,33 @@ def test_fit_rejects_a_misshapen_prior(model):
   with pytest.raises(ValueError, match="inlier_prior"):
     fitting.fit(model, np.zeros((SIZE, SIZE, 3)), np.zeros((68, 2)),
                 inlier_prior=np.ones((SIZE, SIZE + 1)))
+
+
+@pytest.mark.slow
+def test_training_script_writes_a_loadable_segmenter(tmp_path, shared_dir):
+  """experiments/train_segmenter.py end to end on two tune photos (few examples, steps):
+  the weights it writes load, are finite and give a probability map; the benchmark's
+  occluder stream (seed 0) is refused."""
+  import subprocess
+  import sys
+  from pathlib import Path
+  from focus_jax.data import detect
+  if not (shared_dir / "data" / "real_faces").is_dir():
+    pytest.skip("shared real_faces photos missing")
+  if not detect.available():
+    pytest.skip("dlib / face-recognition-models not installed")
+  script = Path(__file__).resolve().parents[1] / "experiments" / "train_segmenter.py"
+  out = tmp_path / "seg.npz"
+  common = [sys.executable, str(script), "--data", str(shared_dir / "data" / "real_faces"),
+            "--exclude_people", "p01,p03,p08,p11", "--samples", "6", "--steps", "3",
+            "--batch", "2", "--input_size", "32", "--base_width", "4", "--depth", "3"]
+  refused = subprocess.run(common + ["--out", str(out), "--seed", "0"], capture_output=True,
+                           text=True, check=False)
+  assert refused.returncode == 2 and "benchmark" in refused.stderr and not out.exists()
+  done = subprocess.run(common + ["--out", str(out)], capture_output=True, text=True,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "2 people" in done.stdout
+  seg = segmenter.load(str(out))
+  prob = segmenter.face_probability(seg, jnp.full((1, 64, 64, 3), 0.5))
+  assert prob.shape == (1, 64, 64) and bool(jnp.all(jnp.isfinite(prob)))
