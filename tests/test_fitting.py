@@ -77,20 +77,22 @@ def test_angles_from_rotation_roundtrip():
 
 def test_fit_improves_pose_and_shape(model):
   # Shape error after similarity alignment, fit against the mean face, on five
-  # faces (the extra fits reuse the compiled one). Measured ratios for seeds 0-4:
-  # 0.736, 0.870, 0.790, 0.694, 0.668 (median 0.736).
+  # faces (the extra fits reuse the compiled one). Measured ratios for seeds 0-4 with
+  # the real-3DMM-like identity basis (issue 22: leading modes mostly in depth, which
+  # a 64² image shows little of): 0.849, 0.884, 0.814, 0.805, 0.822 (median 0.822;
+  # 0.736 with the former basis of small local bumps). A broken fit gives ≥ 1.
   ratios = []
   for seed in range(5):
     scene = _scene(model, seed=seed)
     res = fitting.fit(model, scene["image"], scene["landmarks"], config=CFG)
     ratios.append(_aligned_error(res.vertices, scene["vertices"])
                   / _aligned_error(model.mean, scene["vertices"]))
-  assert np.median(ratios) < 0.8 and max(ratios) < 0.95, ratios
+  assert np.median(ratios) < 0.87 and max(ratios) < 0.95, ratios
   scene = _scene(model)
   res = fitting.fit(model, scene["image"], scene["landmarks"], config=CFG)
   np.testing.assert_allclose(res.angles, scene["angles"], atol=0.08)  # pitch trades with shape at 64²
   lm_err = np.linalg.norm(np.asarray(res.landmarks) - scene["landmarks"], axis=1).mean()
-  assert lm_err < 0.5
+  assert lm_err < 0.6        # 0.50 px measured (0.4 with the former identity basis)
   trace = np.asarray(res.loss_trace)
   assert trace.shape == (CFG.iterations, len(fitting.LOSS_NAMES))
   assert np.isfinite(trace).all() and trace[-1, 0] < 0.2 * trace[0, 0]

@@ -41,7 +41,12 @@ def rec(scene):
 def test_reconstruction_lands_on_the_face_in_photo_pixels(scene, rec):
   h, w = scene["image"].shape[:2]
   assert rec.render.shape == (h, w, 3) and rec.inlier_mask.shape == (h, w)
-  assert rec.inlier_mask.dtype == bool and not (rec.inlier_mask & ~rec.face_mask).any()
+  assert rec.inlier_mask.dtype == bool
+  # The fit's mask may pass the rendered outline by its contour margin (crop pixels),
+  # never further.
+  margin = fitting.FitConfig().estep.contour_margin / rec.alignment.scale
+  near = ndimage.binary_dilation(rec.face_mask, iterations=int(np.ceil(margin)) + 1)
+  assert not (rec.inlier_mask & ~near).any()
   truth = scene["face"]
   iou = (rec.face_mask & truth).sum() / (rec.face_mask | truth).sum()
   assert iou > 0.75, iou

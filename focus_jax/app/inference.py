@@ -79,7 +79,11 @@ class Reconstruction:
   Attributes:
     render: [H, W, 3] float32 in [0, 1], the rendered face composited over the photo.
     inlier_mask: [H, W] bool, True = face pixel the model explains (visible skin);
-      False = outlier (occluder, hair, ...) or background.
+      False = outlier (occluder, hair, ...) or background. The per-image fit's mask
+      may reach a few pixels beyond ``face_mask`` where the photo continues the
+      rendered skin (``FitConfig.estep.contour_margin`` crop pixels: the fitted
+      outline is often a pixel or two inside the real one); the networks' mask
+      stays inside it.
     face_mask: [H, W] bool, pixels the rendered face covers (inlier or not).
     landmarks: [68, 2] float32 photo pixels, the fitted model's 68 iBUG
       landmarks; NaN for points the model does not define.
@@ -218,7 +222,7 @@ def to_photo(prep: Prepared, crop_face_render, crop_face, crop_inlier, crop_land
   Args:
     crop_face_render: [S, S, 3] the face render with a black background.
     crop_face: [S, S] face coverage in [0, 1].
-    crop_inlier: [S, S] inlier mask in [0, 1].
+    crop_inlier: [S, S] inlier mask in [0, 1] (it may extend beyond ``crop_face``).
     crop_landmarks: [68, 2] crop pixels.
 
   Returns:
@@ -234,11 +238,11 @@ def to_photo(prep: Prepared, crop_face_render, crop_face, crop_inlier, crop_land
   alpha = np.where(inside, np.clip(alpha, 0.0, 1.0), 0.0)
   render = np.clip(prep.photo * (1.0 - alpha[..., None]) + np.where(inside[..., None], premult, 0),
                    0.0, 1.0).astype(np.float32)
-  inlier, _ = al.uncrop(np.asarray(crop_inlier, np.float32) * (face > 0.5))
+  inlier, _ = al.uncrop(np.asarray(crop_inlier, np.float32))
   inlier_mask = (inlier >= 0.5) & inside
   face_mask = (alpha >= 0.5) & inside
   landmarks = al.to_original(np.asarray(crop_landmarks, np.float64)).astype(np.float32)
-  return render, inlier_mask & face_mask, face_mask, landmarks
+  return render, inlier_mask, face_mask, landmarks
 
 
 def _pose_from_vertices(model_vertices, camera_vertices):
@@ -387,7 +391,7 @@ class Reconstructor:
                     albedo=res["albedo"][i], angles=angles, translation=translation)
       # make_predict renders over the crop: keep the face part only.
       out.append(dict(face_render=res["render"][i] * face[..., None], face=face,
-                      inlier=(res["mask"][i] > 0.5).astype(np.float32),
+                      inlier=((res["mask"][i] > 0.5) & (face > 0.5)).astype(np.float32),
                       landmarks=res["landmarks"][i], vertices=res["vertices_camera"][i],
                       vertices_model=res["vertices"][i], composite=res["render"][i],
                       coefficients={k: np.asarray(v, np.float32) for k, v in coeffs.items()}))
@@ -425,7 +429,7 @@ class Reconstructor:
           vertices_model=np.asarray(r["vertices_model"], np.float32), triangles=tris, uv=uv,
           coefficients=r["coefficients"], alignment=p.alignment, intrinsics=intr, crop=p.crop,
           crop_render=np.clip(composite, 0.0, 1.0).astype(np.float32),
-          crop_inlier=np.asarray(r["inlier"], np.float32) * (face > 0.5),
+          crop_inlier=np.asarray(r["inlier"], np.float32),
           method=self.method, name=p.name))
     return out
 
