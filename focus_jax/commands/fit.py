@@ -59,7 +59,7 @@ SEGMENTER = flags.DEFINE_string(
     "packaged one (none for --checkpoint, --non_robust or when the package lacks it); 'none': "
     "no segmenter; or a weights .npz file.")
 SEGMENTER_WEIGHT = flags.DEFINE_float(
-    "segmenter_weight", 1.0, "fit, now: weight of the segmenter's log-odds in the fit's "
+    "segmenter_weight", 4.0, "fit, now: weight of the segmenter's log-odds in the fit's "
     "E-step (FitConfig.inlier_prior_weight; 0 = ignore it).", lower_bound=0.0)
 CROP_FALLBACK = flags.DEFINE_bool(
     "crop_fallback", False, "fit: the photos are aligned face crops; where dlib finds no face, "

@@ -87,7 +87,9 @@ class EStep:
       by colour alone (without it, false outliers on brows and lips tripled).
     inlier_prior_weight: multiplier of the log-odds of a given per-pixel inlier
       prior (``fit(..., inlier_prior=...)``, e.g. the real-face segmenter's
-      probability); unused without one.
+      probability); unused without one. 4 was chosen on validation people of the
+      semi-real benchmark's tune half (1 / 2 / 4: inlier F1 0.920 / 0.925 / 0.926,
+      unoccluded false-outlier share 7.6 / 6.5 / 5.8 %; benchmarks/results/real.md).
     contour_margin: the returned inlier mask extends up to this many pixels
       outside the rendered silhouette where the image matches the adjacent render
       (:func:`~focus_jax.fitting.inliers.extend_inliers`; the fitted outline is
@@ -109,7 +111,7 @@ class EStep:
   face_colour_weight: float = 0.0
   colour_prior_power: float = 2.0
   contour_margin: int = 2
-  inlier_prior_weight: float = 1.0
+  inlier_prior_weight: float = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
