@@ -11,6 +11,8 @@ Terms (see ../shared/DESIGN.md §1; ``F`` = rendered face mask, ``M`` = inlier m
 
 * :func:`robust_photometric` — Gaussian foreground (σ = 0.043) against a uniform
   outlier likelihood at 3σ; only pixels whose foreground log-likelihood wins count.
+* :func:`l2_photometric` — ``Σ F‖I−R‖² / (2σ² Σ F)``: every face pixel counts, no
+  outlier model (MoFA-style; not in the reference, a lower anchor for benchmarks).
 * :func:`masked_reconstruction` — ``Σ‖M·F·(I−R)‖₂ / Σ M·F``.
 * :func:`landmark_loss` — weighted mean squared landmark error (weight applied
   before squaring, as the reference), undefined landmarks masked out.
@@ -116,6 +118,29 @@ def robust_photometric(image, target, face_mask, sigma=SIGMA,
   w = robust_inliers(image, target, face_mask, sigma, outlier_sigmas)
   sq = jnp.sum(jnp.square(target - image), axis=-1)
   return -jnp.mean(w * gaussian_log_likelihood(sq, sigma)), w
+
+
+def l2_photometric(image, target, face_mask, sigma=SIGMA):
+  """Plain (MoFA-style) photometric loss: mean squared RGB error over the face pixels.
+
+  ``Σ_{b,p} F·‖I − R‖² / (2σ² · max(Σ_{b,p} F, 1))``: the quadratic part of the
+  Gaussian negative log-likelihood of :func:`robust_photometric` for *every* face
+  pixel (no outlier model, no normalising constant), averaged over the face pixels.
+  Dividing by 2σ² keeps the stage-1 weight ``w_photo`` on the robust loss's scale: per
+  face pixel, the gradient is the robust loss's on an inlier divided by the face's share
+  of the image. Not in the FOCUS reference (docs/FIDELITY.md): the anchor a robust
+  loss must beat.
+
+  Args:
+    image: [B, H, W, 3] render R. target: [B, H, W, 3] target I.
+    face_mask: [B, H, W] render coverage F. sigma: scalar σ (RGB units in [0, 1]).
+
+  Returns:
+    scalar loss (units of 2σ²).
+  """
+  sq = jnp.sum(jnp.square(target - image), axis=-1)
+  return (jnp.sum(face_mask * sq) / (2.0 * jnp.square(sigma))
+          / jnp.maximum(jnp.sum(face_mask), 1.0))
 
 
 def _pixel_norm(x, eps: float = 1e-12):

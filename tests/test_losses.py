@@ -38,6 +38,38 @@ def test_robust_photometric_hand_computed():
   assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
+def test_l2_photometric_hand_computed():
+  s = losses.SIGMA
+  target = jnp.full((1, 1, 4, 3), 0.25)
+  # residual norms: 0, 2σ, 4σ (an outlier for the robust loss), 5σ but outside F.
+  image = target + jnp.array([[[[0, 0, 0], [2 * s, 0, 0], [0, -4 * s, 0], [0, 0, 5 * s]]]],
+                             jnp.float32)
+  face = jnp.array([[[1.0, 1.0, 1.0, 0.0]]])
+  # Σ F‖r‖² / (2σ²) / Σ F = (0 + 4 + 16) / 2 / 3
+  got = float(losses.l2_photometric(image, target, face))
+  assert got == pytest.approx(20.0 / 6.0, rel=1e-5)
+  # Soft coverage weights the pixels (an antialiased silhouette).
+  half = face.at[0, 0, 2].set(0.5)
+  assert float(losses.l2_photometric(image, target, half)) == pytest.approx(
+      (4 + 8) / 2 / 2.5, rel=1e-5)
+
+
+def test_l2_photometric_gradient_reaches_the_pixels_the_robust_loss_rejects():
+  s = losses.SIGMA
+  target = jnp.full((1, 1, 3, 3), 0.5)
+  image = target + jnp.array([[[[s, 0, 0], [0, 4 * s, 0], [0, 0, 4 * s]]]], jnp.float32)
+  face = jnp.array([[[1.0, 1.0, 0.0]]])
+  g_l2 = np.asarray(jax.grad(lambda x: losses.l2_photometric(x, target, face))(image))
+  g_rob = np.asarray(jax.grad(lambda x: losses.robust_photometric(x, target, face)[0])(image))
+  # Pixel 1 (4σ) is an outlier: the robust loss ignores it, the L2 loss pulls it back
+  # with dL/dR = F·(R − I) / (σ² Σ F) = 4σ / (σ² · 2).
+  assert np.all(g_rob[0, 0, 1] == 0)
+  np.testing.assert_allclose(g_l2[0, 0, 1], [0, 4 * s / (s * s * 2), 0], rtol=1e-5)
+  # Both pull the inlier pixel 0 the same way; neither sees the pixel outside F.
+  assert g_l2[0, 0, 0, 0] > 0 and g_rob[0, 0, 0, 0] > 0
+  assert np.all(g_l2[0, 0, 2] == 0) and np.all(g_rob[0, 0, 2] == 0)
+
+
 def test_robust_threshold_is_three_sigma():
   s = losses.SIGMA
   face = jnp.ones((1, 1, 2))

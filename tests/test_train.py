@@ -95,6 +95,39 @@ def test_config_validation_and_em_schedule():
   assert [d[0] for d in cfg.mismatches(old)] == ["em_encoder_lr"]
 
 
+def test_photo_loss_config_l2_is_stage_ones_face_pixel_mse(tiny_data):
+  """photo_loss='l2' swaps stage 1's photometric term for losses.l2_photometric of the
+  same render (a ratio of global sums under the device axis); 'robust' is the default."""
+  from focus_jax import losses
+  from focus_jax.train import data as data_lib, state as state_lib, steps as steps_lib
+  with pytest.raises(ValueError, match="photo_loss"):
+    config_lib.tiny(photo_loss="l1")
+  assert config_lib.TrainConfig().photo_loss == "robust" == config_lib.paper().photo_loss
+  cfg = config_lib.tiny(image_size=32, batch_size=2)
+  nets = state_lib.make_networks(cfg, axis_name=None)
+  st = state_lib.init_state(cfg, nets)
+  source = data_lib.AlignedSource(data_lib.open_data(str(tiny_data), "train"), 32)
+  ex = [source.load(i) for i in range(2)]
+  batch = dict(image=np.stack([e["image"] for e in ex])[None].astype(np.float32),
+               landmarks=np.stack([e["landmarks"] for e in ex])[None].astype(np.float32))
+
+  def terms(c):
+    fn = lambda b: steps_lib._loss_pretrain(c, nets, st.encoder["params"], st, b, nets.model,
+                                            None, None)[1]
+    return jax.vmap(fn, axis_name=steps_lib.AXIS)(batch)
+
+  rob, l2 = terms(cfg), terms(cfg.replace(photo_loss="l2"))
+  out, r, _ = steps_lib._encode_and_render(cfg, nets, st.encoder["params"], st, nets.model,
+                                           batch["image"][0])
+  want_l2 = float(losses.l2_photometric(r.image, batch["image"][0], r.mask))
+  want_rob = float(losses.robust_photometric(r.image, batch["image"][0], r.mask)[0])
+  assert float(l2["photometric"][0]) == pytest.approx(want_l2, rel=1e-4)
+  assert float(rob["photometric"][0]) == pytest.approx(want_rob, rel=1e-4)
+  assert abs(want_l2 - want_rob) > 0.1 * abs(want_rob)
+  # The other terms do not depend on the choice.
+  assert float(l2["landmark"][0]) == pytest.approx(float(rob["landmark"][0]), rel=1e-6)
+
+
 def test_encoder_translation_units_follow_the_config():
   from focus_jax.train import state as state_lib
   for cfg, want in ((config_lib.tiny(), (10.0, 10.0, 50.0)),

@@ -38,7 +38,7 @@ _ADDED = frozenset({"em_encoder_lr", "unet_prior", "translation_scale", "depth_s
                     "bfm_origin",
                     "em_lr_schedule", "em_lr_pretrain_steps", "em_step_offset",
                     "adapt_continue", "em_mask_gradient", "identity_inputs",
-                    "identity_render_landmarks", "unet_bce"})
+                    "identity_render_landmarks", "unet_bce", "photo_loss"})
 # Stage lengths of the reference (S1 saves enc_net_300000, which S4 loads; S3 saves
 # unet_mask_030000, which S4 loads). EM and adaptation stop after 130 epochs in the
 # reference (data-dependent); 4 EM cycles and 1 adaptation cycle are focus-jax's choice.
@@ -76,6 +76,10 @@ class TrainConfig:
     em_encoder_lr: the encoder's learning rate in stages 'em' and 'adapt' with
       em_lr_schedule 'own' (0 = encoder_lr; ignored by 'reference'); fine-tuning with the UNet's masks at the pre-training rate undoes
       part of stage 1 in the tiny configuration.
+    photo_loss: stage 1's photometric term: 'robust' (the reference's occlusion-robust
+      likelihood, losses.robust_photometric) or 'l2' (mean squared RGB error over the
+      face pixels in units of 2σ², no outlier rejection, losses.l2_photometric: a
+      MoFA-style encoder, the lower anchor of benchmarks/train.py; not in the reference).
     w_*: loss weights (pretrain: photo, landmark, perceptual, reg; EM encoder:
       rec, perceptual, reg, landmark, enc_area; UNet: area, binary, preserve, dist,
       neighbour).
@@ -160,6 +164,7 @@ class TrainConfig:
   em_encoder_lr: float = 0.0
   lr_decay: float = 0.99
   lr_decay_steps: int = 5000
+  photo_loss: str = "robust"
   w_photo: float = 0.5
   w_landmark: float = 5e-4
   w_perceptual: float = 0.25
@@ -240,7 +245,8 @@ class TrainConfig:
     for name, allowed in (("em_lr_schedule", ("own", "reference")),
                           ("identity_inputs", ("composite", "reference")),
                           ("identity_render_landmarks", ("target", "predicted")),
-                          ("unet_bce", ("face", "reference"))):
+                          ("unet_bce", ("face", "reference")),
+                          ("photo_loss", ("robust", "l2"))):
       if getattr(self, name) not in allowed:
         problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
     for name in ("num_steps", "em_step_offset"):

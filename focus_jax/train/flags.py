@@ -43,6 +43,9 @@ HELP = dict(
                   "the reference).",
     lr_decay="Learning-rate factor applied every --lr_decay_steps (reference 0.99).",
     lr_decay_steps="Steps between learning-rate decays (staircase; reference 5000).",
+    photo_loss="Stage 1 photometric term: robust (the reference's occlusion-robust "
+               "likelihood) or l2 (mean squared RGB error over the face pixels / 2 sigma^2, "
+               "no outlier rejection: a MoFA-style anchor, not in the reference).",
     w_photo="Stage 1: weight of the robust photometric likelihood (0.5).",
     w_landmark="Weight of the 68-landmark loss, in 224-pixel units (5e-4).",
     w_perceptual="Weight of the perceptual identity loss (0.25).",

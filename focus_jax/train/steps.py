@@ -23,7 +23,8 @@ A step whose loss or gradient is not finite changes nothing but the counters
 (``num_skipped``, ``bad_streak``) and the step number.
 
 Phases (static):
-  'pretrain'    stage 1: encoder, robust photometric + landmarks + perceptual + reg;
+  'pretrain'    stage 1: encoder, robust photometric (or, ``photo_loss='l2'``, the plain
+                face-pixel MSE) + landmarks + perceptual + reg;
   'unet'        stage 3: UNet, binary cross-entropy on pseudo masks (encoder frozen);
   'em_unet'     stage 4 UNet block: area + binary + preserve + dist + neighbour;
   'em_encoder'  stage 4 encoder block: masked reconstruction + perceptual + reg +
@@ -127,7 +128,14 @@ def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
   del rng
   images, lms = batch["image"], batch["landmarks"]
   out, r, enc_stats = _encode_and_render(config, nets, params, state, model, images)
-  photo, _ = losses.robust_photometric(r.image, images, r.mask)
+  if config.photo_loss == "l2":
+    # A ratio of global sums (Σ F‖I−R‖² / Σ F), exact under pmap like the masked
+    # reconstruction.
+    den = jnp.sum(r.mask)
+    photo = global_ratio(losses.l2_photometric(r.image, images, r.mask)
+                         * jnp.maximum(den, 1.0), den)
+  else:
+    photo, _ = losses.robust_photometric(r.image, images, r.mask)
   terms = dict(photometric=photo,
                landmark=_landmark_term(model, r.landmarks, lms, config.image_size),
                regularization=losses.coefficient_regularization(out.shape, out.expression,
