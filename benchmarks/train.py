@@ -15,6 +15,11 @@ r"""Benchmark of the FOCUS training pipeline (run by hand; writes benchmarks/res
    'adapt'), (b) the stage-1 encoder with the stage-3 UNet (stage 'adapt', no EM on
    the training split), (c) the stage-1 encoder alone (its robust loss), each scored
    on the same test images, with per-image 3D differences to stage 1.
+   With ``--anchor_l2``, a second stage-1 encoder trained with the plain-L2 photometric
+   term (``photo_loss='l2'``: no robust term, MoFA-style) as the lower anchor, and
+   every row's paired 3D difference to it. With ``--clean_faces N`` > 0, N held-out
+   *unoccluded* faces (another seed) score the stage-1, anchor and EM encoders and the
+   mean face (ratio of medians and paired difference to the mean face).
 3. Test-time adaptation of the EM networks on the real unlabelled faces of
    ../shared/data/occluded_faces (landmarks detected with dlib, cached) and a
    tile of inputs, fits and masks.
@@ -23,7 +28,7 @@ r"""Benchmark of the FOCUS training pipeline (run by hand; writes benchmarks/res
 Usage::
 
     python benchmarks/train.py [--out /tmp/focus_bench] [--no_paper] [--keep_runs]
-        [--test_adapt_steps 120]
+        [--test_adapt_steps 120] [--anchor_l2] [--clean_faces 100]
 """
 
 from __future__ import annotations
@@ -124,6 +129,12 @@ def main():
                   help="side of the training crops and synthetic images (0 = the tiny "
                        "config's 64)")
   ap.add_argument("--batch_size", type=int, default=8, help="global batch of every stage")
+  ap.add_argument("--anchor_l2", action="store_true",
+                  help="also train a stage-1 encoder with the plain-L2 photometric term "
+                       "(photo_loss=l2, no robust term) as the lower anchor")
+  ap.add_argument("--clean_faces", type=int, default=0,
+                  help="held-out unoccluded synthetic faces (seed 1) scoring the encoders "
+                       "against the mean face (0: skip)")
   ap.add_argument("--no_real", action="store_true",
                   help="skip the adaptation on the real unlabelled faces (no tile)")
   ap.add_argument("--no_paper", action="store_true",
@@ -132,6 +143,9 @@ def main():
                   help="keep OUT/runs: finished stages are resumed (not retrained)")
   ap.add_argument("--report", default=os.path.join(REPO, "benchmarks", "results", "train.md"))
   args = ap.parse_args()
+  args.command = "python " + " ".join(sys.argv)
+  args.load = [os.getloadavg()]
+  args.started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
 
   cfg = config_lib.tiny(progress=False, log_every=10, image_every=100, checkpoint_every=100,
@@ -172,9 +186,14 @@ def main():
   ev = stages.evaluate(cfg, d("pretrain"), data, "test", with_unet=False)
   rows.append(("1: encoder (robust loss), robust-likelihood mask", ev))
   mean_face = mean_face_errors(cfg, data)
-  rows.append(("(baselines: every face pixel inlier; 3D: the mean face)",
+  rows.append((MEAN_FACE,
                dict(all_inlier_scores(cfg, d("pretrain"), data),
                     median_3d_mm=float(np.median(mean_face)), per_image_3d_mm=mean_face)))
+  if args.anchor_l2:
+    cfg_l2 = cfg.replace(photo_loss="l2")
+    run("pretrain", args.pretrain_steps, name="pretrain_l2", config=cfg_l2)
+    rows.append((ANCHOR, stages.evaluate(cfg_l2, d("pretrain_l2"), data, "test",
+                                         with_unet=False)))
   t = time.perf_counter()
   stages.make_pseudo_masks(cfg.replace(stage="pretrain"), d("pseudo"), data, d("pretrain"))
   timing["pseudo"] = dict(total_s=time.perf_counter() - t)
@@ -199,6 +218,8 @@ def main():
                  stages.evaluate(cfg_prior, d("em_prior"), data, "test")))
   if args.test_adapt_steps > 0:
     rows += test_time_adaptation(args, cfg, data, run, d)
+  clean = clean_rows(args, cfg, d) if args.clean_faces > 0 else []
+  args.load.append(os.getloadavg())
 
   real = None
   if os.path.isdir(REAL) and not args.no_real:
@@ -215,10 +236,43 @@ def main():
                 last_loss=float(np.nanmean(r.history["loss"][-3:])))
     print("real", real, flush=True)
   curves = os.path.join(os.path.dirname(args.report), "train_curves.png")
-  plot.plot_runs([d(s) for s in ("pretrain", "unet", "em")], curves)
+  plot.plot_runs([d(s) for s in ("pretrain", "unet", "em")
+                  + (("pretrain_l2",) if args.anchor_l2 else ())], curves)
 
   paper = previous_paper(args.report) if args.no_paper else paper_seconds_per_step()
-  write_report(args, cfg, rows, timing, real, paper, curves)
+  write_report(args, cfg, rows, timing, real, paper, curves, clean)
+
+
+ANCHOR = "anchor: plain-L2 stage-1 encoder (no robust term), robust-likelihood mask"
+MEAN_FACE = "(baselines: every face pixel inlier; 3D: the mean face)"
+
+
+def clean_rows(args, cfg, d) -> list:
+  """Rows ``(name, evaluation)`` on ``args.clean_faces`` held-out unoccluded faces (seed
+  1, all in the test split): the mean face first, then the trained encoders."""
+  data = os.path.join(args.out, f"data_clean_{args.clean_faces}")
+  if not os.path.exists(os.path.join(data, "params.npz")):
+    gen = synthetic.SyntheticFaces(
+        morphable.builtin(resolution=cfg.model_resolution),
+        synthetic.SyntheticConfig(size=cfg.image_size, occlusion_probability=0.0), seed=1,
+        batch_size=16)
+    synthetic.write_dataset(data, gen, args.clean_faces, fractions=(0.0, 0.0, 1.0),
+                            progress=False, save_maps=False)
+  mean_face = mean_face_errors(cfg, data)
+  out = [("mean face (all coefficients 0)",
+          dict(f1=float("nan"), precision=float("nan"), recall=float("nan"),
+               accuracy=float("nan"), median_3d_mm=float(np.median(mean_face)),
+               per_image_3d_mm=mean_face, examples=len(mean_face)))]
+  runs = [("1: encoder (robust loss), robust-likelihood mask", "pretrain", cfg, False)]
+  if args.anchor_l2:
+    runs.append((ANCHOR, "pretrain_l2", cfg.replace(photo_loss="l2"), False))
+  runs.append(("4: joint EM (encoder; UNet mask)", "em", cfg, True))
+  for name, run_dir, c, with_unet in runs:
+    ev = stages.evaluate(c, d(run_dir), data, "test", with_unet=with_unet)
+    print("clean:", name, {k: v for k, v in ev.items() if k != "per_image_3d_mm"},
+          "vs mean face:", paired_3d(ev, out[0][1]), flush=True)
+    out.append((name, ev))
+  return out
 
 
 class _Rows(list):
@@ -326,11 +380,13 @@ def previous_paper(report: str):
   return None
 
 
-def write_report(args, cfg, rows, timing, real, paper, curves):
+def write_report(args, cfg, rows, timing, real, paper, curves, clean=()):
+  load = " → ".join("/".join(f"{x:.1f}" for x in la) for la in args.load)
   lines = ["# Training benchmark (benchmarks/train.py)", "",
            f"Machine: {os.cpu_count()} CPU cores (shared, timings noisy), JAX "
            f"{jax.__version__} on {jax.default_backend()}. Generated by "
-           "`python benchmarks/train.py`.", "",
+           f"`{args.command}`, started {args.started}; load average (1/5/15 min) at "
+           f"start → end: {load}.", "",
            "## Synthetic occluded faces: each stage", "",
            f"Tiny configuration ({cfg.image_size}², ResNet-18 width {cfg.encoder_width} with "
            f"{len(cfg.encoder_stages)} stages of {'/'.join(map(str, cfg.encoder_stages))} "
@@ -353,7 +409,10 @@ def write_report(args, cfg, rows, timing, real, paper, curves):
            "ground-truth visible-skin mask. 3D: median over test images of the per-image "
            "median vertex error after similarity alignment (mm); Δ3D vs stage 1: mean ± "
            "standard error over the test images of the per-image error minus stage 1's "
-           "(negative = better; in brackets the share of images it improves)."
+           "(negative = better; in brackets the share of images it improves); Δ3D vs "
+           "plain L2: the same against the plain-L2 anchor (``--anchor_l2``: the stage-1 "
+           "encoder trained with photo_loss=l2, no robust term); / mean face: the row's "
+           "median 3D error over the mean face's (test split rows)."
            + (f" Rows 5 adapt on the {rows[0][1]['examples']} *test* images for "
               f"{args.test_adapt_steps} steps (batch {cfg.batch_size}; the EM rows in "
               "cycles as above, starting with a UNet block): unsupervised, as the paper's "
@@ -361,13 +420,34 @@ def write_report(args, cfg, rows, timing, real, paper, curves):
               "never the ground-truth masks or meshes, which only the scoring reads."
               if args.test_adapt_steps > 0 else ""), "",
            "| after stage | mask F1 | precision | recall | accuracy | median 3D error (mm) | "
-           "Δ3D vs stage 1 (mm) |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "/ mean face | Δ3D vs stage 1 (mm) | Δ3D vs plain L2 (mm) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  by_name = dict(rows)
+  mean_3d = by_name[MEAN_FACE]["median_3d_mm"] if MEAN_FACE in by_name else float("nan")
+  anchor = by_name.get(ANCHOR)
   for name, ev in rows:
     err = "–" if not np.isfinite(ev["median_3d_mm"]) else f"{ev['median_3d_mm']:.2f}"
-    paired = "–" if name.startswith(("1:", "2:")) else paired_3d(ev, rows[0][1])
+    train_split = name.startswith("2:")
+    ratio = ("–" if train_split or not np.isfinite(ev["median_3d_mm"] / mean_3d)
+             else f"{ev['median_3d_mm'] / mean_3d:.3f}")
+    paired = "–" if name.startswith("1:") or train_split else paired_3d(ev, rows[0][1])
+    vs_l2 = ("–" if anchor is None or name == ANCHOR or train_split
+             else paired_3d(ev, anchor))
     lines.append(f"| {name} | {ev['f1']:.3f} | {ev['precision']:.3f} | {ev['recall']:.3f} | "
-                 f"{ev['accuracy']:.3f} | {err} | {paired} |")
+                 f"{ev['accuracy']:.3f} | {err} | {ratio} | {paired} | {vs_l2} |")
+  if clean:
+    mean = clean[0][1]
+    lines += ["", f"### Held-out unoccluded faces ({mean['examples']} faces, seed 1, no "
+              "occluders; the encoders above, no further training)", "",
+              "Mask F1 here: every face pixel is visible skin, so it measures how much skin a "
+              "mask wrongly rejects (the mean face has no mask).", "",
+              "| encoder | median 3D error (mm) | / mean face | Δ3D vs mean face (mm) | "
+              "mask F1 |", "| --- | --- | --- | --- | --- |"]
+    for name, ev in clean:
+      ratio = ev["median_3d_mm"] / mean["median_3d_mm"]
+      f1 = "–" if not np.isfinite(ev["f1"]) else f"{ev['f1']:.3f}"
+      paired = "–" if ev is mean else paired_3d(ev, mean)
+      lines.append(f"| {name} | {ev['median_3d_mm']:.2f} | {ratio:.3f} | {paired} | {f1} |")
   lines += ["", "Losses and time per stage (loss = mean of the first / last three logged "
             "values; seconds/step excludes the first log interval, which holds the "
             "compilation):", "", "| stage | steps | first loss | last loss | s/step | "
@@ -401,7 +481,8 @@ def write_report(args, cfg, rows, timing, real, paper, curves):
   with open(args.report, "w") as f:
     f.write("\n".join(lines))
   with open(args.report.replace(".md", ".json"), "w") as f:
-    json.dump(dict(rows=rows, timing=timing, real=real, paper=paper), f, indent=1, default=str)
+    json.dump(dict(rows=rows, clean=list(clean), timing=timing, real=real, paper=paper,
+                   command=args.command, load=args.load), f, indent=1, default=str)
   print("wrote", args.report)
 
 
