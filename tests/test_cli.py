@@ -43,19 +43,19 @@ def test_demo_writes_pictures_fits_and_summary(tmp_path):
   synthetic = [c for c in metrics["cases"] if c["name"].startswith("synthetic")]
   assert len(synthetic) == 1
   face = synthetic[0]
-  # Measured (deterministic here, 2 runs): F1 0.954, occluder IoU 0.727, 3D median
-  # 1.08 mm, photo occluder recall 0.48. Labelling the whole face inlier would score
-  # F1 0.85 (a hand over 26 % of the face) and IoU 0, so the bounds need a working
-  # E-step. The 3D error is no better than the mean face's (1.02 mm against this
-  # face: 2 rounds of 5 steps at 64 px barely move the shape); the bound only
-  # catches a fit that goes astray.
+  # Measured (deterministic here): F1 0.914, 3D median 2.36 mm (1.08 mm with the
+  # former identity basis of small bumps: faces now differ by ~5 mm, not ~3 mm).
+  # Labelling the whole face inlier would score F1 0.85 (a hand over 26 % of the
+  # face) and IoU 0, so the bounds need a working E-step. 2 rounds of 5 steps at
+  # 64 px barely move the shape; the 3D bound only catches a fit that goes astray.
   assert face["f1"] > 0.9 and face["occluder_iou"] > 0.55, face
-  assert 0.3 < face["error_median"] < 1.5, face
+  assert 0.3 < face["error_median"] < 3.5, face
   assert metrics["fit"] == dict(size=64, rounds=2, steps=5, robust=True,
                                 batch=len(metrics["cases"]), seconds=metrics["fit"]["seconds"])
   photo = [c for c in metrics["cases"] if c["name"].startswith("astronaut")]
-  if photo:     # dlib installed: the photo joined the batch, with its occluder scored
+  if photo:     # dlib installed: the photo was fitted, its pasted surgical mask scored
     assert photo[0]["occluder_recall"] > 0.3 and metrics["photo_skipped"] is None, photo
+    assert photo[0]["f1"] > 0.0 and 0.0 <= photo[0]["occluder_iou"] <= 1.0, photo
   else:
     assert metrics["photo_skipped"] and "astronaut photo skipped" in r.stdout
   # One summary row (input | fit | mask | error map) per fitted image.
