@@ -158,6 +158,17 @@ def test_first_light_follows_the_prior(model):
   assert (np.asarray(led.inlier) > 0.5)[box].mean() < 0.1
 
 
+def test_non_finite_prior_pixels_are_neutral(model):
+  scene = _scene(model, seed=1, occlude=True)
+  prior = np.full((SIZE, SIZE), 0.5, np.float32)
+  holes = prior.copy()
+  holes[::3, ::2] = np.nan
+  a = fitting.fit(model, scene["image"], scene["landmarks"], config=MIN_CFG, inlier_prior=prior)
+  b = fitting.fit(model, scene["image"], scene["landmarks"], config=MIN_CFG, inlier_prior=holes)
+  assert np.isfinite(np.asarray(b.shape)).all()
+  np.testing.assert_array_equal(np.asarray(b.inlier), np.asarray(a.inlier))
+
+
 def test_fit_rejects_a_misshapen_prior(model):
   with pytest.raises(ValueError, match="inlier_prior"):
     fitting.fit(model, np.zeros((SIZE, SIZE, 3)), np.zeros((68, 2)),

@@ -72,6 +72,8 @@ def prepare(model, images, landmarks, sigma_vertex, sub_idx, lm_sub,
   lm_weights = jnp.asarray(losses_lib.landmark_weights(config.optimiser.landmark_heavy))
   k = max(1, config.schedule.estep_downsample)
   images_low = jax.vmap(lambda im: sampling.downsample(im, k))(images)
+  if priors is not None:     # a NaN prior pixel says nothing (0.5), not "break the fit"
+    priors = jnp.clip(jnp.nan_to_num(priors, nan=0.5), 0.0, 1.0)
   low = lambda maps: None if maps is None else jax.vmap(
       lambda m: sampling.downsample(m[..., None], k)[..., 0])(maps)
   return FitProblem(
