@@ -29,6 +29,7 @@ Usage::
 
     python benchmarks/train.py [--out /tmp/focus_bench] [--no_paper] [--keep_runs]
         [--test_adapt_steps 120] [--anchor_l2] [--clean_faces 100]
+        [--image_size 128] [--encoder_stages 1,1,1,1] [--encoder_width 16] [--w_reg 1]
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ from focus_jax.train import config as config_lib  # noqa: E402
 from focus_jax.train import plot, stages, trainer  # noqa: E402
 
 REAL = os.path.join(os.path.dirname(REPO), "shared", "data", "occluded_faces")
+
+
+def _stages(text: str) -> tuple:
+  """'1,1,1,1' → (1, 1, 1, 1): ResNet blocks per encoder stage."""
+  return tuple(int(n) for n in text.split(","))
+
+
+# TrainConfig fields settable from the command line: name → (parser, help).
+CONFIG_OVERRIDES = {
+    "image_size": (int, "side of the training crops and synthetic images in px, tiny 64"),
+    "encoder_width": (int, "ResNet width of the encoder's first stage, tiny 8"),
+    "encoder_stages": (_stages, "comma-separated ResNet blocks per stage, tiny 1,1; e.g. "
+                                "1,1,1,1 pools 64 features instead of 16"),
+    "w_reg": (float, "weight of the coefficient regularisation of every stage, tiny 3"),
+}
 
 
 def step_inputs(cfg, seed: int = 5):
@@ -120,14 +136,9 @@ def main():
   ap.add_argument("--prior_faces", type=int, default=16,
                   help="unoccluded synthetic fits for the misfit prior of a second EM run "
                        "(0: no prior, one EM run)")
-  ap.add_argument("--encoder_width", type=int, default=0,
-                  help="ResNet width of the encoder's first stage (0 = the tiny config's)")
-  ap.add_argument("--encoder_stages", default="",
-                  help="comma-separated ResNet blocks per stage, overriding the tiny config's "
-                       "(1,1): e.g. 1,1,1,1 pools 64 features instead of 16")
-  ap.add_argument("--image_size", type=int, default=0,
-                  help="side of the training crops and synthetic images (0 = the tiny "
-                       "config's 64)")
+  for name, (parse, what) in CONFIG_OVERRIDES.items():
+    ap.add_argument("--" + name, type=parse, default=None,
+                    help=what + "; unset: the tiny config's")
   ap.add_argument("--batch_size", type=int, default=8, help="global batch of every stage")
   ap.add_argument("--anchor_l2", action="store_true",
                   help="also train a stage-1 encoder with the plain-L2 photometric term "
@@ -150,12 +161,8 @@ def main():
 
   cfg = config_lib.tiny(progress=False, log_every=10, image_every=100, checkpoint_every=100,
                         batch_size=args.batch_size, em_unet_steps=20, em_encoder_steps=40)
-  if args.image_size:
-    cfg = cfg.replace(image_size=args.image_size)
-  if args.encoder_width:
-    cfg = cfg.replace(encoder_width=args.encoder_width)
-  if args.encoder_stages:
-    cfg = cfg.replace(encoder_stages=tuple(int(n) for n in args.encoder_stages.split(",")))
+  cfg = cfg.replace(**{name: getattr(args, name) for name in CONFIG_OVERRIDES
+                       if getattr(args, name) is not None})
   data = os.path.join(args.out, "data")
   t0 = time.perf_counter()
   if not os.path.exists(os.path.join(data, "params.npz")):
