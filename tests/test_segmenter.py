@@ -78,6 +78,10 @@ def test_load_refuses_broken_files_naming_file_and_array(tiny_file, tmp_path):
     with pytest.raises(WeightsError, match=message) as info:
       segmenter.load(bad)
     assert bad in str(info.value), case
+  bomb = tmp_path / "bomb.npz"     # 100 MiB of zeros packs into ~100 kB
+  np.savez_compressed(bomb, meta=np.asarray("{}"), big=np.zeros(100 * 2**20, np.uint8))
+  with pytest.raises(WeightsError, match="unpacks to more than"):
+    segmenter.load(str(bomb))
   junk = tmp_path / "junk.npz"
   junk.write_bytes(b"not a zip")
   with pytest.raises(WeightsError, match="cannot read"):

@@ -31,6 +31,8 @@ from focus_jax.nets.weights import WeightsError
 from focus_jax.nets import unet as unet_lib
 
 FORMAT = "focus-jax-segmenter-1"
+# Bound on a weights file, packed and unpacked (the packaged one is ~1 MB / ~1.3 MB).
+MAX_BYTES = 64 * 2**20
 # The packaged segmenter of the built-in pipeline (experiments/train_segmenter.py).
 PACKAGED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "priors", "real_face_segmenter.npz")
@@ -137,6 +139,11 @@ def load(path: str) -> Segmenter:
   import hashlib  # pylint: disable=import-outside-toplevel
   import zipfile  # pylint: disable=import-outside-toplevel
   try:
+    if os.path.getsize(path) > MAX_BYTES:
+      raise ValueError(f"larger than {MAX_BYTES >> 20} MiB")
+    with zipfile.ZipFile(path) as zf:   # unpacked sizes, before numpy allocates anything
+      if sum(i.file_size for i in zf.infolist()) > MAX_BYTES:
+        raise ValueError(f"unpacks to more than {MAX_BYTES >> 20} MiB")
     with open(path, "rb") as f:
       digest = hashlib.sha256(f.read()).hexdigest()
     with np.load(path, allow_pickle=False) as z:
