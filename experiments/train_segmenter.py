@@ -21,6 +21,7 @@ Rebuild the packaged weights (about 20 minutes on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -96,11 +97,7 @@ def draw_example(rng, photo, lm, face, size):
   mask = np.zeros(photo.shape[:2], bool)
   for _ in range(count):
     family = real_occluders.FAMILIES[rng.integers(len(real_occluders.FAMILIES))]
-    for _attempt in range(real_occluders.MAX_TRIES):
-      occ = real_occluders.make_occluder(family, rng, photo, face)
-      cover = float(occ.mask[face.hull].mean()) if face.hull.any() else 0.0
-      if real_occluders.MIN_COVERAGE <= cover <= real_occluders.MAX_COVERAGE:
-        break
+    occ = real_occluders.draw_covering(family, itertools.repeat(rng), photo, face)
     img = real_occluders.composite(img, occ)
     mask |= occ.mask
   img = photometric(rng, img)

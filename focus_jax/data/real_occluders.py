@@ -151,6 +151,19 @@ def make_occluder(family: str, rng: np.random.Generator, photo, landmarks) -> Oc
                   colour=colour_class(rgb, alpha, face.skin))
 
 
+def draw_covering(family: str, rngs, photo, face: Face) -> Occluder:
+  """An occluder of ``family`` covering :data:`MIN_COVERAGE`-:data:`MAX_COVERAGE` of the
+  landmark hull: one draw per stream of ``rngs`` (an iterable of Generators, one per
+  attempt), at most :data:`MAX_TRIES`; the last draw is kept if none fits."""
+  occ = None
+  for _, rng in zip(range(MAX_TRIES), rngs):
+    occ = make_occluder(family, rng, photo, face)
+    cover = float(occ.mask[face.hull].mean()) if face.hull.any() else 0.0
+    if MIN_COVERAGE <= cover <= MAX_COVERAGE:
+      break
+  return occ
+
+
 def benchmark_occluders(photo, landmarks, name: str, index: int, count: int = 4,
                         seed: int = 0, families=FAMILIES) -> list:
   """The fixed occluders of one benchmark photo.
@@ -170,11 +183,7 @@ def benchmark_occluders(photo, landmarks, name: str, index: int, count: int = 4,
   out = []
   for k in range(count):
     family = families[(count * int(index) + k) % len(families)]
-    for attempt in range(MAX_TRIES):
-      occ = make_occluder(family, np.random.default_rng([seed, key, k, attempt]), photo, face)
-      cover = float(occ.mask[face.hull].mean()) if face.hull.any() else 0.0
-      if MIN_COVERAGE <= cover <= MAX_COVERAGE:
-        break
-    out.append(occ)
+    rngs = (np.random.default_rng([seed, key, k, attempt]) for attempt in range(MAX_TRIES))
+    out.append(draw_covering(family, rngs, photo, face))
   return out
 

@@ -26,6 +26,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from focus_jax.nets.weights import WeightsError
 from focus_jax.nets import unet as unet_lib
@@ -102,20 +103,14 @@ def face_probability(seg: Segmenter, crops, variables=None):
 # ----------------------------------------------------------------------------- files
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}/{k}" if prefix else k
-    if isinstance(v, dict) or hasattr(v, "items"):
-      out.update(_flat(v, name))
-    else:
-      out[name] = v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(v)
-  return out
+def _flat(tree) -> dict:
+  """{'params/down1/conv1/kernel': leaf, ...} of a nested variables dict."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def save(path: str, seg: Segmenter, variables) -> None:
   """Writes ``variables`` of ``seg`` (atomically: a temporary file, then a rename)."""
-  arrays = {f"v/{k}": v.astype(np.float32) for k, v in _flat(variables).items()}
+  arrays = {f"v/{k}": np.asarray(v, np.float32) for k, v in _flat(variables).items()}
   if not all(np.isfinite(a).all() for a in arrays.values()):
     raise ValueError("segmenter.save: refusing to write non-finite weights")
   meta = dict(format=FORMAT, input_size=seg.input_size, base_width=seg.base_width,
@@ -175,13 +170,8 @@ def load(path: str) -> Segmenter:
                          f"{tuple(want.shape)}")
     if got[name].dtype.kind != "f" or not np.isfinite(got[name]).all():
       raise WeightsError(f"{path}: v/{name} is not finite floating point")
-  variables = {}
-  for name, arr in got.items():
-    node = variables
-    *parents, leaf = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(arr, jnp.float32)
+  variables = traverse_util.unflatten_dict(
+      {k: jnp.asarray(v, jnp.float32) for k, v in got.items()}, sep="/")
   return dataclasses.replace(seg, variables=variables, source=f"{path} (sha256 {digest[:12]})")
 
 
