@@ -492,3 +492,31 @@ def _table(tmp_path):
   lm[30] = 10
   morphable.write_ibug_mapping(tmp_path / "table.txt", lm)
   return tmp_path / "table.txt"
+
+
+def test_bfm2017_hostile_crop_files_are_refused(tmp_path, head):
+  """A user-supplied vertex-crop list (needed for the reference's landmark table): pickled,
+  truncated, NaN, fractional and out-of-range files give one-line errors naming the file."""
+  path = tmp_path / "model.h5"
+  _write_bfm2017(path, head)
+  n = head["num_vertices"]
+  pickled = tmp_path / "pickled.npy"
+  np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  truncated = tmp_path / "truncated.npy"
+  np.save(truncated, np.arange(50))
+  truncated.write_bytes(truncated.read_bytes()[:90])
+  cases = {
+      pickled: "cannot read vertex indices",
+      truncated: "cannot read vertex indices",
+      tmp_path / "nan.txt": "vertex indices must be integers",
+      tmp_path / "half.txt": "vertex indices must be integers",
+      tmp_path / "far.txt": "vertex indices must be integers",
+      tmp_path / "absent.npy": "vertex crop file not found",
+  }
+  (tmp_path / "nan.txt").write_text("0\n1\nnan\n")
+  (tmp_path / "half.txt").write_text("0\n1.5\n")
+  (tmp_path / "far.txt").write_text(f"0\n{n}\n")
+  for crop, message in cases.items():
+    with pytest.raises(errors.ModelFileError, match=message) as info:
+      bfm.load_bfm2017(path, crop=crop, landmarks=None)
+    assert str(crop) in str(info.value), crop

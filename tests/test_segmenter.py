@@ -82,6 +82,12 @@ def test_load_refuses_broken_files_naming_file_and_array(tiny_file, tmp_path):
   np.savez_compressed(bomb, meta=np.asarray("{}"), big=np.zeros(100 * 2**20, np.uint8))
   with pytest.raises(WeightsError, match="unpacks to more than"):
     segmenter.load(str(bomb))
+  pickled = tmp_path / "pickled.npz"   # an object array would need the unpickler
+  np.savez(pickled, meta=np.asarray('{"format": "focus-jax-segmenter-1"}'),
+           evil=np.array([{"x": 1}], dtype=object))
+  with pytest.raises(WeightsError, match="cannot read") as info:
+    segmenter.load(str(pickled))
+  assert str(pickled) in str(info.value)
   junk = tmp_path / "junk.npz"
   junk.write_bytes(b"not a zip")
   with pytest.raises(WeightsError, match="cannot read"):
