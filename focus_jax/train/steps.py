@@ -124,26 +124,53 @@ def _perceptual(config, identity, r, images, lms):
                                 identity(images, lms).embedding)
 
 
-def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
-  del rng
-  images, lms = batch["image"], batch["landmarks"]
-  out, r, enc_stats = _encode_and_render(config, nets, params, state, model, images)
+def pretrain_objective(config: TrainConfig, nets, model, out, images, landmarks,
+                       identity=None, axis_name=AXIS):
+  """The stage-1 objective of encoder outputs ``out`` on ``images``: (total, terms).
+
+  ``w_photo``·photometric (robust, or ``photo_loss='l2'``: the face-pixel MSE) +
+  ``w_landmark``·landmarks + ``w_reg``·coefficient regularisation +
+  ``w_perceptual``·identity (0 without an identity net). The training step applies it
+  to the encoder's outputs; ``benchmarks/objective_ceiling.py`` minimises it over
+  free per-image outputs (``out = nets.encoder.postprocess(raw)``) to measure what
+  the objective itself can recover.
+
+  Args:
+    out: :class:`~focus_jax.nets.encoder.EncoderOutput` of b faces.
+    images: [b, S, S, 3] in [0, 1]; landmarks: [b, 68, 2] px of the S-pixel crop.
+    axis_name: the pmap axis the L2 term's ratio of sums spans; None outside pmap.
+
+  Returns:
+    total: scalar; terms: dict photometric, landmark, regularization, perceptual.
+  """
+  r = render_faces(config, nets, model, out, images)
   if config.photo_loss == "l2":
     # A ratio of global sums (Σ F‖I−R‖² / Σ F), exact under pmap like the masked
     # reconstruction.
     den = jnp.sum(r.mask)
-    photo = global_ratio(losses.l2_photometric(r.image, images, r.mask)
-                         * jnp.maximum(den, 1.0), den)
+    num = losses.l2_photometric(r.image, images, r.mask) * jnp.maximum(den, 1.0)
+    photo = (global_ratio(num, den, axis_name) if axis_name is not None
+             else num / jnp.maximum(den, 1.0))
   else:
     photo, _ = losses.robust_photometric(r.image, images, r.mask)
   terms = dict(photometric=photo,
-               landmark=_landmark_term(model, r.landmarks, lms, config.image_size),
+               landmark=_landmark_term(model, r.landmarks, landmarks, config.image_size),
                regularization=losses.coefficient_regularization(out.shape, out.expression,
                                                                 out.albedo))
   total = (config.w_photo * photo + config.w_landmark * terms["landmark"]
            + config.w_reg * terms["regularization"])
-  terms["perceptual"] = _perceptual(config, identity, r, images, lms)
+  terms["perceptual"] = _perceptual(config, identity, r, images, landmarks)
   total = total + config.w_perceptual * terms["perceptual"]
+  return total, terms
+
+
+def _loss_pretrain(config, nets, params, state, batch, model, identity, rng):
+  del rng
+  images, lms = batch["image"], batch["landmarks"]
+  out, enc_stats = encode(config, nets, {"params": params,
+                                         "batch_stats": state.encoder["batch_stats"]},
+                          images, train=True)
+  total, terms = pretrain_objective(config, nets, model, out, images, lms, identity)
   return total, terms, dict(encoder=enc_stats)
 
 
