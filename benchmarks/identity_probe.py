@@ -95,13 +95,13 @@ def ridge_r2(x_train, y_train, x_test, y_test, alpha: float = 1e-3) -> np.ndarra
 
 
 def train_probe(train_x, train_y, test_x, *, width: int, stages: Sequence[int], steps: int,
-                batch: int, lr: float, seed: int = 0, pooling: str = "mean", log=print):
+                batch: int, lr: float, seed: int = 0, log=print):
   """Trains a ResNet regressor on standardised targets; returns held-out predictions
   [N_test, K] in target units, and the last training losses."""
   mu, sd = train_y.mean(0), train_y.std(0) + 1e-6
   yz = (train_y - mu) / sd
   net = ResNet(depth=18, width=width, stage_sizes=tuple(stages), num_outputs=train_y.shape[1],
-               head_init=jax.nn.initializers.zeros, pooling=pooling)
+               head_init=jax.nn.initializers.zeros)
   variables = net.init(jax.random.key(seed), jnp.zeros((1,) + train_x.shape[1:]))
   schedule = optax.cosine_decay_schedule(lr, steps)
   opt = optax.adamw(schedule, weight_decay=1e-4)
@@ -150,7 +150,7 @@ def run(args, log=print) -> dict:
   out = dict(label=args.label, model=model.name, num_shape=model.num_shape,
              spectrum=shape_spectrum(model, k), train=args.train, test=args.test,
              steps=args.steps, batch=args.batch, width=args.width,
-             stages=list(args.stages), lr=args.lr, pooling=args.pooling, occluded=bool(args.occluded), sizes={})
+             stages=list(args.stages), lr=args.lr, occluded=bool(args.occluded), sizes={})
   for size in args.sizes:
     t0 = time.perf_counter()
     x, shape, angles, lms = make_faces(model, size, list(range(args.train + args.test)),
@@ -162,7 +162,7 @@ def run(args, log=print) -> dict:
     t0 = time.perf_counter()
     pred, last_loss = train_probe(x[tr], y[tr], x[te], width=args.width, stages=args.stages,
                                   steps=args.steps, batch=args.batch, lr=args.lr,
-                                  seed=args.seed, pooling=args.pooling, log=log)
+                                  seed=args.seed, log=log)
     train_s = time.perf_counter() - t0
     r2 = r2_scores(pred, y[te])
     feats = landmark_features(lms, angles)
@@ -199,8 +199,7 @@ def render_markdown(entries: Dict[str, dict]) -> str:
               f"{e['train']} training / {e['test']} held-out faces"
               + (" with occluders" if e["occluded"] else "")
               + f", {e['steps']} steps of batch {e['batch']}, width {e['width']}, "
-              f"stages {tuple(e['stages'])}, lr {e['lr']}, "
-              f"{e.get('pooling', 'mean')} pooling.", ""]
+              f"stages {tuple(e['stages'])}, lr {e['lr']}.", ""]
     k = len(spec["rms_mm"])
     head = "| size | what | " + " | ".join(f"c{i + 1}" for i in range(k)) + " |"
     lines += [head, "|" + " --- |" * (k + 2)]
@@ -233,9 +232,6 @@ def main(argv=None):
   ap.add_argument("--lr", type=float, default=2e-3)
   ap.add_argument("--width", type=int, default=16)
   ap.add_argument("--stages", default="1,1,1,1")
-  ap.add_argument("--pooling", default="mean", choices=("mean", "flatten"),
-                  help="the trunk's last feature map: global average (torchvision) or "
-                       "flattened (keeps the layout)")
   ap.add_argument("--resolution", type=int, default=37, help="built-in model resolution")
   ap.add_argument("--num_shape", type=int, default=20)
   ap.add_argument("--num_expression", type=int, default=10)

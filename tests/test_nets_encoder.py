@@ -183,32 +183,3 @@ def test_encoder_init_from_torchvision_keeps_zero_head(tmp_path):
   torch.save(other.state_dict(), tmp_path / "other.pth")
   with pytest.raises(WeightsError, match="unexpected"):
     encoder.encoder_variables_from_torchvision(tmp_path / "other.pth", enc, variables)
-
-
-def test_flatten_pooling_keeps_the_feature_map():
-  """'flatten' hands the head the last feature map row by row (h·w·C features) from
-  the same trunk weights; its mean over positions is the 'mean' pooling."""
-  kw = dict(depth=18, width=4, stage_sizes=(1, 1), num_outputs=None)
-  x = jax.random.uniform(_key(1), (2, 32, 32, 3))
-  variables = encoder.ResNet(**kw).init(_key(), x)
-  pooled = encoder.ResNet(**kw).apply(variables, x)
-  flat = encoder.ResNet(pooling="flatten", **kw).apply(variables, x)
-  c = pooled.shape[-1]
-  assert flat.shape == (2, 4 * 4 * c)            # 32 / 8 = 4 positions a side
-  np.testing.assert_allclose(flat.reshape(2, -1, c).mean(1), pooled, rtol=1e-5, atol=1e-6)
-  head = encoder.FaceEncoder(num_shape=3, num_expression=2, num_albedo=3, active_shape=None,
-                             active_expression=None, active_albedo=None, depth=18, width=4,
-                             stage_sizes=(1, 1), pooling="flatten")
-  v = head.init(_key(2), x)
-  assert v["params"]["resnet"]["fc"]["kernel"].shape == (16 * c, head.num_outputs)
-  with pytest.raises(ValueError, match="pooling"):
-    encoder.ResNet(pooling="max", **kw).init(_key(), x)
-
-
-def test_train_config_pooling_reaches_the_encoder():
-  from focus_jax.autoencoder import networks
-  from focus_jax.train import config as config_lib
-  cfg = config_lib.tiny(encoder_pooling="flatten")
-  assert networks.make_modules(cfg, axis_name=None).encoder.pooling == "flatten"
-  with pytest.raises(ValueError, match="encoder_pooling"):
-    config_lib.tiny(encoder_pooling="max")

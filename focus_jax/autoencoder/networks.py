@@ -72,8 +72,7 @@ def make_modules(config: TrainConfig, axis_name: str | None = "batch", model=Non
       num_shape=model.num_shape, num_expression=model.num_expression,
       num_albedo=model.num_albedo, active_shape=None, active_expression=None,
       active_albedo=None, depth=config.encoder_depth, width=config.encoder_width,
-      stage_sizes=config.encoder_stages, pooling=config.encoder_pooling,
-      bn_axis_name=axis_name,
+      stage_sizes=config.encoder_stages, bn_axis_name=axis_name,
       depth_scale=config.depth_scale, translation_scale=config.translation_scale)
   net = unet_lib.UNet(base_width=config.unet_width, depth=config.unet_depth,
                       bn_axis_name=axis_name)

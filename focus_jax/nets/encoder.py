@@ -47,8 +47,6 @@ RESNET_CONFIGS = {
     101: ("bottleneck", (3, 4, 23, 3)),
 }
 
-POOLINGS = ("mean", "flatten")
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -106,10 +104,6 @@ class ResNet(nn.Module):
     num_outputs: size of the final dense layer ``fc``; None returns the pooled features.
     head_init: initialiser of ``fc``'s kernel and bias (zeros for the face encoder).
     bn_axis_name: pmap axis over which BatchNorm statistics are averaged, or None.
-    pooling: ``'mean'`` (torchvision: global average pooling, C features) or
-      ``'flatten'`` (the last feature map flattened, h·w·C features: keeps where
-      things are, which a CPU-sized trunk cannot encode in its channels; see
-      benchmarks/results/identity_probe.md).
 
   Call: ``x [B, H, W, 3] -> [B, num_outputs]`` (or ``[B, C]`` pooled features).
   Parameter names mirror torchvision's (``layer1_0/conv1`` ⇔ ``layer1.0.conv1``).
@@ -120,12 +114,9 @@ class ResNet(nn.Module):
   num_outputs: Optional[int] = 1000
   head_init: Any = None
   bn_axis_name: Optional[str] = None
-  pooling: str = "mean"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.pooling not in POOLINGS:
-      raise ValueError(f"ResNet.pooling must be one of {POOLINGS}, got {self.pooling!r}")
     kind, default_sizes = RESNET_CONFIGS[self.depth]
     sizes = tuple(self.stage_sizes) if self.stage_sizes is not None else default_sizes
     x = layers.conv(self.width, 7, 2, 3, name="conv1")(x)
@@ -137,10 +128,7 @@ class ResNet(nn.Module):
         stride = 2 if (i > 0 and j == 0) else 1
         x = block(self.width * 2**i, stride, bn_axis_name=self.bn_axis_name,
                   name=f"layer{i + 1}_{j}")(x, train)
-    if self.pooling == "flatten":
-      x = x.reshape(x.shape[0], -1)
-    else:
-      x = jnp.mean(x, axis=(1, 2))
+    x = jnp.mean(x, axis=(1, 2))
     if self.num_outputs is None:
       return x
     if self.head_init is not None:
@@ -186,7 +174,7 @@ class FaceEncoder(nn.Module):
     active_shape, active_expression, active_albedo: how many leading components are
       used (the rest are forced to zero); defaults = the reference's 80 / 64 / 80.
       None uses all.
-    depth, width, stage_sizes, pooling, bn_axis_name: the trunk (see :class:`ResNet`).
+    depth, width, stage_sizes, bn_axis_name: the trunk (see :class:`ResNet`).
     imagenet_normalize: normalise inputs with ImageNet mean/std (the reference does not).
     albedo_scale, rotation_scale, depth_scale: the reference's output scalings.
     translation_scale: mm per raw head unit of the x and y translation (1 = the
@@ -205,7 +193,6 @@ class FaceEncoder(nn.Module):
   depth: int = 50
   width: int = 64
   stage_sizes: Optional[Sequence[int]] = None
-  pooling: str = "mean"
   bn_axis_name: Optional[str] = None
   imagenet_normalize: bool = False
   albedo_scale: float = 3.0
@@ -227,7 +214,7 @@ class FaceEncoder(nn.Module):
     if self.imagenet_normalize:
       x = (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
     raw = ResNet(depth=self.depth, width=self.width, stage_sizes=self.stage_sizes,
-                 pooling=self.pooling, num_outputs=self.num_outputs, head_init=nn.initializers.zeros,
+                 num_outputs=self.num_outputs, head_init=nn.initializers.zeros,
                  bn_axis_name=self.bn_axis_name, name="resnet")(x, train)
     return self.postprocess(raw)
 

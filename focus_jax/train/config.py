@@ -38,8 +38,7 @@ _ADDED = frozenset({"em_encoder_lr", "unet_prior", "translation_scale", "depth_s
                     "bfm_origin",
                     "em_lr_schedule", "em_lr_pretrain_steps", "em_step_offset",
                     "adapt_continue", "em_mask_gradient", "identity_inputs",
-                    "identity_render_landmarks", "unet_bce", "photo_loss",
-                    "encoder_pooling"})
+                    "identity_render_landmarks", "unet_bce", "photo_loss"})
 # Stage lengths of the reference (S1 saves enc_net_300000, which S4 loads; S3 saves
 # unet_mask_030000, which S4 loads). EM and adaptation stop after 130 epochs in the
 # reference (data-dependent); 4 EM cycles and 1 adaptation cycle are focus-jax's choice.
@@ -61,10 +60,6 @@ class TrainConfig:
       (the encoder regresses exactly these).
     encoder_depth, encoder_width, encoder_stages: the ResNet trunk (stages None =
       torchvision's layout for the depth).
-    encoder_pooling: 'mean' (the reference: global average pooling before the head)
-      or 'flatten' (the last feature map flattened: keeps the layout, which a
-      CPU-sized trunk does not encode in its few channels; issue 22,
-      benchmarks/results/identity_probe.md).
     translation_scale, depth_scale: [mm per raw head unit] of the encoder's x/y and z
       translation (reference 1 and 0.005). An optimiser step moves a head output by
       about the learning rate, so at the reference scales and Adam lr 2e-3 the tiny
@@ -156,7 +151,6 @@ class TrainConfig:
   encoder_depth: int = 50
   encoder_width: int = 64
   encoder_stages: Optional[Tuple[int, ...]] = None
-  encoder_pooling: str = "mean"
   translation_scale: float = 1.0
   depth_scale: float = 0.005
   unet_width: int = 64
@@ -252,8 +246,7 @@ class TrainConfig:
                           ("identity_inputs", ("composite", "reference")),
                           ("identity_render_landmarks", ("target", "predicted")),
                           ("unet_bce", ("face", "reference")),
-                          ("photo_loss", ("robust", "l2")),
-                          ("encoder_pooling", ("mean", "flatten"))):
+                          ("photo_loss", ("robust", "l2"))):
       if getattr(self, name) not in allowed:
         problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
     for name in ("num_steps", "em_step_offset"):

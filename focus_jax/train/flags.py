@@ -28,8 +28,6 @@ HELP = dict(
     encoder_width="Channels of the encoder's stem and first stage (64 = torchvision).",
     encoder_stages="Blocks per ResNet stage, comma separated (empty: torchvision's layout "
                    "for the depth; '1,1' = a 2-stage toy).",
-    encoder_pooling="Encoder features before the head: mean (global average pooling, the "
-                    "reference) or flatten (the last feature map, keeps the layout).",
     translation_scale="Millimetres per raw encoder output of the x/y translation (reference 1).",
     depth_scale="Millimetres per raw encoder output of the z translation (reference 0.005).",
     unet_width="Channels of the UNet's first block (reference 64).",

@@ -49,7 +49,7 @@ from focus_jax.train.config import TrainConfig
 # Fields that fix the networks' shapes and meaning: they must agree between a stage
 # and the stage it takes its weights from.
 NETWORK_FIELDS = ("image_size", "model", "model_resolution", "num_shape", "num_expression",
-                  "num_albedo", "encoder_depth", "encoder_width", "encoder_stages", "encoder_pooling",
+                  "num_albedo", "encoder_depth", "encoder_width", "encoder_stages",
                   "translation_scale", "depth_scale", "unet_width", "unet_depth", "bfm_crop",
                   "bfm_landmarks", "bfm_origin")
 
