@@ -67,6 +67,7 @@ CONFIG_OVERRIDES = {
     "encoder_stages": (_stages, "comma-separated ResNet blocks per stage, tiny 1,1; e.g. "
                                 "1,1,1,1 pools 64 features instead of 16"),
     "w_reg": (float, "weight of the coefficient regularisation of every stage, tiny 3"),
+    "w_landmark": (float, "weight of the landmark term, tiny 5e-4"),
 }
 
 
