@@ -11,7 +11,11 @@ which is what the trained pipeline's 3D column amounts to). Two controls ride al
 * the Euler angles are regressed by the same network (their R² shows the network
   learns what the images show, so a shape R² ≈ 0 is about the world, not the training);
 * a ridge regression from the *exact* 2-D landmarks (centred, scale-normalised, plus
-  the true angles) — how much of each component the 68 landmark positions carry.
+  the true angles) — a *linear* reader of the 68 landmark positions;
+* the landmarks' ideal observer (:func:`ideal_observer_r2`): the Bayesian estimate of
+  every coefficient from the exact landmarks plus Gaussian noise, linearised at the
+  mean face, with the pose unknown (a broad prior) — how much of each component the
+  landmarks carry at all, for a reader that knows the model and the camera.
 
 Usage (writes benchmarks/results/identity_probe.json, keyed by ``--label``, and renders
 every stored label into benchmarks/results/identity_probe.md)::
@@ -94,6 +98,61 @@ def ridge_r2(x_train, y_train, x_test, y_test, alpha: float = 1e-3) -> np.ndarra
   return r2_scores(b @ w, y_test)
 
 
+def ideal_observer_r2(model, params: Sequence[dict], size: int, noise_px: float = 0.5,
+                      known_pose: bool = False, components: int = 10,
+                      config: synthetic.SyntheticConfig = synthetic.SyntheticConfig(),
+                      seed: int = 0) -> np.ndarray:
+  """R² [components] of the landmarks' ideal observer of the shape coefficients.
+
+  For each face (``params``: :meth:`SyntheticFaces.params` dicts of ``model``), the
+  exact projected landmarks y (px, ``size``² reference camera, the model's valid
+  landmarks) plus N(0, ``noise_px``²) per coordinate are read by the posterior mean of
+  a linear-Gaussian model around the mean face at the true pose: y − f(0) ≈ J·θ + ε,
+  θ = every shape and expression coefficient (prior std ``config.shape_std`` /
+  ``expression_std``) and, unless ``known_pose``, the 6 pose parameters (prior std of
+  the generator's uniform ranges). Components beyond ``components`` are estimated too,
+  so their landmark motion is discounted, not mistaken for the leading ones'.
+  An upper bound for any reader of the landmarks (the linearisation is exact to first
+  order; the true pose enters only as the expansion point)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from focus_jax.morphable import model as model_lib  # pylint: disable=import-outside-toplevel
+  from focus_jax.render import camera as camera_lib  # pylint: disable=import-outside-toplevel
+  ks, ke = model.num_shape, model.num_expression
+  intr = camera_lib.Intrinsics.reference(size)
+  valid = np.repeat(np.asarray(model_lib.landmark_mask(model), bool), 2)
+
+  def project(coef, pose):
+    v = model_lib.vertices(model, coef[None, :ks], coef[None, ks:])
+    cam = camera_lib.to_camera(v, pose[None, :3], pose[None, 3:])
+    return camera_lib.project(model_lib.landmark_positions(model, cam), intr)[0].reshape(-1)
+
+  f = jax.jit(project)
+  jac = jax.jit(jax.jacfwd(project, argnums=(0, 1)))
+  deg = np.pi / 180.0
+  pose_sd = np.array([config.pitch * deg, config.yaw * deg, config.roll * deg,
+                      config.translation_xy, config.translation_xy,
+                      (config.translation_z[1] - config.translation_z[0]) / 2]) / np.sqrt(3.0)
+  prior = np.r_[np.full(ks, config.shape_std), np.full(ke, config.expression_std)]
+  if not known_pose:
+    prior = np.r_[prior, pose_sd]
+  rng = np.random.default_rng(seed)
+  estimates, truth = [], []
+  for p in params:
+    coef = jnp.asarray(np.r_[p["shape"], p["expression"]], jnp.float32)
+    pose = jnp.asarray(np.r_[p["angles"], p["translation"]], jnp.float32)
+    y = np.asarray(f(coef, pose), np.float64)[valid]
+    y = y + rng.normal(0.0, noise_px, y.shape)
+    zero = jnp.zeros_like(coef)
+    jc, jp = (np.asarray(a, np.float64)[valid] for a in jac(zero, pose))
+    j = jc if known_pose else np.concatenate([jc, jp], 1)
+    r = y - np.asarray(f(zero, pose), np.float64)[valid]
+    cov = j * prior ** 2 @ j.T + max(noise_px, 1e-3) ** 2 * np.eye(len(y))
+    est = prior ** 2 * (j.T @ np.linalg.solve(cov, r))
+    estimates.append(est[:components])
+    truth.append(np.asarray(p["shape"][:components], np.float64))
+  return r2_scores(np.stack(estimates), np.stack(truth))
+
+
 def train_probe(train_x, train_y, test_x, *, width: int, stages: Sequence[int], steps: int,
                 batch: int, lr: float, seed: int = 0, log=print):
   """Trains a ResNet regressor on standardised targets; returns held-out predictions
@@ -147,11 +206,21 @@ def run(args, log=print) -> dict:
   model = morphable.builtin(resolution=args.resolution, num_shape=args.num_shape,
                             num_expression=args.num_expression, num_albedo=args.num_albedo)
   k = min(args.components, model.num_shape)
-  out = dict(label=args.label, model=model.name, num_shape=model.num_shape,
+  out = dict(label=args.label, model=model.name, num_shape=model.num_shape, seed=args.seed,
              spectrum=shape_spectrum(model, k), train=args.train, test=args.test,
              steps=args.steps, batch=args.batch, width=args.width,
-             stages=list(args.stages), lr=args.lr, occluded=bool(args.occluded), sizes={})
+             stages=list(args.stages), lr=args.lr, occluded=bool(args.occluded),
+             ideal_only=bool(args.ideal_only), sizes={})
   for size in args.sizes:
+    if args.ideal_only:
+      gen = synthetic.SyntheticFaces(model, synthetic.SyntheticConfig(size=size),
+                                     seed=args.seed)
+      params = [gen.params(i) for i in range(args.train, args.train + args.test)]
+      ideal = ideal_observer_r2(model, params, size, noise_px=args.ideal_noise, components=k)
+      out["sizes"][str(size)] = dict(ideal_observer_r2=ideal.round(4).tolist(),
+                                     ideal_noise_px=args.ideal_noise)
+      log(f"{size}²: ideal observer R² {np.round(ideal, 3)}")
+      continue
     t0 = time.perf_counter()
     x, shape, angles, lms = make_faces(model, size, list(range(args.train + args.test)),
                                        args.seed, args.occluded)
@@ -167,9 +236,13 @@ def run(args, log=print) -> dict:
     r2 = r2_scores(pred, y[te])
     feats = landmark_features(lms, angles)
     lm_r2 = ridge_r2(feats[tr], shape[tr, :k], feats[te], shape[te, :k])
+    gen = synthetic.SyntheticFaces(model, synthetic.SyntheticConfig(size=size), seed=args.seed)
+    params = [gen.params(i) for i in range(args.train, args.train + args.test)]
+    ideal = ideal_observer_r2(model, params, size, noise_px=args.ideal_noise, components=k)
     out["sizes"][str(size)] = dict(
         shape_r2=r2[:k].round(4).tolist(), angle_r2=r2[k:].round(4).tolist(),
-        landmark_ridge_r2=lm_r2.round(4).tolist(), final_train_loss=last_loss,
+        landmark_ridge_r2=lm_r2.round(4).tolist(), ideal_observer_r2=ideal.round(4).tolist(),
+        ideal_noise_px=args.ideal_noise, final_train_loss=last_loss,
         generate_s=round(gen_s, 1), train_s=round(train_s, 1))
     log(f"{size}²: shape R² {np.round(r2[:k], 3)}; angles {np.round(r2[k:], 3)}; "
         f"landmark ridge {np.round(lm_r2, 3)}")
@@ -186,8 +259,11 @@ def render_markdown(entries: Dict[str, dict]) -> str:
       "no occluders unless stated) by a ResNet-18-block encoder (the pipeline's encoder "
       "family), MSE on standardised targets, AdamW with cosine decay. Held-out R² per "
       "shape component (0 = the mean face, 1 = exact). Controls: the Euler angles, "
-      "regressed by the same network; and a ridge regression from the exact 2-D "
-      "landmarks (centred, scale-normalised) plus the true angles.", ""]
+      "regressed by the same network; a ridge regression from the exact 2-D "
+      "landmarks (centred, scale-normalised) plus the true angles (a linear reader); and, "
+      "in runs that have it, the landmarks' ideal observer: the Bayesian posterior mean "
+      "of every shape and expression coefficient from the exact landmarks plus Gaussian "
+      "noise, linearised at the mean face, pose unknown (`ideal_observer_r2`).", ""]
   for label, e in entries.items():
     spec = e["spectrum"]
     lines += [f"## {label}", "",
@@ -196,20 +272,30 @@ def render_markdown(entries: Dict[str, dict]) -> str:
               f"displacement of the first ones (mm): "
               + ", ".join(f"{v:.2f}" for v in spec["rms_mm"][:6])
               + f"; the first five hold {100 * spec['first5_share']:.1f} % of these {e['num_shape']} components' variance. "
-              f"{e['train']} training / {e['test']} held-out faces"
-              + (" with occluders" if e["occluded"] else "")
-              + f", {e['steps']} steps of batch {e['batch']}, width {e['width']}, "
-              f"stages {tuple(e['stages'])}, lr {e['lr']}.", ""]
+              + (f"{e['test']} faces (seed {e.get('seed', 0)}, after the first "
+                 f"{e['train']}); ideal-observer control only, no images, no training."
+                 if e.get("ideal_only") else
+                 f"{e['train']} training / {e['test']} held-out faces"
+                 + (" with occluders" if e["occluded"] else "")
+                 + f", {e['steps']} steps of batch {e['batch']}, width {e['width']}, "
+                 f"stages {tuple(e['stages'])}, lr {e['lr']}."), ""]
     k = len(spec["rms_mm"])
     head = "| size | what | " + " | ".join(f"c{i + 1}" for i in range(k)) + " |"
     lines += [head, "|" + " --- |" * (k + 2)]
     for size, r in e["sizes"].items():
-      lines.append(f"| {size}² | encoder: shape R² | "
-                   + " | ".join(f"{v:.2f}" for v in r["shape_r2"]) + " |")
-      lines.append(f"| {size}² | exact landmarks, ridge: shape R² | "
-                   + " | ".join(f"{v:.2f}" for v in r["landmark_ridge_r2"]) + " |")
+      if "shape_r2" in r:
+        lines.append(f"| {size}² | encoder: shape R² | "
+                     + " | ".join(f"{v:.2f}" for v in r["shape_r2"]) + " |")
+        lines.append(f"| {size}² | exact landmarks, ridge: shape R² | "
+                     + " | ".join(f"{v:.2f}" for v in r["landmark_ridge_r2"]) + " |")
+      if "ideal_observer_r2" in r:
+        lines.append(f"| {size}² | landmarks ± {r['ideal_noise_px']:g} px, ideal observer, "
+                     "pose unknown: shape R² | "
+                     + " | ".join(f"{v:.2f}" for v in r["ideal_observer_r2"]) + " |")
     lines.append("")
     for size, r in e["sizes"].items():
+      if "angle_r2" not in r:
+        continue
       lines.append(f"- {size}²: angle R² (pitch, yaw, roll) "
                    + ", ".join(f"{v:.3f}" for v in r["angle_r2"])
                    + f"; final training loss {r['final_train_loss']:.3f} (standardised MSE); "
@@ -238,6 +324,11 @@ def main(argv=None):
   ap.add_argument("--num_albedo", type=int, default=20)
   ap.add_argument("--components", type=int, default=10, help="shape components scored")
   ap.add_argument("--occluded", action="store_true", help="faces with occluders")
+  ap.add_argument("--ideal_only", action="store_true",
+                  help="only the ideal-observer control (no images, no training); --test "
+                       "faces after the first --train")
+  ap.add_argument("--ideal_noise", type=float, default=0.5,
+                  help="landmark noise (px per coordinate) of the ideal-observer control")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--note", default="", help="text added under this label's table")
   ap.add_argument("--json", default=os.path.join(RESULTS, "identity_probe.json"))
