@@ -68,6 +68,9 @@ CONFIG_OVERRIDES = {
                                 "1,1,1,1 pools 64 features instead of 16"),
     "w_reg": (float, "weight of the coefficient regularisation of every stage, tiny 3"),
     "w_landmark": (float, "weight of the landmark term, tiny 5e-4"),
+    "num_shape": (int, "shape components the encoder regresses, tiny 20 (the faces have 80)"),
+    "num_expression": (int, "expression components, tiny 10 (the faces have 64)"),
+    "num_albedo": (int, "albedo components, tiny 20 (the faces have 80)"),
 }
 
 

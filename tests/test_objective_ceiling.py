@@ -111,3 +111,38 @@ def test_ceiling_smoke(ceiling, tmp_path):
   assert "## smoke" in text and "(chosen on tune)" in text
   with pytest.raises(SystemExit, match="objective_ceiling"):
     ceiling.main(["--settings", "1:2", "--json", str(js), "--out", str(md)])
+
+
+# ---------------------------------------------------------------------------------
+# benchmarks/stage1_screen.py
+
+
+@pytest.fixture(scope="module")
+def screen():
+  spec = importlib.util.spec_from_file_location(
+      "stage1_screen", os.path.join(REPO, "benchmarks", "stage1_screen.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_screen_overrides(screen):
+  assert screen.parse_overrides(["w_reg=1", "num_shape=80"]) == {"w_reg": 1.0, "num_shape": 80}
+  for bad in (["w_reg"], ["lr=1"], ["num_shape=1.5"], ["w_reg="]):
+    with pytest.raises(ValueError, match="--set"):
+      screen.parse_overrides(bad)
+  cfg = screen.make_config(64, {"w_reg": 0.5})
+  assert cfg.w_reg == 0.5 and cfg.image_size == 64 and cfg.encoder_stages == (1, 1, 1, 1)
+
+
+@pytest.mark.slow
+def test_screen_smoke(screen, tmp_path):
+  """A 32² run of two step counts writes two scored rows; the true coefficients with
+  their best pose explain the exact landmarks better than the mean face does."""
+  row = screen.main(["--out", str(tmp_path), "--num", "100", "--clean", "4", "--image_size",
+                     "32", "--steps", "2,3", "--set", "w_reg=2"])
+  lines = (tmp_path / "results.jsonl").read_text().splitlines()
+  assert [json.loads(l)["steps"] for l in lines] == [2, 3]
+  assert np.isfinite(row["clean_ratio"]) and np.isfinite(row["landmark_px"])
+  refs = row["landmark_references_px"]
+  assert refs["true_coefficients"] < refs["mean_face"]
