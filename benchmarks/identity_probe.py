@@ -307,6 +307,28 @@ def render_markdown(entries: Dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
+def save_labelled(result: dict, args, script: str, render, argv=None) -> None:
+  """Stamps ``result`` with its command line and machine (and ``args.note``), merges it
+  under ``args.label`` into the JSON file ``args.json`` and rewrites ``args.out`` from
+  every stored entry with ``render``; both files are replaced atomically."""
+  result["command"] = f"python benchmarks/{script} " + " ".join(
+      a if " " not in a else repr(a) for a in (argv if argv is not None else sys.argv[1:]))
+  result["machine"] = (f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on "
+                       f"{jax.default_backend()}, {platform.machine()}")
+  if args.note:
+    result["note"] = args.note
+  entries = {}
+  if os.path.exists(args.json):
+    with open(args.json) as f:
+      entries = json.load(f)
+  entries[args.label] = result
+  for path, text in ((args.json, json.dumps(entries, indent=1)), (args.out, render(entries))):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--label", default="built-in model")
@@ -339,20 +361,7 @@ def main(argv=None):
   if not args.sizes or min(args.sizes) < 16 or args.train < 2 or args.test < 2:
     raise SystemExit("identity_probe: need --sizes >= 16, --train >= 2 and --test >= 2")
   result = run(args)
-  result["command"] = "python benchmarks/identity_probe.py " + " ".join(
-      a if " " not in a else repr(a) for a in (argv if argv is not None else sys.argv[1:]))
-  result["machine"] = f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.default_backend()}, {platform.machine()}"
-  if args.note:
-    result["note"] = args.note
-  entries = {}
-  if os.path.exists(args.json):
-    with open(args.json) as f:
-      entries = json.load(f)
-  entries[args.label] = result
-  with open(args.json, "w") as f:
-    json.dump(entries, f, indent=1)
-  with open(args.out, "w") as f:
-    f.write(render_markdown(entries))
+  save_labelled(result, args, "identity_probe.py", render_markdown, argv)
   print(f"wrote {args.out}")
   return result
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ import optax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from focus_jax import morphable  # noqa: E402
 from focus_jax.data import synthetic  # noqa: E402
@@ -291,23 +290,8 @@ def main(argv: Sequence[str] | None = None):
     raise SystemExit("objective_ceiling: need --size >= 16, --faces >= 4, --steps >= 1, "
                      "--batch >= 1")
   result = run(args)
-  result["command"] = "python benchmarks/objective_ceiling.py " + " ".join(
-      a if " " not in a else repr(a) for a in (argv if argv is not None else sys.argv[1:]))
-  result["machine"] = (f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on "
-                       f"{jax.default_backend()}, {platform.machine()}")
-  if args.note:
-    result["note"] = args.note
-  entries = {}
-  if os.path.exists(args.json):
-    with open(args.json) as f:
-      entries = json.load(f)
-  entries[args.label] = result
-  for path, text in ((args.json, json.dumps(entries, indent=1)),
-                     (args.out, render_markdown(entries))):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
+  from identity_probe import save_labelled  # pylint: disable=import-outside-toplevel
+  save_labelled(result, args, "objective_ceiling.py", render_markdown, argv)
   print(f"wrote {args.out}")
   return result
 

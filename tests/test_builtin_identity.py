@@ -1,18 +1,16 @@
 """The built-in model's identity space (focus_jax.morphable.builtin_identity) and the
 identity observability probe (benchmarks/identity_probe.py)."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
+from tests import benchmark_modules
 from focus_jax import morphable
 from focus_jax.morphable import builtin_face, builtin_identity
 
 SMALL = 37
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +121,7 @@ def test_sfm_constants_match_the_surrey_model(shared_dir):
 
 @pytest.fixture(scope="module")
 def probe():
-  spec = importlib.util.spec_from_file_location(
-      "identity_probe", os.path.join(REPO, "benchmarks", "identity_probe.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return benchmark_modules.load("identity_probe")
 
 
 def test_r2_scores(probe):

@@ -1,31 +1,24 @@
 """The stage-1 objective as a function of encoder outputs, and the per-image optimum
 benchmark built on it (benchmarks/objective_ceiling.py, issue 22)."""
 
-import importlib.util
 import json
-import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import benchmark_modules
 from focus_jax import losses
 from focus_jax.autoencoder import networks as networks_lib
 from focus_jax.train import config as config_lib
 from focus_jax.train import state as state_lib
 from focus_jax.train import steps as steps_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def ceiling():
-  spec = importlib.util.spec_from_file_location(
-      "objective_ceiling", os.path.join(REPO, "benchmarks", "objective_ceiling.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return benchmark_modules.load("objective_ceiling")
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +112,7 @@ def test_ceiling_smoke(ceiling, tmp_path):
 
 @pytest.fixture(scope="module")
 def screen():
-  spec = importlib.util.spec_from_file_location(
-      "stage1_screen", os.path.join(REPO, "benchmarks", "stage1_screen.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return benchmark_modules.load("stage1_screen")
 
 
 def test_screen_overrides(screen):
