@@ -41,8 +41,10 @@ def _truth(cfg, nets, c2=2.5):
   return raw, r.image, r.landmarks
 
 
-def test_objective_is_the_training_steps_loss(setup):
-  """The step's loss is pretrain_objective of the encoder's outputs (one definition)."""
+def test_objective_terms_and_weights(setup):
+  """pretrain_objective (which the stage-1 step calls on the encoder's outputs) is the
+  weighted sum of its terms; the landmark term vanishes at the truth; its L2 variant
+  outside pmap is the face-pixel mean."""
   cfg, nets = setup
   raw, images, lms = _truth(cfg, nets)
   out = nets.encoder.postprocess(jnp.asarray(raw))
