@@ -50,6 +50,7 @@ from focus_jax.train import config as config_lib  # noqa: E402
 from focus_jax.train import data as data_lib  # noqa: E402
 from focus_jax.train import state as state_lib  # noqa: E402
 from focus_jax.train import steps as steps_lib  # noqa: E402
+from identity_probe import r2_scores, save_labelled  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 Setting = Tuple[float, float, float]   # (w_photo, w_landmark, w_reg)
@@ -74,22 +75,25 @@ def parse_settings(text: str) -> List[Setting]:
   return out
 
 
-def r2_scores(pred, true) -> np.ndarray:
-  """Held-out R² per column of [N, K] arrays (0 = the mean, 1 = exact)."""
-  pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-  sst = np.sum((true - true.mean(0)) ** 2, axis=0)
-  return 1.0 - np.sum((true - pred) ** 2, axis=0) / np.maximum(sst, 1e-300)
-
-
 def vertex_errors(pred_vertices, true_vertices) -> np.ndarray:
   """Per face, the median vertex distance (mm) after similarity alignment:
   [N, V, 3] × [N, V, 3] -> [N] (the metric of ``stages.evaluate``)."""
-  out = []
-  for v, g in zip(np.asarray(pred_vertices), np.asarray(true_vertices)):
-    t = mesh_metrics.similarity_transform(v, g)
-    out.append(float(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g,
-                                              axis=-1))))
-  return np.asarray(out)
+  return np.asarray([mesh_metrics.aligned_median_error(v, g)
+                     for v, g in zip(np.asarray(pred_vertices), np.asarray(true_vertices))])
+
+
+def masked_adam(loss, raw, mask, steps: int, lr: float):
+  """``steps`` Adam steps on ``loss(raw)`` that move only where ``mask`` [D] is 1
+  (traceable: call it inside ``jax.jit``); returns the final ``raw``."""
+  opt = optax.adam(lr)
+
+  def body(carry, _):
+    raw, st = carry
+    upd, st = opt.update(jax.grad(loss)(raw) * mask, st)
+    return (optax.apply_updates(raw, upd), st), None
+
+  (raw, _), _ = jax.lax.scan(body, (raw, opt.init(raw)), None, length=steps)
+  return raw
 
 
 def make_optimizer_fn(config, nets, steps: int, lr: float, pose_steps: int = 200):
@@ -104,28 +108,16 @@ def make_optimizer_fn(config, nets, steps: int, lr: float, pose_steps: int = 200
   first_pose = sizes["shape"] + sizes["expression"] + sizes["albedo"]
   pose_light = jnp.asarray(np.arange(nets.encoder.num_outputs) >= first_pose, jnp.float32)
 
-  def loss(raw, images, landmarks):
-    out = nets.encoder.postprocess(raw)
-    total, _ = steps_lib.pretrain_objective(config, nets, model, out, images, landmarks,
-                                            axis_name=None)
-    return total
-
-  opt = optax.adam(lr)
-
-  def phase(raw, images, landmarks, length, mask):
-    def body(carry, _):
-      raw, st = carry
-      g = jax.grad(loss)(raw, images, landmarks) * mask
-      upd, st = opt.update(g, st)
-      return (optax.apply_updates(raw, upd), st), None
-    (raw, _), _ = jax.lax.scan(body, (raw, opt.init(raw)), None, length=length)
-    return raw
-
   @jax.jit
   def run(raw, images, landmarks):
+    def loss(raw):
+      out = nets.encoder.postprocess(raw)
+      total, _ = steps_lib.pretrain_objective(config, nets, model, out, images, landmarks,
+                                              axis_name=None)
+      return total
     if pose_steps:
-      raw = phase(raw, images, landmarks, pose_steps, pose_light)
-    return phase(raw, images, landmarks, steps, jnp.ones_like(pose_light))
+      raw = masked_adam(loss, raw, pose_light, pose_steps, lr)
+    return masked_adam(loss, raw, jnp.ones_like(pose_light), steps, lr)
 
   return run
 
@@ -290,7 +282,6 @@ def main(argv: Sequence[str] | None = None):
     raise SystemExit("objective_ceiling: need --size >= 16, --faces >= 4, --steps >= 1, "
                      "--batch >= 1")
   result = run(args)
-  from identity_probe import save_labelled  # pylint: disable=import-outside-toplevel
   save_labelled(result, args, "objective_ceiling.py", render_markdown, argv)
   print(f"wrote {args.out}")
   return result

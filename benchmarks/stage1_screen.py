@@ -32,7 +32,6 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -47,6 +46,8 @@ from focus_jax.train import config as config_lib  # noqa: E402
 from focus_jax.train import data as data_lib  # noqa: E402
 from focus_jax.train import stages, trainer  # noqa: E402
 from focus_jax.train import state as state_lib  # noqa: E402
+from identity_probe import r2_scores  # noqa: E402
+from objective_ceiling import masked_adam  # noqa: E402
 
 _TYPES = {"w_reg": float, "w_landmark": float, "w_photo": float, "encoder_width": int,
           "num_shape": int, "num_expression": int, "num_albedo": int, "encoder_lr": float,
@@ -117,17 +118,8 @@ def landmark_references(cfg, data: str, n: int = 32, steps: int = 600) -> dict:
     out = nets.encoder.postprocess(raw)
     return networks_lib.render_faces(cfg, nets, nets.model, out, images).landmarks
 
-  opt = optax.adam(0.01)
-
-  @jax.jit
-  def fit(raw):
-    def body(carry, _):
-      raw, st = carry
-      g = jax.grad(lambda r: jnp.mean(jnp.square(landmarks(r) - target)[:, valid]))(raw)
-      upd, st = opt.update(g * mask, st)
-      return (optax.apply_updates(raw, upd), st), None
-    (raw, _), _ = jax.lax.scan(body, (raw, opt.init(raw)), None, length=steps)
-    return raw
+  fit = jax.jit(lambda raw: masked_adam(
+      lambda r: jnp.mean(jnp.square(landmarks(r) - target)[:, valid]), raw, mask, steps, 0.01))
 
   out = {}
   for name, use_truth in (("mean_face", False), ("true_coefficients", True)):
@@ -152,7 +144,7 @@ def encoder_scores(cfg, run: str, data: str, n: int = 200) -> dict:
       networks_lib.load_model(cfg)), bool)
   err = np.linalg.norm(pred["landmarks"] - target, axis=-1)[:, valid]
   t, p = params["shape"][rows][:, :5], pred["shape"][:, :5]
-  r2 = 1 - ((t - p) ** 2).sum(0) / ((t - t.mean(0)) ** 2).sum(0)
+  r2 = r2_scores(p, t)
   corr = [float(np.corrcoef(p[:, j], t[:, j])[0, 1]) if p[:, j].std() > 0 else 0.0
           for j in range(t.shape[1])]
   return dict(landmark_px=float(np.median(err)), shape_r2=np.round(r2, 3).tolist(),

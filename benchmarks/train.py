@@ -376,9 +376,7 @@ def mean_face_errors(cfg, data) -> list:
   errors = []
   for i in range(len(ds)):
     g = gt[row[ds[i].name]]
-    t = mesh_metrics.similarity_transform(v, g)
-    errors.append(float(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g,
-                                                 axis=-1))))
+    errors.append(mesh_metrics.aligned_median_error(v, g))
   return errors
 
 

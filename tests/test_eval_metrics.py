@@ -188,3 +188,18 @@ def test_pooled_counts_and_confusion_picture():
   np.testing.assert_allclose(pic[0, 1], (0.15, 0.35, 1.0))   # false outlier: blue
   np.testing.assert_allclose(pic[0, 2], 0.0)                 # correct outlier: black
   np.testing.assert_allclose(pic[0, 3], (0.9, 0.1, 0.1))     # false inlier: red
+
+
+def test_aligned_median_error_ignores_pose_and_scale():
+  """0 for a rotated, scaled, shifted copy; a known offset of half the vertices shows."""
+  rng = np.random.default_rng(3)
+  truth = rng.normal(size=(200, 3)) * 50
+  angle = 0.4
+  rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                  [0, 0, 1]])
+  moved = 1.3 * truth @ rot.T + [5.0, -2.0, 40.0]
+  assert mesh_metrics.aligned_median_error(moved, truth) < 1e-9
+  bumped = truth.copy()
+  bumped[:101, 2] += 2.0         # a bump a similarity cannot undo: median error > 0
+  err = mesh_metrics.aligned_median_error(bumped, truth)
+  assert 0.3 < err < 2.0, err

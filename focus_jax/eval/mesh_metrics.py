@@ -47,6 +47,15 @@ def apply_transform(points, transform):
   return s * np.asarray(points, np.float64) @ rot.T + t
 
 
+def aligned_median_error(pred_vertices, true_vertices) -> float:
+  """Median vertex distance (mm) between two meshes of one topology, [V, 3] each, after
+  the similarity transform that best maps the prediction onto the truth (the 3D error
+  of the training benchmarks: pose and scale do not count)."""
+  t = similarity_transform(pred_vertices, true_vertices)
+  return float(np.median(np.linalg.norm(apply_transform(pred_vertices, t)
+                                        - np.asarray(true_vertices, np.float64), axis=-1)))
+
+
 def invert_transform(points, transform):
   """The inverse of :func:`apply_transform`: ``Rᵀ(p − t) / s``."""
   s, rot, t = transform

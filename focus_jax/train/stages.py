@@ -141,9 +141,7 @@ def evaluate(config: TrainConfig, run_dir: str, data_dir: str, split: str = "tes
           raise ValueError(f"{params_path}: ground-truth meshes have {g.shape[0]} vertices, "
                            f"the model {v.shape[0]}: evaluate with the model the data was "
                            "made with")
-        t = mesh_metrics.similarity_transform(v, g)
-        errors.append(float(np.median(np.linalg.norm(mesh_metrics.apply_transform(v, t) - g,
-                                                     axis=-1))))
+        errors.append(mesh_metrics.aligned_median_error(v, g))
       err = float(np.median(errors))
   return dict(f1=scores["f1"], precision=scores["precision"], recall=scores["recall"],
               accuracy=scores["accuracy"], median_3d_mm=err, per_image_3d_mm=errors,
