@@ -169,6 +169,9 @@ def main(argv=None):
     raise SystemExit(f"stage1_screen: {e}") from e
   if not steps or min(steps) < 1 or args.num < 10 or args.clean < 2:
     raise SystemExit("stage1_screen: need --steps >= 1, --num >= 10, --clean >= 2")
+  if args.name and (os.path.basename(args.name) != args.name or args.name in (".", "..")):
+    raise SystemExit(f"stage1_screen: --name {args.name!r} must be a plain folder name "
+                     "(it is created under OUT/runs)")
   import train as train_bench  # benchmarks/train.py: the mean-face errors
   cfg = make_config(args.image_size, overrides)
   data = os.path.join(args.out, "data")

@@ -122,6 +122,9 @@ def test_screen_overrides(screen):
   for bad in (["w_reg"], ["lr=1"], ["num_shape=1.5"], ["w_reg="]):
     with pytest.raises(ValueError, match="--set"):
       screen.parse_overrides(bad)
+  for name in ("../escape", "/tmp/x", ".."):
+    with pytest.raises(SystemExit, match="plain folder name"):
+      screen.main(["--out", "/nonexistent", "--name", name])
   cfg = screen.make_config(64, {"w_reg": 0.5})
   assert cfg.w_reg == 0.5 and cfg.image_size == 64 and cfg.encoder_stages == (1, 1, 1, 1)
 
